@@ -1,0 +1,1 @@
+"""Endless MusicGen radio engine: generator → stitcher → ring → playback and sinks."""

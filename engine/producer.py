@@ -1,0 +1,135 @@
+"""The producer thread: generates strides ahead of the playhead into the stream ring.
+
+It keeps `written_until − playhead ≤ buffer_ahead`: before each stride it works out where the
+ring's end will be after that stride, and sleeps while that would be too far ahead. All torch
+work happens on this thread.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import typing as tp
+
+import numpy as np
+
+from .generator import WindowGenerator
+from .metrics import EngineMetrics, StrideRecord
+from .ring import PcmRing
+from .stitcher import StitchingDecoder
+
+log = logging.getLogger(__name__)
+
+
+class _Stopped(Exception):
+    """Raised from the generation progress callback to abandon a stride on shutdown."""
+
+
+class Producer(threading.Thread):
+    """Strides of `stride_frames` codes → seam-free PCM → `ring`, paced by `playhead()`."""
+
+    def __init__(self, generator: WindowGenerator, stitcher: StitchingDecoder, ring: PcmRing, *,
+                 prompt: str, stride_frames: int, buffer_ahead_samples: int,
+                 playhead: tp.Callable[[], int], metrics: EngineMetrics,
+                 end_sample: tp.Optional[int] = None, poll_seconds: float = 0.02):
+        super().__init__(name="producer", daemon=True)
+        self.generator = generator
+        self.stitcher = stitcher
+        self.ring = ring
+        self.prompt = prompt
+        self.stride_frames = int(stride_frames)
+        self.buffer_ahead_samples = int(buffer_ahead_samples)
+        self.playhead = playhead
+        self.metrics = metrics
+        self.end_sample = end_sample
+        self.poll_seconds = poll_seconds
+        self.hop_samples = stitcher.hop_samples
+        self.sample_rate = metrics.sample_rate
+        self.end_frames = None if end_sample is None else math.ceil(end_sample / self.hop_samples)
+        self.waiting_for_room = False  # True while the buffer is full (pre-fill can stop waiting)
+        self.done = threading.Event()  # set when the producer has nothing more to write
+        self.error: tp.Optional[BaseException] = None
+        self.max_ahead_samples = 0  # the largest written_until − playhead seen after a write
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def _next_stride(self) -> tp.Tuple[int, int, bool]:
+        """(frames to generate, ring end after writing them, is this the last stride)."""
+        emitted = self.generator.frames_emitted
+        frames = self.stride_frames
+        if self.end_frames is not None and emitted + frames >= self.end_frames:
+            return self.end_frames - emitted, self.end_sample, True
+        written_after = (emitted + frames - self.stitcher.holdback_frames) * self.hop_samples
+        return frames, max(written_after, self.ring.written_until), False
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                frames, written_after, last = self._next_stride()
+                if written_after - self.playhead() > self.buffer_ahead_samples:
+                    self.waiting_for_room = True
+                    self._stop_event.wait(self.poll_seconds)
+                    continue
+                self.waiting_for_room = False
+                self._produce(frames, last)
+                if last:
+                    log.info("producer: all %.1f s of audio generated", self.end_sample / self.sample_rate)
+                    break
+        except _Stopped:
+            pass
+        except BaseException as err:  # reported to the station, which stops cleanly
+            self.error = err
+            log.exception("producer: generation failed")
+        finally:
+            self.ring.closed = True
+            self.done.set()
+
+    def _produce(self, frames: int, last: bool) -> None:
+        index = self.generator.stride_index
+        started = time.monotonic()
+        progress = _ProgressLog(index, started, stop_event=self._stop_event,
+                                in_prefill=lambda: self.metrics.first_sound_seconds is None)
+        codes = self.generator.next_stride(self.prompt, frames, progress)
+        pcm = self.stitcher.push(codes)
+        if last:
+            pcm = np.concatenate([pcm, self.stitcher.flush()])
+            pcm = pcm[:max(0, self.end_sample - self.ring.written_until)]
+        elapsed = time.monotonic() - started
+        for at in range(0, pcm.shape[0], self.ring.capacity_samples):
+            self.ring.write(pcm[at:at + self.ring.capacity_samples])
+        ahead = self.ring.written_until - self.playhead()
+        self.max_ahead_samples = max(self.max_ahead_samples, ahead)
+        self.metrics.written_samples = self.ring.written_until
+        record = StrideRecord(index=index, audio_seconds=frames * self.hop_samples / self.sample_rate,
+                              generation_seconds=elapsed)
+        self.metrics.add_stride(record)
+        log.info("stride %d: %.2f s of audio in %.2f s (real-time factor %.2fx), %.1f s buffered "
+                 "ahead, %d underruns so far", index, record.audio_seconds, elapsed,
+                 record.real_time_factor, ahead / self.sample_rate, self.metrics.underruns)
+
+
+class _ProgressLog:
+    """Percent lines while a stride is generated during pre-fill (INFO), quiet afterwards."""
+
+    def __init__(self, index: int, started: float, stop_event: threading.Event,
+                 in_prefill: tp.Callable[[], bool]):
+        self.index = index
+        self.started = started
+        self.in_prefill = in_prefill
+        self.stop_event = stop_event
+        self.next_percent = 10
+
+    def __call__(self, step: int, total: int) -> None:
+        if self.stop_event.is_set():
+            raise _Stopped()
+        percent = 100 * step // max(total, 1)
+        if percent < self.next_percent or not self.in_prefill():
+            return
+        elapsed = time.monotonic() - self.started
+        eta = elapsed * (total - step) / max(step, 1)
+        log.info("pre-fill: stride %d %3d%% (%d/%d steps, %.1f s, about %.1f s left)",
+                 self.index, percent, step, total, elapsed, eta)
+        self.next_percent = (percent // 10 + 1) * 10

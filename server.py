@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Endless MusicGen radio: CLI → engine → sinks.
+
+    python server.py --prompt "lofi hip hop"               # plays on the sound device
+    python server.py --model tiny --stdout | ffplay -f s16le -ar 32000 -ac 1 -
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import signal
+import sys
+import threading
+
+log = logging.getLogger("server")
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.config import EngineConfig
+    d = EngineConfig()
+    p = argparse.ArgumentParser(
+        description="Endless MusicGen radio: generates music stride after stride and plays it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("music")
+    g.add_argument("--prompt", default=d.prompt, help="text description of the music")
+    g.add_argument("--model", default=d.model,
+                   help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
+                        "folder, 'tiny' (offline random model: noise) or 'random-small'")
+    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
+                   help="where the model runs; auto picks CUDA when present")
+    g.add_argument("--seed", type=int, default=None,
+                   help="sampling seed; the same seed and flags give the same audio (default: random, logged)")
+    g = p.add_argument_group("sliding window (seconds)")
+    g.add_argument("--window", type=float, default=d.window_seconds, help="window the model sees (≤ 30)")
+    g.add_argument("--context", type=float, default=d.context_seconds,
+                   help="seconds of previous tokens that prompt each stride")
+    g.add_argument("--stride", type=float, default=d.stride_seconds, help="new seconds generated per stride")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="0 means greedy")
+    g.add_argument("--top-k", type=int, default=d.top_k)
+    g.add_argument("--top-p", type=float, default=d.top_p, help="0 disables nucleus sampling")
+    g.add_argument("--cfg", type=float, default=d.cfg_coef, help="classifier-free guidance coefficient")
+    g = p.add_argument_group("buffering and output")
+    g.add_argument("--buffer-ahead", type=float, default=None,
+                   help="seconds kept generated ahead of playback (default: 2 × stride + 1)")
+    g.add_argument("--prefill", type=float, default=d.prefill_seconds,
+                   help="seconds buffered before playback starts (0: as soon as the first stride is ready)")
+    g.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
+    g.add_argument("--no-play", action="store_true", help="do not use the local sound device")
+    g.add_argument("--audio-device", default=None, help="sound device number or name (see --list-devices)")
+    g.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
+    g.add_argument("--stdout", action="store_true",
+                   help="write raw s16le PCM (model rate and channels) to stdout; logs go to stderr")
+    g.add_argument("--record", metavar="FILE", default=None,
+                   help="write what is played to FILE (.wav or .flac)")
+    g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def config_from_args(args):
+    from engine.config import EngineConfig
+    return EngineConfig(
+        prompt=args.prompt, model=args.model, device=args.device, window_seconds=args.window,
+        context_seconds=args.context, stride_seconds=args.stride, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, cfg_coef=args.cfg,
+        seed=args.seed if args.seed is not None else random.randrange(2**31),
+        buffer_ahead_seconds=args.buffer_ahead, prefill_seconds=args.prefill,
+        duration_seconds=args.duration)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("audiocraft", "xformers", "numba", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from engine.config import ConfigError
+    from engine.models import ModelLoadError, check_model_name, load_model, resolve_device
+    from engine.sinks.file_sink import RecordPathError, check_record_path
+    from engine.sinks.sounddevice_sink import AudioDeviceError, list_devices
+
+    if args.list_devices:
+        try:
+            print(list_devices())
+            return 0
+        except AudioDeviceError as err:
+            log.error("%s", err)
+            return 1
+
+    config = config_from_args(args)
+    try:
+        config.validate()
+        check_model_name(config.model)
+        if args.record:
+            check_record_path(args.record)
+        device = resolve_device(config.device)
+    except (ConfigError, ModelLoadError, RecordPathError) as err:
+        parser.error(str(err))  # one line, exit code 2
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+
+    try:
+        model = load_model(config.model, device=device, seed=0)
+    except ModelLoadError as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    if stop.is_set():
+        return 0
+    return run_station(config, model, args, stop)
+
+
+def run_station(config, model, args, stop: threading.Event) -> int:
+    from engine.player import PacedClock
+    from engine.sinks.file_sink import FileRecorder
+    from engine.sinks.sounddevice_sink import AudioDeviceError, DeviceOutput
+    from engine.sinks.stdout_sink import PcmPipeSink
+    from engine.station import Station
+
+    station = Station(config, model)
+    sinks = []
+    if args.record:
+        sinks.append(FileRecorder(station.program_ring, args.record, station.sample_rate))
+        log.info("record: writing what is played to %s", args.record)
+    if args.stdout:
+        sinks.append(PcmPipeSink(station.program_ring, sys.stdout.buffer))
+        log.info("stdout: raw s16le PCM, %d Hz, %d channel(s)", station.sample_rate, station.channels)
+    clock = None
+    if not args.no_play:
+        try:
+            clock = DeviceOutput(station.player, device=args.audio_device)
+        except AudioDeviceError as err:
+            log.error("%s; the other outputs keep running", err)
+    if clock is None:
+        clock = PacedClock(station.player)
+        log.info("clock: no sound device in use; playback paced by the system clock")
+    for sink in sinks:
+        sink.start()
+    station.start()
+    try:
+        if station.wait_for_prefill(stop):
+            clock.start()
+            while not stop.is_set() and not station.finished and station.producer.error is None:
+                stop.wait(0.1)
+                station.update_metrics()
+    finally:
+        if stop.is_set():
+            log.info("stopping: finishing the outputs")
+        clock.stop()
+        station.stop()
+        for sink in sinks:
+            sink.stop()
+            sink.join()
+    m = station.metrics
+    log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
+             m.playhead_samples / station.sample_rate, len(m.strides), m.underruns, m.first_sound_seconds)
+    return 1 if station.producer.error is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
