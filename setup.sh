@@ -20,8 +20,7 @@ fi
 echo "setup: installing torch and the pinned dependencies (several GB the first time)"
 .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
-.venv/bin/python -c "import torch, audiocraft.models, sounddevice" 2>/dev/null \
-  || .venv/bin/python -c "import torch, audiocraft.models"
+.venv/bin/python -c "import torch, audiocraft.models, soundfile"
 echo "setup: done"
 
 if [ "${1:-}" != "--no-run" ]; then

@@ -27,8 +27,14 @@ def check_record_path(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise RecordPathError(f"--record {path!r}: the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise RecordPathError(f"--record {path!r}: not writable (permission denied)")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise RecordPathError(f"--record {path!r}: not writable ({err.strerror})") from err
+    if not existed:
+        os.remove(path)
 
 
 class FileRecorder(RingSink):

@@ -1,0 +1,124 @@
+"""End-to-end: start server.py for real, as a user would."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SR = 32000
+
+
+def server_cmd(*args):
+    return [sys.executable, os.path.join(ROOT, "server.py"), *args]
+
+
+def run_server(*args, timeout=180, env_extra=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.run(server_cmd(*args), cwd=ROOT, capture_output=True, timeout=timeout, env=env)
+
+
+def test_stdout_gives_exactly_the_duration_and_the_same_bytes_twice():
+    args = ("--model", "tiny", "--no-play", "--stdout", "--duration", "12", "--seed", "1")
+    first = run_server(*args)
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    second = run_server(*args)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    pcm = np.frombuffer(first.stdout, dtype="<i2")
+    assert pcm.size == 12 * SR
+    assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300  # non-silent
+    assert np.mean(np.abs(pcm) < 3) < 0.05  # no stretch of silence inside
+    assert first.stdout == second.stdout
+    log = first.stderr.decode()
+    assert "stride 0:" in log and "real-time factor" in log and "buffered ahead" in log
+    assert "pre-fill" in log and "noise, not music" in log
+
+
+def test_other_seed_other_audio():
+    a = run_server("--model", "tiny", "--no-play", "--stdout", "--duration", "2", "--seed", "1",
+                   "--stride", "2")
+    b = run_server("--model", "tiny", "--no-play", "--stdout", "--duration", "2", "--seed", "2",
+                   "--stride", "2")
+    assert a.returncode == b.returncode == 0
+    assert len(a.stdout) == len(b.stdout) == 2 * SR * 2 and a.stdout != b.stdout
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
+    path = tmp_path / f"radio{suffix}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        server_cmd("--model", "tiny", "--no-play", "--stdout", "--record", str(path), "--seed", "4",
+                   "--stride", "3", "--context", "3"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    stdout_chunks = []
+    try:
+        deadline = time.monotonic() + 120
+        log = b""
+        while b"buffered; playback starts" not in log and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "server exited early: " + log.decode()[-2000:]
+            log += line
+        os.set_blocking(proc.stdout.fileno(), False)
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            chunk = proc.stdout.read()
+            if chunk:
+                stdout_chunks.append(chunk)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        os.set_blocking(proc.stdout.fileno(), True)
+        stdout_chunks.append(proc.stdout.read())
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, proc.stderr.read().decode()[-2000:]
+    info = soundfile.info(str(path))
+    assert info.samplerate == SR and info.channels == 1
+    audio, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+    assert audio.shape[0] >= 2 * SR, proc.stderr.read().decode()[-3000:]  # at least the 2.5 s it played, give or take a block
+    played = np.frombuffer(b"".join(stdout_chunks), dtype="<i2")
+    assert played.size == audio.shape[0]  # the file holds exactly what was played
+    recorded_s16 = np.round(np.clip(audio[:, 0], -1, 1) * 32767).astype(np.int16)
+    assert np.max(np.abs(recorded_s16.astype(int) - played)) <= 1  # flac is 24-bit
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model", "no-such-model"), "unknown model"),
+    (("--model", "tiny", "--window", "40"), "longer than the model's maximum"),
+    (("--model", "tiny", "--stride", "-5"), "--stride must be positive"),
+    (("--model", "tiny", "--record", "/proc/no/such/dir/x.wav"), "does not exist"),
+    (("--model", "tiny", "--record", "/proc/radio.wav"), "not writable"),
+    (("--model", "tiny", "--record", "out.mp4"), ".wav or .flac"),
+    (("--model", "tiny", "--prompt", "x" * 3000), "limit is"),
+])
+def test_bad_input_exits_2_with_a_clear_error(args, message):
+    result = run_server(*args, "--no-play", timeout=60)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_offline_hub_model_fails_fast_with_advice(tmp_path):
+    started = time.monotonic()
+    result = run_server("--model", "facebook/musicgen-small", "--no-play", timeout=120,
+                        env_extra={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert "--model tiny" in err and "--model DIR" in err and "Traceback" not in err
+    assert time.monotonic() - started < 60
+
+
+def test_missing_sound_device_is_one_line_and_other_outputs_keep_running():
+    result = run_server("--model", "tiny", "--stdout", "--duration", "2", "--stride", "2",
+                        "--audio-device", "987654")
+    assert result.returncode == 0
+    err = result.stderr.decode()
+    assert "sound output" in err and "the other outputs keep running" in err
+    assert len(result.stdout) == 2 * SR * 2
