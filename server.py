@@ -22,32 +22,32 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.config import EngineConfig
     d = EngineConfig()
     p = argparse.ArgumentParser(
-        description="Endless MusicGen radio: generates music stride after stride and plays it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Endless MusicGen radio: generates music stride after stride and plays it.")
     g = p.add_argument_group("music")
-    g.add_argument("--prompt", default=d.prompt, help="text description of the music")
+    g.add_argument("--prompt", default=d.prompt, help="text description of the music (default: %(default)r)")
     g.add_argument("--model", default=d.model,
                    help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
-                        "folder, 'tiny' (offline random model: noise) or 'random-small'")
+                        "folder, 'tiny' (offline random model: noise) or 'random-small' "
+                        "(default: %(default)s)")
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
-                   help="where the model runs; auto picks CUDA when present")
+                   help="where the model runs; auto (default) picks CUDA when present")
     g.add_argument("--seed", type=int, default=None,
                    help="sampling seed; the same seed and flags give the same audio (default: random, logged)")
     g = p.add_argument_group("sliding window (seconds)")
-    g.add_argument("--window", type=float, default=d.window_seconds, help="window the model sees (≤ 30)")
+    g.add_argument("--window", type=float, default=d.window_seconds, help="window the model sees, ≤ 30 (default: %(default)s)")
     g.add_argument("--context", type=float, default=d.context_seconds,
-                   help="seconds of previous tokens that prompt each stride")
-    g.add_argument("--stride", type=float, default=d.stride_seconds, help="new seconds generated per stride")
+                   help="seconds of previous tokens that prompt each stride (default: %(default)s)")
+    g.add_argument("--stride", type=float, default=d.stride_seconds, help="new seconds generated per stride (default: %(default)s)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="0 means greedy")
-    g.add_argument("--top-k", type=int, default=d.top_k)
-    g.add_argument("--top-p", type=float, default=d.top_p, help="0 disables nucleus sampling")
-    g.add_argument("--cfg", type=float, default=d.cfg_coef, help="classifier-free guidance coefficient")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature, 0 means greedy (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=d.top_k, help="top-k sampling (default: %(default)s)")
+    g.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling, 0 disables it (default: %(default)s)")
+    g.add_argument("--cfg", type=float, default=d.cfg_coef, help="classifier-free guidance coefficient (default: %(default)s)")
     g = p.add_argument_group("buffering and output")
     g.add_argument("--buffer-ahead", type=float, default=None,
                    help="seconds kept generated ahead of playback (default: 2 × stride + 1)")
     g.add_argument("--prefill", type=float, default=d.prefill_seconds,
-                   help="seconds buffered before playback starts (0: as soon as the first stride is ready)")
+                   help="seconds buffered before playback starts (default 0: as soon as the first stride is ready)")
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
     g.add_argument("--no-play", action="store_true", help="do not use the local sound device")
     g.add_argument("--audio-device", default=None, help="sound device number or name (see --list-devices)")
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write raw s16le PCM (model rate and channels) to stdout; logs go to stderr")
     g.add_argument("--record", metavar="FILE", default=None,
                    help="write what is played to FILE (.wav or .flac)")
-    g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="(default: %(default)s)")
     return p
 
 
