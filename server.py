@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write raw s16le PCM (model rate and channels) to stdout; logs go to stderr")
     g.add_argument("--record", metavar="FILE", default=None,
                    help="write what is played to FILE (.wav or .flac)")
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    g.add_argument("--port", type=int, default=8765,
+                   help="port for the page, /ws, /stream.opus, /stream.mp3 and /status; 0 picks a free "
+                        "one (default: %(default)s)")
+    g.add_argument("--no-network", action="store_true", help="serve nothing on the network")
+    g.add_argument("--burst", type=float, default=2.0,
+                   help="seconds of audio a new listener gets at once, ≤ 10 (default: %(default)s)")
+    g.add_argument("--max-lag", type=float, default=10.0,
+                   help="drop a listener this many seconds behind the live point (default: %(default)s)")
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="(default: %(default)s)")
     return p
@@ -99,21 +109,27 @@ def main(argv=None) -> int:
         check_model_name(config.model)
         if args.record:
             check_record_path(args.record)
+        if not 0 <= args.burst <= 10:
+            raise ConfigError(f"--burst must be between 0 and 10 seconds (got {args.burst:g})")
+        if args.max_lag <= args.burst:
+            raise ConfigError(f"--max-lag ({args.max_lag:g} s) must be longer than --burst ({args.burst:g} s)")
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535 (got {args.port})")
         device = resolve_device(config.device)
     except (ConfigError, ModelLoadError, RecordPathError) as err:
         parser.error(str(err))  # one line, exit code 2
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
 
     try:
         model = load_model(config.model, device=device, seed=0)
     except ModelLoadError as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    if stop.is_set():
-        return 0
+    except KeyboardInterrupt:
+        log.info("interrupted while loading the model")
+        return 130
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     return run_station(config, model, args, stop)
 
 
@@ -125,6 +141,11 @@ def run_station(config, model, args, stop: threading.Event) -> int:
     from engine.station import Station
 
     station = Station(config, model)
+    network = None
+    if not args.no_network:
+        network = start_network(station, args)
+        if network is None:
+            return EXIT_BAD_INPUT
     sinks = []
     if args.record:
         sinks.append(FileRecorder(station.program_ring, args.record, station.sample_rate))
@@ -158,10 +179,28 @@ def run_station(config, model, args, stop: threading.Event) -> int:
         for sink in sinks:
             sink.stop()
             sink.join()
+        if network is not None:
+            network.stop()
     m = station.metrics
     log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
              m.playhead_samples / station.sample_rate, len(m.strides), m.underruns, m.first_sound_seconds)
     return 1 if station.producer.error is not None else 0
+
+
+def start_network(station, args):
+    """Start the web side (page, WebSocket, HTTP streams, status); None if the port is taken."""
+    from engine.broadcast import Broadcaster
+    from engine.webapp import NetworkThread
+    broadcaster = Broadcaster(station.program_ring, station.sample_rate, station.channels,
+                              burst_seconds=args.burst, max_lag_seconds=args.max_lag)
+    network = NetworkThread(station, broadcaster, args.host, args.port)
+    network.start()
+    network.ready.wait(30)
+    if network.error is not None:
+        log.error("cannot serve on %s:%d: %s; pick another --port (0: any free port)",
+                  args.host, args.port, network.error)
+        return None
+    return network
 
 
 if __name__ == "__main__":

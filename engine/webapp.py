@@ -1,0 +1,247 @@
+"""The station's one port (aiohttp): the listener page at `/`, the WebSocket at `/ws`, endless HTTP
+streams at `/stream.opus` and `/stream.mp3`, and `/status`.
+
+Each connection is a few small coroutines: a pump that copies packets from the listener's cursor
+to its socket, and for WebSockets a reader for client messages and a status ticker.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+import typing as tp
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .broadcast import Broadcaster, Listener, ListenerDropped
+from .encoders import OPUS_RATE
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+#: Binary audio message header: version u8, codec u8 (0 pcm, 1 opus), reserved u16, sequence u32,
+#: program sample index i64 (at the model's sample rate) of the packet's first sample.
+HEADER = struct.Struct("<BBHIq")
+CODEC_IDS = {"pcm": 0, "opus": 1}
+MAX_CLIENT_MESSAGE_BYTES = 4096
+CLOSE_TOO_SLOW = 4000
+STATUS_PERIOD_SECONDS = 2.0
+WEB_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clients", "web")
+
+
+class RadioWeb:
+    """Handlers bound to one station and its broadcaster."""
+
+    def __init__(self, station, broadcaster: Broadcaster, web_root: str = WEB_ROOT):
+        self.station = station
+        self.broadcaster = broadcaster
+        self.web_root = web_root
+        self.started_at = time.monotonic()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.index)
+        app.router.add_get("/status", self.status)
+        app.router.add_get("/ws", self.websocket)
+        app.router.add_get("/stream.opus", self.http_stream)
+        app.router.add_get("/stream.mp3", self.http_stream)
+        app.router.add_static("/web/", self.web_root)
+        return app
+
+    def status_dict(self) -> dict:
+        self.station.update_metrics()
+        s = self.station.metrics.snapshot()
+        s.update(sample_rate=self.station.sample_rate, channels=self.station.channels,
+                 listeners=self.broadcaster.counts(), listeners_total=len(self.broadcaster.listeners),
+                 listeners_dropped=self.broadcaster.dropped_total)
+        return s
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(os.path.join(self.web_root, "index.html"))
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status_dict())
+
+    # -- WebSocket -------------------------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        codec = request.query.get("codec", "opus")
+        if codec not in CODEC_IDS:
+            raise web.HTTPBadRequest(text=f"unknown codec {codec!r}: use pcm or opus\n")
+        ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE_BYTES, heartbeat=20.0)
+        await ws.prepare(request)
+        _small_send_buffers(request)
+        b = self.broadcaster
+        rate = OPUS_RATE if codec == "opus" else self.station.sample_rate
+        hello = {
+            "type": "hello", "protocol": PROTOCOL_VERSION, "codec": codec, "sample_rate": rate,
+            "stream_sample_rate": self.station.sample_rate, "channels": self.station.channels,
+            "frame_samples": int(rate * 0.02), "header_bytes": HEADER.size,
+            "burst_seconds": b.burst_samples / self.station.sample_rate,
+            "max_lag_seconds": b.max_lag_samples / self.station.sample_rate,
+            "station": {"model": self.station.config.model, "prompt": self.station.config.prompt,
+                        "seed": self.station.config.seed},
+        }
+        if codec == "opus":
+            hello["opus_head"] = base64.b64encode(b.opus_head).decode()
+        await ws.send_str(json.dumps(hello))
+        listener = b.join(f"ws-{codec}", codec)
+        listener.on_drop = lambda reason: asyncio.ensure_future(_close_ws(ws, request, CLOSE_TOO_SLOW, reason))
+        codec_id = CODEC_IDS[codec]
+
+        async def send(packet):
+            await ws.send_bytes(HEADER.pack(PROTOCOL_VERSION, codec_id, 0, packet.seq & 0xFFFFFFFF,
+                                            packet.stream_sample) + packet.payload)
+
+        pump = asyncio.ensure_future(self._pump(listener, send))
+        listener.task = pump
+        ticker = asyncio.ensure_future(self._status_ticker(ws))
+        try:
+            await self._read_client(ws, request)
+        finally:
+            for task in (pump, ticker):
+                task.cancel()
+            await asyncio.gather(pump, ticker, return_exceptions=True)
+            b.leave(listener)
+            if not ws.closed:
+                await _close_ws(ws, request, WSCloseCode.GOING_AWAY, "station closing")
+        return ws
+
+    async def _pump(self, listener: Listener, send) -> None:
+        try:
+            async for packet in self.broadcaster.packets(listener):
+                await send(packet)
+                listener.sent_until = packet.stream_sample + packet.duration_samples
+        except ListenerDropped as dropped:
+            self.broadcaster._drop(listener, dropped.reason)
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away
+
+    async def _status_ticker(self, ws) -> None:
+        while not ws.closed:
+            await asyncio.sleep(STATUS_PERIOD_SECONDS)
+            await ws.send_str(json.dumps({"type": "status", **self.status_dict()}))
+
+    async def _read_client(self, ws, request) -> None:
+        """Client messages: {"type": "ping"} is answered; anything else closes the connection."""
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    message = json.loads(msg.data)
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and message.get("type") == "ping":
+                    await ws.send_str(json.dumps({"type": "pong", "time": time.time()}))
+                    continue
+                await _close_ws(ws, request, WSCloseCode.POLICY_VIOLATION,
+                                'unknown message: only {"type": "ping"} is accepted')
+                break
+            if msg.type == WSMsgType.BINARY:
+                await _close_ws(ws, request, WSCloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
+                break
+            if msg.type == WSMsgType.ERROR:
+                break  # e.g. an oversized message: aiohttp has closed with 1009
+
+    # -- HTTP streams --------------------------------------------------------------------------
+    async def http_stream(self, request: web.Request) -> web.StreamResponse:
+        is_opus = request.path.endswith(".opus")
+        key, kind = ("ogg", "http-opus") if is_opus else ("mp3", "http-mp3")
+        response = web.StreamResponse(headers={
+            "Content-Type": "audio/ogg" if is_opus else "audio/mpeg",
+            "Cache-Control": "no-cache, no-store", "icy-name": "MusicGen radio",
+            "icy-description": self.station.config.prompt[:200]})
+        await response.prepare(request)
+        _small_send_buffers(request)
+        listener = self.broadcaster.join(kind, key)
+        listener.on_drop = lambda reason: request.transport and request.transport.close()
+        if is_opus:
+            await response.write(self.broadcaster.ogg_headers)
+
+        async def send(packet):
+            await response.write(packet.payload)
+
+        listener.task = asyncio.current_task()
+        try:
+            await self._pump(listener, send)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.broadcaster.leave(listener)
+        return response
+
+
+def _small_send_buffers(request: web.Request) -> None:
+    """Keep socket buffering small so that a stalled listener shows up as lag quickly."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        except OSError:
+            pass
+    transport.set_write_buffer_limits(high=32 * 1024)
+
+
+async def _close_ws(ws, request, code: int, reason: str) -> None:
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), timeout=2.0)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        pass
+    if request.transport is not None and not ws.closed:
+        request.transport.abort()
+
+
+class NetworkThread(threading.Thread):
+    """Runs the asyncio loop of the network side: the web app and the broadcaster."""
+
+    def __init__(self, station, broadcaster: Broadcaster, host: str, port: int,
+                 extra_tasks: tp.Sequence[tp.Callable[[], tp.Awaitable[None]]] = ()):
+        super().__init__(name="network", daemon=True)
+        self.station = station
+        self.broadcaster = broadcaster
+        self.host = host
+        self.port = port
+        self.extra_tasks = extra_tasks
+        self.ready = threading.Event()
+        self.error: tp.Optional[BaseException] = None
+        self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
+        self._stop: tp.Optional[asyncio.Event] = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:
+            self.error = err
+            self.ready.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.broadcaster.start()
+        runner = web.AppRunner(RadioWeb(self.station, self.broadcaster).app(), access_log=None,
+                               handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        tasks = [asyncio.ensure_future(make()) for make in self.extra_tasks]
+        log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
+                 "/stream.mp3, /status", self.host, self.port, self.host, self.port)
+        self.ready.set()
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await self.broadcaster.stop()
+        await runner.cleanup()
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.join(timeout=10)
