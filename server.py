@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of audio a new listener gets at once, ≤ 10 (default: %(default)s)")
     g.add_argument("--max-lag", type=float, default=10.0,
                    help="drop a listener this many seconds behind the live point (default: %(default)s)")
+    g.add_argument("--icecast", action="append", default=[], metavar="URL",
+                   help="push to an Icecast server: icecast://source:PASSWORD@HOST:PORT/mount.opus "
+                        "(or .mp3); repeat for several mounts")
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="(default: %(default)s)")
     return p
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
     from engine.config import ConfigError
     from engine.models import ModelLoadError, check_model_name, load_model, resolve_device
     from engine.sinks.file_sink import RecordPathError, check_record_path
+    from engine.sinks.icecast import IcecastUrlError, parse_icecast_url
     from engine.sinks.sounddevice_sink import AudioDeviceError, list_devices
 
     if args.list_devices:
@@ -113,10 +117,13 @@ def main(argv=None) -> int:
             raise ConfigError(f"--burst must be between 0 and 10 seconds (got {args.burst:g})")
         if args.max_lag <= args.burst:
             raise ConfigError(f"--max-lag ({args.max_lag:g} s) must be longer than --burst ({args.burst:g} s)")
+        icecast_targets = [parse_icecast_url(url) for url in args.icecast]
+        if icecast_targets and args.no_network:
+            raise ConfigError("--icecast needs the network side: drop --no-network")
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535 (got {args.port})")
         device = resolve_device(config.device)
-    except (ConfigError, ModelLoadError, RecordPathError) as err:
+    except (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError) as err:
         parser.error(str(err))  # one line, exit code 2
 
     try:
@@ -193,7 +200,11 @@ def start_network(station, args):
     from engine.webapp import NetworkThread
     broadcaster = Broadcaster(station.program_ring, station.sample_rate, station.channels,
                               burst_seconds=args.burst, max_lag_seconds=args.max_lag)
-    network = NetworkThread(station, broadcaster, args.host, args.port)
+    from engine.sinks.icecast import IcecastSource, parse_icecast_url
+    sources = [IcecastSource(parse_icecast_url(url), broadcaster, station.config.prompt)
+               for url in args.icecast]
+    network = NetworkThread(station, broadcaster, args.host, args.port,
+                            extra_tasks=[source.run for source in sources])
     network.start()
     network.ready.wait(30)
     if network.error is not None:

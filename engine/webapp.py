@@ -59,7 +59,8 @@ class RadioWeb:
         s = self.station.metrics.snapshot()
         s.update(sample_rate=self.station.sample_rate, channels=self.station.channels,
                  listeners=self.broadcaster.counts(), listeners_total=len(self.broadcaster.listeners),
-                 listeners_dropped=self.broadcaster.dropped_total)
+                 listeners_dropped=self.broadcaster.dropped_total,
+                 network_tasks=len(asyncio.all_tasks()) if _in_loop() else None)
         return s
 
     async def index(self, request: web.Request) -> web.StreamResponse:
@@ -173,6 +174,14 @@ class RadioWeb:
         finally:
             self.broadcaster.leave(listener)
         return response
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
 
 
 def _small_send_buffers(request: web.Request) -> None:
