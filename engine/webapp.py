@@ -74,7 +74,8 @@ class RadioWeb:
         codec = request.query.get("codec", "opus")
         if codec not in CODEC_IDS:
             raise web.HTTPBadRequest(text=f"unknown codec {codec!r}: use pcm or opus\n")
-        ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE_BYTES, heartbeat=20.0)
+        ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE_BYTES, heartbeat=20.0,
+                                   compress=False)  # audio does not deflate; encode once
         await ws.prepare(request)
         _small_send_buffers(request)
         b = self.broadcaster
@@ -92,7 +93,7 @@ class RadioWeb:
             hello["opus_head"] = base64.b64encode(b.opus_head).decode()
         await ws.send_str(json.dumps(hello))
         listener = b.join(f"ws-{codec}", codec)
-        listener.on_drop = lambda reason: asyncio.ensure_future(_close_ws(ws, request, CLOSE_TOO_SLOW, reason))
+        listener.on_drop = lambda reason: asyncio.ensure_future(_drop_ws(ws, request, reason))
         codec_id = CODEC_IDS[codec]
 
         async def send(packet):
@@ -111,6 +112,7 @@ class RadioWeb:
             b.leave(listener)
             if not ws.closed:
                 await _close_ws(ws, request, WSCloseCode.GOING_AWAY, "station closing")
+            await _release_transport(request)
         return ws
 
     async def _pump(self, listener: Listener, send) -> None:
@@ -198,12 +200,36 @@ def _small_send_buffers(request: web.Request) -> None:
     transport.set_write_buffer_limits(high=32 * 1024)
 
 
+async def _release_transport(request: web.Request, grace_seconds: float = 1.0) -> None:
+    """A peer that has gone but left audio unread in our send buffer must not hold the socket."""
+    transport = request.transport
+    deadline = time.monotonic() + grace_seconds
+    while transport is not None and not transport.is_closing() and transport.get_write_buffer_size():
+        if time.monotonic() > deadline:
+            transport.abort()
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _drop_ws(ws, request, reason: str) -> None:
+    """Close a listener that fell behind: a close frame with the reason if it can still get
+    through within a second, then the connection is cut whatever happens."""
+    try:
+        await asyncio.wait_for(ws.close(code=CLOSE_TOO_SLOW, message=reason.encode()[:120]), timeout=1.0)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        pass
+    finally:
+        if request.transport is not None:
+            request.transport.abort()
+
+
 async def _close_ws(ws, request, code: int, reason: str) -> None:
     try:
         await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), timeout=2.0)
+        return
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         pass
-    if request.transport is not None and not ws.closed:
+    if request.transport is not None:  # the peer is not answering: cut the connection
         request.transport.abort()
 
 
