@@ -14,7 +14,7 @@ SR = 32000
 
 
 def server_cmd(*args):
-    return [sys.executable, os.path.join(ROOT, "server.py"), *args]
+    return [sys.executable, os.path.join(ROOT, "server.py"), "--port", "0", *args]
 
 
 def run_server(*args, timeout=180, env_extra=None):

@@ -1,0 +1,80 @@
+"""The listener page in real headless Chromium, and the Python listener, against a real station."""
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from netutil import ROOT, RunningServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = RunningServer("--stride", "3", "--context", "3", "--seed", "3", "--prompt", "dusty boom bap")
+    yield s
+    s.stop()
+
+
+async def play_in_chromium(url: str, screenshot: str) -> dict:
+    from playwright.async_api import async_playwright
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run"])
+        try:
+            page = await browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(url)
+            await page.wait_for_function("window.radio && window.radio.hello", timeout=15000)
+            await page.click("#play")
+            await page.wait_for_function("window.radio.stats.audible > 48000", timeout=20000)
+            await page.wait_for_function("window.radio.status !== null", timeout=10000)
+            figures = {k: await page.inner_text(f"#{k}") for k in
+                       ("connection", "prompt", "model", "codec", "buffered", "rtf", "listeners", "jitter")}
+            stats = await page.evaluate("({...window.radio.stats, packets: window.radio.packets,"
+                                        " codec: window.radio.hello.codec})")
+            await page.screenshot(path=screenshot)
+            return {"figures": figures, "stats": stats, "errors": errors}
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("codec", ["opus", "pcm"])
+def test_page_plays_non_silent_audio_in_chromium(server, codec):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    shot = os.path.join(ARTIFACTS, f"page-{codec}.png")
+    result = asyncio.run(play_in_chromium(f"{server.url}/?codec={codec}", shot))
+    stats, figures = result["stats"], result["figures"]
+    assert not result["errors"], result["errors"]
+    assert stats["codec"] == codec and stats["packets"] > 50
+    assert stats["audible"] > 48000 and stats["peak"] > 0.01  # the worklet played real samples
+    assert figures["connection"] == "live"
+    assert figures["prompt"] == "dusty boom bap" and "tiny" in figures["model"]
+    assert figures["codec"].startswith(codec)
+    assert figures["rtf"].endswith("×") and figures["buffered"].endswith("s")
+    assert int(figures["listeners"]) >= 1
+    assert os.path.getsize(shot) > 5000
+
+
+@pytest.mark.parametrize("codec", ["opus", "pcm"])
+def test_python_listener_writes_a_file(server, tmp_path, codec):
+    out = tmp_path / f"listen-{codec}.wav"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "clients", "listen.py"), server.ws_url,
+                             "--codec", codec, "--out", str(out), "--duration", "3"],
+                            capture_output=True, timeout=60, text=True)
+    assert result.returncode == 0, result.stderr
+    audio, rate = soundfile.read(str(out))
+    assert rate == (48000 if codec == "opus" else 32000)
+    assert audio.shape[0] == 3 * rate
+    assert np.sqrt(np.mean(audio ** 2)) > 0.01
+    assert "tuned in: tiny" in result.stderr

@@ -1,0 +1,108 @@
+"""The Icecast sink against a real Icecast server (Debian's icecast2) on loopback."""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import av
+import pytest
+
+from netutil import RunningServer, free_port
+
+ICECAST = shutil.which("icecast2") or shutil.which("icecast")
+PASSWORD = "test-source-pw"
+
+
+def icecast_config(folder, port) -> str:
+    logdir = tempfile.mkdtemp(prefix="icecast-log-")  # outside pytest's private tmp: icecast
+    os.chmod(logdir, 0o777)  # drops root for `nobody`, who must write here
+    owner = ("<changeowner><user>nobody</user><group>nogroup</group></changeowner>"
+             if os.getuid() == 0 else "")
+    path = os.path.join(folder, "icecast.xml")
+    with open(path, "w") as f:
+        f.write(f"""<icecast>
+  <limits><sources>4</sources><clients>20</clients><source-timeout>10</source-timeout></limits>
+  <authentication><source-password>{PASSWORD}</source-password>
+    <admin-user>admin</admin-user><admin-password>admin-pw</admin-password></authentication>
+  <hostname>127.0.0.1</hostname>
+  <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
+  <paths><basedir>/usr/share/icecast2</basedir><logdir>{logdir}</logdir>
+    <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>
+  <logging><errorlog>-</errorlog><loglevel>3</loglevel></logging>
+  <security><chroot>0</chroot>{owner}</security>
+</icecast>""")
+    return path
+
+
+class Icecast:
+    def __init__(self, folder, port):
+        self.port = port
+        self.config = icecast_config(folder, port)
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([ICECAST, "-c", self.config], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # it answers
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("icecast did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+def decoded_seconds(url, seconds=2.5):
+    container = av.open(url, timeout=10)
+    stream = container.streams.audio[0]
+    total, started = 0, time.monotonic()
+    for frame in container.decode(stream):
+        total += frame.samples
+        if time.monotonic() - started > seconds:
+            break
+    container.close()
+    return total / stream.codec_context.sample_rate, stream.codec_context.name
+
+
+@pytest.mark.skipif(ICECAST is None, reason="icecast2 is not installed (.ci/run installs it)")
+def test_icecast_mounts_play_and_the_source_reconnects(tmp_path):
+    icecast = Icecast(str(tmp_path), free_port())
+    icecast.start()
+    base = f"icecast://source:{PASSWORD}@127.0.0.1:{icecast.port}"
+    server = RunningServer("--stride", "3", "--context", "3", "--icecast", base + "/radio.opus",
+                           "--icecast", base + "/radio.mp3", "--icecast",
+                           f"icecast://source:wrong@127.0.0.1:{icecast.port}/refused.mp3")
+    try:
+        server.wait_for_log("radio.opus: connected", timeout=30)
+        server.wait_for_log("radio.mp3: connected", timeout=30)
+        server.wait_for_log("refused.mp3: refused", timeout=30)
+        time.sleep(1.0)
+        for mount, codec in (("/radio.opus", "opus"), ("/radio.mp3", "mp3")):
+            seconds, name = decoded_seconds(f"http://127.0.0.1:{icecast.port}{mount}")
+            assert name.startswith(codec)
+            assert seconds > 1.5, (mount, seconds)
+        # The server goes away and comes back: the source says so and reconnects.
+        icecast.stop()
+        server.wait_for_log("retrying in", timeout=30)
+        icecast.start()
+        server.wait_for_log("radio.opus: connected", timeout=60, count=2)
+        server.wait_for_log("radio.mp3: connected", timeout=60, count=2)
+        time.sleep(1.0)
+        seconds, _ = decoded_seconds(f"http://127.0.0.1:{icecast.port}/radio.mp3")
+        assert seconds > 1.5
+        assert server.proc.poll() is None  # the station never stopped
+    finally:
+        server.stop()
+        icecast.stop()
