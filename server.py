@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted while loading the model")
         return 130
+    _raise_open_file_limit()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
@@ -192,6 +193,19 @@ def run_station(config, model, args, stop: threading.Event) -> int:
     log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
              m.playhead_samples / station.sample_rate, len(m.strides), m.underruns, m.first_sound_seconds)
     return 1 if station.producer.error is not None else 0
+
+
+def _raise_open_file_limit() -> None:
+    """Each listener is a socket: allow as many as the system lets this process have."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def start_network(station, args):

@@ -51,7 +51,7 @@ class Broadcaster:
         self.channels = channels
         self.burst_samples = int(burst_seconds * sample_rate)
         self.max_lag_samples = int(max_lag_seconds * sample_rate)
-        packets = int(ring_seconds * 50) + 64
+        packets = int(ring_seconds * 50) + 64  # enough for packets of 20 ms and longer
         self.rings: tp.Dict[str, PacketRing] = {key: PacketRing(packets) for key in RING_KEYS}
         self.opus = OpusCodec(sample_rate, channels)
         self.workers = [

@@ -3,8 +3,8 @@ packets stamped with program time into its packet ring(s). Every listener of tha
 same bytes.
 
 Codecs (all through PyAV, whose wheels carry libopus and libmp3lame):
-* `pcm`  – s16le, 20 ms packets at the model's rate;
-* `opus` – libopus at 48 kHz (resampled by libswresample), 20 ms packets, plus the same packets as
+* `pcm`  – s16le, 60 ms packets at the model's rate;
+* `opus` – libopus at 48 kHz (resampled by libswresample), 60 ms packets, plus the same packets as
   Ogg pages for `/stream.opus`;
 * `mp3`  – libmp3lame at the model's rate, one frame per packet, no bit reservoir so that a
   listener can start on any frame.
@@ -27,7 +27,9 @@ from .ring import PcmRing, RingReader
 log = logging.getLogger(__name__)
 
 OPUS_RATE = 48000
-PACKET_SECONDS = 0.02
+#: Packet length: 60 ms (Opus's longest usual frame) keeps messages per listener at ~17/s, which is
+#: what lets one process feed a thousand listeners; a radio does not need lower latency.
+PACKET_SECONDS = 0.06
 
 
 class Codec:
@@ -108,6 +110,10 @@ class OpusCodec(_AvCodec):
     rate = OPUS_RATE
     av_format = "s16"
     bit_rate = 64000
+
+    def __init__(self, sample_rate: int, channels: int):
+        super().__init__(sample_rate, channels,
+                         options={"frame_duration": str(int(PACKET_SECONDS * 1000)), "application": "audio"})
 
     @property
     def opus_head(self) -> bytes:

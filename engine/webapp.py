@@ -20,7 +20,7 @@ import typing as tp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .broadcast import Broadcaster, Listener, ListenerDropped
-from .encoders import OPUS_RATE
+from .encoders import OPUS_RATE, PACKET_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class RadioWeb:
         hello = {
             "type": "hello", "protocol": PROTOCOL_VERSION, "codec": codec, "sample_rate": rate,
             "stream_sample_rate": self.station.sample_rate, "channels": self.station.channels,
-            "frame_samples": int(rate * 0.02), "header_bytes": HEADER.size,
+            "frame_samples": int(rate * PACKET_SECONDS), "header_bytes": HEADER.size,
             "burst_seconds": b.burst_samples / self.station.sample_rate,
             "max_lag_seconds": b.max_lag_samples / self.station.sample_rate,
             "station": {"model": self.station.config.model, "prompt": self.station.config.prompt,
@@ -161,7 +161,7 @@ class RadioWeb:
         await response.prepare(request)
         _small_send_buffers(request)
         listener = self.broadcaster.join(kind, key)
-        listener.on_drop = lambda reason: request.transport and request.transport.close()
+        listener.on_drop = lambda reason: request.transport and request.transport.abort()
         if is_opus:
             await response.write(self.broadcaster.ogg_headers)
 
@@ -247,7 +247,7 @@ class NetworkThread(threading.Thread):
         self.ready = threading.Event()
         self.error: tp.Optional[BaseException] = None
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
-        self._stop: tp.Optional[asyncio.Event] = None
+        self._stop_requested: tp.Optional[asyncio.Event] = None
 
     def run(self) -> None:
         try:
@@ -258,7 +258,7 @@ class NetworkThread(threading.Thread):
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self.broadcaster.start()
         runner = web.AppRunner(RadioWeb(self.station, self.broadcaster).app(), access_log=None,
                                handle_signals=False)
@@ -270,13 +270,13 @@ class NetworkThread(threading.Thread):
         log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
                  "/stream.mp3, /status", self.host, self.port, self.host, self.port)
         self.ready.set()
-        await self._stop.wait()
+        await self._stop_requested.wait()
         for task in tasks:
             task.cancel()
         await self.broadcaster.stop()
         await runner.cleanup()
 
     def stop(self) -> None:
-        if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
+        if self.loop is not None and self._stop_requested is not None:
+            self.loop.call_soon_threadsafe(self._stop_requested.set)
         self.join(timeout=10)

@@ -56,7 +56,7 @@ def test_page_plays_non_silent_audio_in_chromium(server, codec):
     result = asyncio.run(play_in_chromium(f"{server.url}/?codec={codec}", shot))
     stats, figures = result["stats"], result["figures"]
     assert not result["errors"], result["errors"]
-    assert stats["codec"] == codec and stats["packets"] > 50
+    assert stats["codec"] == codec and stats["packets"] > 20
     assert stats["audible"] > 48000 and stats["peak"] > 0.01  # the worklet played real samples
     assert figures["connection"] == "live"
     assert figures["prompt"] == "dusty boom bap" and "tiny" in figures["model"]

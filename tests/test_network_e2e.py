@@ -31,7 +31,7 @@ def run(coro):
 def test_hello_describes_the_stream(server):
     hello, packets, _, _ = run(receive(server.ws_url + "?codec=pcm", 0.5))
     assert hello["type"] == "hello" and hello["protocol"] == 1 and hello["codec"] == "pcm"
-    assert hello["sample_rate"] == SR and hello["channels"] == 1 and hello["frame_samples"] == 640
+    assert hello["sample_rate"] == SR and hello["channels"] == 1 and hello["frame_samples"] == 1920
     assert hello["header_bytes"] == 16 and hello["station"]["model"] == "tiny"
     assert hello["station"]["seed"] == 9 and "lofi" in hello["station"]["prompt"]
     hello, _, _, _ = run(receive(server.ws_url, 0.2))  # default codec
@@ -82,7 +82,7 @@ def test_two_listeners_joining_at_different_times_hear_the_same_audio(server):
     (_, a, _, _), (_, b, _, _) = run(both())
     by_time = {at: payload for _, at, payload in a}
     common = [at for _, at, _ in b if at in by_time]
-    assert len(common) > 50
+    assert len(common) > 15
     assert all(by_time[at] == payload for _, at, payload in b if at in by_time)
 
 
@@ -194,3 +194,23 @@ def test_status_reports_listeners_per_kind(server):
     for key in ("model", "prompt", "seed", "sample_rate", "buffered_seconds", "real_time_factor",
                 "underruns", "uptime_seconds"):
         assert key in status
+
+
+def test_stalled_http_listener_is_dropped(server):
+    dropped_before = server.status()["listeners_dropped"]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /stream.mp3 HTTP/1.1\r\nHost: localhost\r\n\r\n")  # then reads nothing
+    try:
+        started = time.monotonic()
+        while server.status()["listeners_dropped"] == dropped_before:
+            assert time.monotonic() - started < MAX_LAG + 30, "stalled HTTP listener was never dropped"
+            time.sleep(0.25)
+        assert time.monotonic() - started >= MAX_LAG - 0.5
+        deadline = time.monotonic() + 5
+        while server.status()["listeners"].get("http-mp3") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not server.status()["listeners"].get("http-mp3")
+    finally:
+        sock.close()

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""How many WebSocket (Opus) listeners one station holds at real-time pace.
+
+Starts `server.py --model tiny --no-play` (generation included, as in production), then holds
+N = 100, 250, 500, 1000 … listeners on loopback from one client process (aiohttp), each reading
+everything it is sent. For each N it measures, over a steady window: the station's CPU seconds per
+wall second (psutil) above its idle baseline, hence CPU per listener, and whether every listener
+kept up: no listener dropped by the station and none more than `--max-behind` seconds behind the
+newest packet any listener saw.
+
+    python bench/bench_listeners.py                  # up to 1000 listeners
+    python bench/bench_listeners.py --counts 100,2000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = struct.Struct("<BBHIq")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Listener:
+    def __init__(self):
+        self.last_sample = None
+        self.bytes = 0
+        self.closed = None
+
+
+async def listen(session, url, listener: Listener) -> None:
+    try:
+        async with session.ws_connect(url, max_msg_size=1 << 20, compress=0) as ws:
+            async for msg in ws:
+                if msg.type.name == "BINARY":
+                    listener.last_sample = HEADER.unpack_from(msg.data)[4]
+                    listener.bytes += len(msg.data)
+            listener.closed = f"closed {ws.close_code}"
+    except Exception as err:  # counted as not held
+        listener.closed = f"{type(err).__name__}: {err}"
+
+
+def status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+async def measure(port, server: psutil.Process, counts, window, max_behind, sample_rate):
+    import aiohttp
+    url = f"ws://127.0.0.1:{port}/ws?codec=opus"
+    connector = aiohttp.TCPConnector(limit=0)
+    results = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        c0, t0 = cpu_seconds(server), time.monotonic()
+        await asyncio.sleep(window)
+        baseline = (cpu_seconds(server) - c0) / (time.monotonic() - t0)
+        print(f"station alone (tiny model generating, encoders running): {baseline:.3f} CPU-s/s", flush=True)
+        listeners, tasks = [], []
+        for n in counts:
+            dropped_before = status(port)["listeners_dropped"]
+            while len(listeners) < n:
+                listener = Listener()
+                listeners.append(listener)
+                tasks.append(asyncio.ensure_future(listen(session, url, listener)))
+                if len(listeners) % 50 == 0:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(3.0)  # settle after the joins and their bursts
+            c0, t0 = cpu_seconds(server), time.monotonic()
+            bytes0 = sum(x.bytes for x in listeners)
+            await asyncio.sleep(window)
+            elapsed = time.monotonic() - t0
+            cpu = (cpu_seconds(server) - c0) / elapsed
+            rate = (sum(x.bytes for x in listeners) - bytes0) / elapsed / n
+            newest = max(x.last_sample or 0 for x in listeners)
+            behind = max((newest - (x.last_sample or 0)) / sample_rate for x in listeners)
+            st = status(port)
+            dropped = st["listeners_dropped"] - dropped_before
+            failed = sum(1 for x in listeners if x.closed)
+            held = dropped == 0 and failed == 0 and behind <= max_behind and st["listeners_total"] >= n
+            results.append((n, cpu, baseline, behind, dropped, failed, held, rate))
+            print(f"{n:5d} listeners: station CPU {cpu:.3f} s/s ({1000 * (cpu - baseline) / n:.3f} ms CPU "
+                  f"per listener per s), worst listener {behind:.2f} s behind, {dropped} dropped, "
+                  f"{failed} failed, {rate / 1000:.1f} kB/s each -> {'held' if held else 'NOT held'}",
+                  flush=True)
+            if not held:
+                break
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--counts", default="100,250,500,1000")
+    p.add_argument("--window", type=float, default=5.0, help="seconds measured per step")
+    p.add_argument("--max-behind", type=float, default=1.0,
+                   help="a listener further behind than this (s) counts as not keeping up")
+    args = p.parse_args()
+    raise_fd_limit()
+    port = free_port()
+    cmd = [sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play", "--port", str(port),
+           "--seed", "1", "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                st = status(port)
+                if st["played_seconds"] > 0:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        print(f"bench: {os.cpu_count()} cores; station = server.py --model tiny --no-play; "
+              f"clients = one aiohttp process on loopback; Opus over WebSocket", flush=True)
+        results = asyncio.run(measure(port, psutil.Process(proc.pid), [int(c) for c in args.counts.split(",")],
+                                      args.window, args.max_behind, st["sample_rate"]))
+        held = [r for r in results if r[6]]
+        if held:
+            n, cpu, baseline = held[-1][:3]
+            print(f"largest count held: {n} listeners; CPU per listener {1000 * (cpu - baseline) / n:.3f} ms/s "
+                  f"({100 * (cpu - baseline) / n:.4f} % of a core)")
+        else:
+            print("no listener count was held")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
