@@ -11,6 +11,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import struct
 import typing as tp
 
 from .encoders import EncoderWorker, Mp3Codec, OpusCodec, PcmCodec
@@ -21,6 +22,21 @@ log = logging.getLogger(__name__)
 
 #: Packet ring keys: one per codec, plus Opus packets wrapped as Ogg pages.
 RING_KEYS = ("pcm", "opus", "ogg", "mp3")
+#: WebSocket binary message header: version u8, codec u8 (0 pcm, 1 opus), reserved u16,
+#: sequence u32, program sample index i64 (model rate) of the packet's first sample.
+WS_HEADER = struct.Struct("<BBHIq")
+WS_PROTOCOL_VERSION = 1
+WS_CODEC_IDS = {"pcm": 0, "opus": 1}
+
+
+def _ws_framer(codec_id: int):
+    def frame(seq: int, stream_sample: int, payload: bytes) -> bytes:
+        return WS_HEADER.pack(WS_PROTOCOL_VERSION, codec_id, 0, seq & 0xFFFFFFFF, stream_sample) + payload
+    return frame
+
+
+#: WebSocket messages are built once per packet, in the encoder thread, for every listener.
+WS_FRAMERS = {key: _ws_framer(codec_id) for key, codec_id in WS_CODEC_IDS.items()}
 
 
 class ListenerDropped(Exception):
@@ -52,7 +68,8 @@ class Broadcaster:
         self.burst_samples = int(burst_seconds * sample_rate)
         self.max_lag_samples = int(max_lag_seconds * sample_rate)
         packets = int(ring_seconds * 50) + 64  # enough for packets of 20 ms and longer
-        self.rings: tp.Dict[str, PacketRing] = {key: PacketRing(packets) for key in RING_KEYS}
+        self.rings: tp.Dict[str, PacketRing] = {
+            key: PacketRing(packets, framer=WS_FRAMERS.get(key)) for key in RING_KEYS}
         self.opus = OpusCodec(sample_rate, channels)
         self.workers = [
             EncoderWorker(PcmCodec(sample_rate, channels), program, self.rings["pcm"]),

@@ -17,13 +17,16 @@ class Packet:
     stream_sample: int  # program sample index of the first sample (model rate)
     duration_samples: int  # at the model rate
     payload: bytes
+    framed: bytes = b""  # the payload already wrapped for its transport (built once, sent to all)
 
 
 class PacketRing:
     """Fixed-capacity ring of packets addressed by sequence number."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int,
+                 framer: tp.Optional[tp.Callable[[int, int, bytes], bytes]] = None):
         self.capacity = int(capacity)
+        self.framer = framer  # (seq, stream_sample, payload) → framed bytes
         self._slots: tp.List[tp.Optional[Packet]] = [None] * self.capacity
         self.next_seq = 0  # the sequence number the next packet will get
         self.listeners: tp.List[tp.Callable[[], None]] = []  # called after each publish
@@ -33,7 +36,9 @@ class PacketRing:
         return max(0, self.next_seq - self.capacity)
 
     def publish(self, stream_sample: int, duration_samples: int, payload: bytes) -> Packet:
-        packet = Packet(self.next_seq, stream_sample, duration_samples, payload)
+        seq = self.next_seq
+        framed = self.framer(seq, stream_sample, payload) if self.framer else b""
+        packet = Packet(seq, stream_sample, duration_samples, payload, framed)
         self._slots[packet.seq % self.capacity] = packet
         self.next_seq = packet.seq + 1
         for notify in list(self.listeners):

@@ -12,23 +12,20 @@ import json
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 import typing as tp
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .broadcast import WS_CODEC_IDS as CODEC_IDS
+from .broadcast import WS_HEADER as HEADER
+from .broadcast import WS_PROTOCOL_VERSION as PROTOCOL_VERSION
 from .broadcast import Broadcaster, Listener, ListenerDropped
 from .encoders import OPUS_RATE, PACKET_SECONDS
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-#: Binary audio message header: version u8, codec u8 (0 pcm, 1 opus), reserved u16, sequence u32,
-#: program sample index i64 (at the model's sample rate) of the packet's first sample.
-HEADER = struct.Struct("<BBHIq")
-CODEC_IDS = {"pcm": 0, "opus": 1}
 MAX_CLIENT_MESSAGE_BYTES = 4096
 CLOSE_TOO_SLOW = 4000
 STATUS_PERIOD_SECONDS = 2.0
@@ -94,11 +91,9 @@ class RadioWeb:
         await ws.send_str(json.dumps(hello))
         listener = b.join(f"ws-{codec}", codec)
         listener.on_drop = lambda reason: asyncio.ensure_future(_drop_ws(ws, request, reason))
-        codec_id = CODEC_IDS[codec]
 
         async def send(packet):
-            await ws.send_bytes(HEADER.pack(PROTOCOL_VERSION, codec_id, 0, packet.seq & 0xFFFFFFFF,
-                                            packet.stream_sample) + packet.payload)
+            await ws.send_bytes(packet.framed)
 
         pump = asyncio.ensure_future(self._pump(listener, send))
         listener.task = pump
