@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import typing as tp
 
 import torch
 
