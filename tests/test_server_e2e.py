@@ -96,6 +96,9 @@ def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     (("--model", "tiny", "--record", "/proc/radio.wav"), "not writable"),
     (("--model", "tiny", "--record", "out.mp4"), ".wav or .flac"),
     (("--model", "tiny", "--prompt", "x" * 3000), "limit is"),
+    (("--model", "tiny", "--icecast", "http://host:8000/radio.mp3"), "icecast://source:PASSWORD@"),
+    (("--model", "tiny", "--icecast", "icecast://source:pw@host:8000/radio.wav"), ".opus, .ogg or .mp3"),
+    (("--model", "tiny", "--max-lag", "1", "--burst", "2"), "--max-lag"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(args, message):
     result = run_server(*args, "--no-play", timeout=60)
