@@ -71,9 +71,10 @@ class Broadcaster:
         self.rings: tp.Dict[str, PacketRing] = {
             key: PacketRing(packets, framer=WS_FRAMERS.get(key)) for key in RING_KEYS}
         self.opus = OpusCodec(sample_rate, channels)
+        self._opus_worker = EncoderWorker(self.opus, program, self.rings["opus"], ogg_ring=self.rings["ogg"])
         self.workers = [
             EncoderWorker(PcmCodec(sample_rate, channels), program, self.rings["pcm"]),
-            EncoderWorker(self.opus, program, self.rings["opus"], ogg_ring=self.rings["ogg"]),
+            self._opus_worker,
             EncoderWorker(Mp3Codec(sample_rate, channels), program, self.rings["mp3"]),
         ]
         self.listeners: tp.Set[Listener] = set()
@@ -84,7 +85,7 @@ class Broadcaster:
 
     @property
     def ogg_headers(self) -> bytes:
-        return self.workers[1].ogg_headers
+        return self._opus_worker.ogg_headers
 
     @property
     def opus_head(self) -> bytes:
@@ -106,7 +107,7 @@ class Broadcaster:
         if self._supervisor:
             self._supervisor.cancel()
         for listener in list(self.listeners):
-            self._drop(listener, "station stopping")
+            self.drop(listener, "station stopping")
 
     def _wake(self, key: str) -> None:
         event = self._events[key]
@@ -120,10 +121,10 @@ class Broadcaster:
         newest = ring.newest()
         start = ring.next_seq if newest is None else ring.seq_at_or_after(
             newest.stream_sample + newest.duration_samples - self.burst_samples)
-        listener = Listener(kind, ring_key, start)
-        listener.sent_until = newest.stream_sample if newest is not None else 0
-        if ring.get(start) is not None:
-            listener.sent_until = ring.get(start).stream_sample
+        first = ring.get(start)
+        # Lag is counted from the first packet it will get (or the live point when none is kept).
+        sent_until = first.stream_sample if first is not None else (newest.stream_sample if newest else 0)
+        listener = Listener(kind, ring_key, start, sent_until=sent_until)
         self.listeners.add(listener)
         log.info("listener joined: %s (%d listening)", kind, len(self.listeners))
         return listener
@@ -150,6 +151,18 @@ class Broadcaster:
             listener.cursor += 1
             yield packet
 
+    async def feed(self, listener: Listener, send: tp.Callable[[Packet], tp.Awaitable[None]]) -> None:
+        """Send the listener its packets until it is dropped or its connection fails; every
+        transport (WebSocket, HTTP, Icecast) is just a different `send`."""
+        try:
+            async for packet in self.packets(listener):
+                await send(packet)
+                listener.sent_until = packet.stream_sample + packet.duration_samples
+        except ListenerDropped as dropped:
+            self.drop(listener, dropped.reason)
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away
+
     def counts(self) -> tp.Dict[str, int]:
         return dict(collections.Counter(listener.kind for listener in self.listeners))
 
@@ -159,7 +172,7 @@ class Broadcaster:
             return 0
         return newest.stream_sample + newest.duration_samples - listener.sent_until
 
-    def _drop(self, listener: Listener, reason: str) -> None:
+    def drop(self, listener: Listener, reason: str) -> None:
         if listener.dropped:
             return
         listener.dropped = reason
@@ -175,4 +188,4 @@ class Broadcaster:
             for listener in list(self.listeners):
                 lag = self.lag_samples(listener)
                 if lag > self.max_lag_samples:
-                    self._drop(listener, f"too slow: {lag / self.sample_rate:.1f} s behind the live point")
+                    self.drop(listener, f"too slow: {lag / self.sample_rate:.1f} s behind the live point")

@@ -36,7 +36,6 @@ class Codec:
     """Turns blocks of program frames into packets: (payload, start sample, duration samples)."""
 
     name = "codec"
-    mime = "application/octet-stream"
 
     def __init__(self, sample_rate: int, channels: int):
         self.sample_rate = sample_rate
@@ -48,7 +47,6 @@ class Codec:
 
 class PcmCodec(Codec):
     name = "pcm"
-    mime = "audio/L16"
 
     def __init__(self, sample_rate: int, channels: int):
         super().__init__(sample_rate, channels)
@@ -105,7 +103,6 @@ class _AvCodec(Codec):
 
 class OpusCodec(_AvCodec):
     name = "opus"
-    mime = "audio/ogg"
     codec_name = "libopus"
     rate = OPUS_RATE
     av_format = "s16"
@@ -122,7 +119,6 @@ class OpusCodec(_AvCodec):
 
 class Mp3Codec(_AvCodec):
     name = "mp3"
-    mime = "audio/mpeg"
     codec_name = "libmp3lame"
     av_format = "s16p"
     bit_rate = 96000
@@ -144,6 +140,8 @@ class EncoderWorker(threading.Thread):
         self.ogg_ring = ogg_ring
         self.ogg_serial = random.getrandbits(31)
         self._ogg_page_seq = 2  # pages 0 and 1 are the headers
+        self._opus_pre_skip = (int.from_bytes(codec.opus_head[10:12], "little")
+                               if ogg_ring is not None else 0)
         self.block_samples = int(block_seconds * codec.sample_rate)
         self._stop_event = threading.Event()
         self.error: tp.Optional[BaseException] = None
@@ -178,8 +176,7 @@ class EncoderWorker(threading.Thread):
             log.exception("encoder %s failed; its listeners get no more audio", self.codec.name)
 
     def _publish_ogg(self, payload: bytes, at: int, duration: int) -> None:
-        pre_skip = int.from_bytes(self.codec.opus_head[10:12], "little")
-        granule = pre_skip + (at + duration - self.start_sample) * OPUS_RATE // self.codec.sample_rate
+        granule = self._opus_pre_skip + (at + duration - self.start_sample) * OPUS_RATE // self.codec.sample_rate
         page = ogg_page(self.ogg_serial, self._ogg_page_seq, max(granule, 0), payload)
         self._ogg_page_seq += 1
         self.ogg_ring.publish(at, duration, page)

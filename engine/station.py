@@ -50,15 +50,13 @@ class Station:
             self.generator, self.stitcher, self.stream_ring, prompt=config.prompt,
             stride_frames=self.stride_frames, buffer_ahead_samples=self.buffer_ahead_samples,
             playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample)
-        self._started_at = time.monotonic()
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
 
     def start(self) -> None:
-        self._started_at = time.monotonic()
-        self.metrics.started_at = self._started_at
+        self.metrics.started_at = time.monotonic()
         self.producer.start()
 
     def _prefill_target_samples(self) -> int:
@@ -77,7 +75,7 @@ class Station:
             stop.wait(poll_seconds)
         if stop.is_set() or self.producer.error is not None or self.stream_ring.written_until == 0:
             return False
-        self.metrics.first_sound_seconds = round(time.monotonic() - self._started_at, 3)
+        self.metrics.first_sound_seconds = round(time.monotonic() - self.metrics.started_at, 3)
         self.update_metrics()
         rtf = self.metrics.last_real_time_factor
         log.info("pre-fill: done in %.1f s, %.1f s buffered; playback starts", self.metrics.first_sound_seconds,

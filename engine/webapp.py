@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .broadcast import WS_CODEC_IDS as CODEC_IDS
 from .broadcast import WS_HEADER as HEADER
 from .broadcast import WS_PROTOCOL_VERSION as PROTOCOL_VERSION
-from .broadcast import Broadcaster, Listener, ListenerDropped
+from .broadcast import Broadcaster
 from .encoders import OPUS_RATE, PACKET_SECONDS
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ class RadioWeb:
         self.station = station
         self.broadcaster = broadcaster
         self.web_root = web_root
-        self.started_at = time.monotonic()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -57,7 +56,7 @@ class RadioWeb:
         s.update(sample_rate=self.station.sample_rate, channels=self.station.channels,
                  listeners=self.broadcaster.counts(), listeners_total=len(self.broadcaster.listeners),
                  listeners_dropped=self.broadcaster.dropped_total,
-                 network_tasks=len(asyncio.all_tasks()) if _in_loop() else None)
+                 network_tasks=len(asyncio.all_tasks()))
         return s
 
     async def index(self, request: web.Request) -> web.StreamResponse:
@@ -90,12 +89,13 @@ class RadioWeb:
             hello["opus_head"] = base64.b64encode(b.opus_head).decode()
         await ws.send_str(json.dumps(hello))
         listener = b.join(f"ws-{codec}", codec)
-        listener.on_drop = lambda reason: asyncio.ensure_future(_drop_ws(ws, request, reason))
+        listener.on_drop = lambda reason: asyncio.ensure_future(
+            _close_ws(ws, request, CLOSE_TOO_SLOW, reason, timeout=1.0, always_cut=True))
 
         async def send(packet):
             await ws.send_bytes(packet.framed)
 
-        pump = asyncio.ensure_future(self._pump(listener, send))
+        pump = asyncio.ensure_future(b.feed(listener, send))
         listener.task = pump
         ticker = asyncio.ensure_future(self._status_ticker(ws))
         try:
@@ -109,16 +109,6 @@ class RadioWeb:
                 await _close_ws(ws, request, WSCloseCode.GOING_AWAY, "station closing")
             await _release_transport(request)
         return ws
-
-    async def _pump(self, listener: Listener, send) -> None:
-        try:
-            async for packet in self.broadcaster.packets(listener):
-                await send(packet)
-                listener.sent_until = packet.stream_sample + packet.duration_samples
-        except ListenerDropped as dropped:
-            self.broadcaster._drop(listener, dropped.reason)
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away
 
     async def _status_ticker(self, ws) -> None:
         while not ws.closed:
@@ -165,20 +155,12 @@ class RadioWeb:
 
         listener.task = asyncio.current_task()
         try:
-            await self._pump(listener, send)
+            await self.broadcaster.feed(listener, send)
         except asyncio.CancelledError:
             pass
         finally:
             self.broadcaster.leave(listener)
         return response
-
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _small_send_buffers(request: web.Request) -> None:
@@ -206,25 +188,17 @@ async def _release_transport(request: web.Request, grace_seconds: float = 1.0) -
         await asyncio.sleep(0.05)
 
 
-async def _drop_ws(ws, request, reason: str) -> None:
-    """Close a listener that fell behind: a close frame with the reason if it can still get
-    through within a second, then the connection is cut whatever happens."""
+async def _close_ws(ws, request, code: int, reason: str, timeout: float = 2.0,
+                    always_cut: bool = False) -> None:
+    """Send a close frame with `reason`; cut the connection if the peer does not answer within
+    `timeout` (a dropped, lagging listener is cut in any case: `always_cut`)."""
     try:
-        await asyncio.wait_for(ws.close(code=CLOSE_TOO_SLOW, message=reason.encode()[:120]), timeout=1.0)
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), timeout=timeout)
+        if not always_cut:
+            return
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         pass
-    finally:
-        if request.transport is not None:
-            request.transport.abort()
-
-
-async def _close_ws(ws, request, code: int, reason: str) -> None:
-    try:
-        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), timeout=2.0)
-        return
-    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-        pass
-    if request.transport is not None:  # the peer is not answering: cut the connection
+    if request.transport is not None:
         request.transport.abort()
 
 

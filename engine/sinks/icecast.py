@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import urllib.parse
 
-from ..broadcast import Broadcaster, ListenerDropped
+from ..broadcast import Broadcaster
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class IcecastSource:
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
-            except (OSError, ConnectionError, IcecastRefused, ListenerDropped, asyncio.TimeoutError) as err:
+            except (OSError, ConnectionError, asyncio.TimeoutError) as err:
                 reason = getattr(err, "reason", None) or str(err) or type(err).__name__
                 log.warning("icecast %s: %s; retrying in %.0f s", self.target, reason, backoff)
             self.connected = False
@@ -108,12 +108,15 @@ class IcecastSource:
             listener.on_drop = lambda reason: writer.transport.abort()
             if t.ring_key == "ogg":
                 writer.write(self.broadcaster.ogg_headers)
-            async for packet in self.broadcaster.packets(listener):
-                writer.write(packet.payload)
-                await writer.drain()
-                listener.sent_until = packet.stream_sample + packet.duration_samples
+
+            async def send(packet):
                 if reader.at_eof():
                     raise ConnectionError("the server closed the connection")
+                writer.write(packet.payload)
+                await writer.drain()
+
+            await self.broadcaster.feed(listener, send)  # returns when dropped or disconnected
+            raise ConnectionError(listener.dropped or "the connection to the server ended")
         finally:
             if listener is not None:
                 self.broadcaster.leave(listener)
