@@ -177,6 +177,7 @@ class Broadcaster:
             return
         listener.dropped = reason
         self.dropped_total += 1
+        log.info("listener dropped: %s, %s", listener.kind, reason)
         if listener.on_drop is not None:
             listener.on_drop(reason)
         if listener.task is not None:
