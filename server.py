@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
                    help="where the model runs; auto (default) picks CUDA when present")
+    g.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="precision of the language model: auto (default) picks bf16 (else fp16) on "
+                        "CUDA and int8 weights on x86 CPUs; fp32 is the reference")
     g.add_argument("--seed", type=int, default=None,
                    help="sampling seed; the same seed and flags give the same audio (default: random, logged)")
     g = p.add_argument_group("sliding window (seconds)")
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args):
     from engine.config import EngineConfig
     return EngineConfig(
-        prompt=args.prompt, model=args.model, device=args.device, window_seconds=args.window,
+        prompt=args.prompt, model=args.model, device=args.device, dtype=args.dtype,
+        window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, cfg_coef=args.cfg,
         seed=args.seed if args.seed is not None else random.randrange(2**31),
@@ -123,6 +127,8 @@ def main(argv=None) -> int:
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535 (got {args.port})")
         device = resolve_device(config.device)
+        if device == "cuda" and config.dtype == "int8":
+            raise ConfigError("--dtype int8 is the CPU path; on CUDA use bf16, fp16 or auto")
     except (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError) as err:
         parser.error(str(err))  # one line, exit code 2
 

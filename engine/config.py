@@ -21,6 +21,7 @@ class EngineConfig:
     prompt: str = "warm lofi hip hop with vinyl crackle"
     model: str = "facebook/musicgen-small"
     device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (engine/fastlm.py: resolve_dtype)
     # Sliding window (seconds): each stride sees the last `context_seconds` of tokens.
     window_seconds: float = 30.0
     context_seconds: float = 20.0
@@ -85,3 +86,5 @@ class EngineConfig:
                 f"--prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16", "int8"):
+            raise ConfigError(f"--dtype must be auto, fp32, bf16, fp16 or int8 (got {self.dtype!r})")

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import typing as tp
 
 import torch
 
+from .fastlm import FastLM, UnsupportedModel, resolve_dtype
+
+log = logging.getLogger(__name__)
 ProgressCallback = tp.Callable[[int, int], None]
 
 
@@ -27,22 +31,41 @@ class WindowGenerator:
     """Generates codes [1, K, frames] stride after stride with a sliding token context.
 
     `context_frames`: how many of the last emitted frames prompt the next stride.
-    `seed`: each stride n is sampled after seeding torch with (seed, n), so a run is reproducible
-    stride by stride whatever else the process does between strides.
+    `max_frames`: the longest context + stride that will be asked for (default: the model's
+    maximum duration).
+    `seed`: each stride n is sampled from a generator seeded with (seed, n), so a run is
+    reproducible stride by stride whatever else the process does between strides.
+    `dtype`: precision of the fast decoder (engine/fastlm.py: auto | fp32 | bf16 | fp16 | int8).
+    Models the fast decoder does not implement (e.g. melody conditioning) run through
+    audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
     """
 
     def __init__(self, model, context_frames: int, sampling: SamplingParams, seed: int,
-                 autocast_dtype: tp.Optional[torch.dtype] = None):
+                 max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True):
         self.model = model
         self.lm = model.lm
         self.context_frames = int(context_frames)
         self.sampling = sampling
         self.seed = int(seed)
-        self.autocast_dtype = autocast_dtype
         self.device = next(self.lm.parameters()).device
+        self.dtype = resolve_dtype(dtype, self.device)
         self.stride_index = 0
         self.frames_emitted = 0
+        self.last_timings: tp.Dict[str, float] = {}
         self._context: tp.Optional[torch.Tensor] = None  # [1, K, <= context_frames]
+        self.fast: tp.Optional[FastLM] = None
+        if max_frames is None:
+            max_frames = int(round(float(model.max_duration) * float(model.frame_rate)))
+        try:
+            if not fast:
+                raise UnsupportedModel("asked for")
+            self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device)
+            log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions",
+                     self.dtype, self.fast.parameter_bytes() / 1e6, self.fast.max_positions)
+        except UnsupportedModel as err:
+            if self.dtype == "int8":
+                self.dtype = "fp32"
+            log.info("decoder: audiocraft's generate loop (%s), %s", err, self.dtype)
 
     @property
     def context(self) -> tp.Optional[torch.Tensor]:
@@ -58,15 +81,25 @@ class WindowGenerator:
         """Generate `frames` new frames of codes [1, K, frames] continuing the context."""
         prompt_codes = self._context
         prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
-        torch.manual_seed(self.seed * 1_000_003 + self.stride_index)
+        stride_seed = self.seed * 1_000_003 + self.stride_index
         s = self.sampling
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            codes = self.lm.generate(
-                prompt_codes, self._conditions(prompt), max_gen_len=prompt_frames + frames,
-                use_sampling=s.temperature > 0, temp=max(s.temperature, 1e-5), top_k=s.top_k,
-                top_p=s.top_p, cfg_coef=s.cfg_coef, callback=progress)
+        self.last_timings = {}
+        if self.fast is not None:
+            generator = torch.Generator(self.device).manual_seed(stride_seed)
+            codes = self.fast.generate(
+                prompt_codes, self._conditions(prompt)[0], frames, temperature=s.temperature,
+                top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef, generator=generator,
+                progress=progress, timings=self.last_timings)
+        else:
+            torch.manual_seed(stride_seed)
+            autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
+            autocast = (torch.autocast(self.device.type, dtype=autocast_dtype)
+                        if autocast_dtype is not None else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
+                codes = self.lm.generate(
+                    prompt_codes, self._conditions(prompt), max_gen_len=prompt_frames + frames,
+                    use_sampling=s.temperature > 0, temp=max(s.temperature, 1e-5), top_k=s.top_k,
+                    top_p=s.top_p, cfg_coef=s.cfg_coef, callback=progress)
         new_codes = codes[..., prompt_frames:].clone()
         keep = min(self.context_frames, codes.shape[-1])
         self._context = codes[..., codes.shape[-1] - keep:].clone() if keep > 0 else None

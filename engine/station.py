@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 
-import torch
 
 from .config import EngineConfig
 from .generator import SamplingParams, WindowGenerator
@@ -36,11 +35,10 @@ class Station:
         self.end_sample = None if config.duration_seconds is None else int(round(config.duration_seconds * sr))
         self.metrics = EngineMetrics(sample_rate=sr, model=config.model, prompt=config.prompt,
                                      seed=config.seed)
-        device = next(model.lm.parameters()).device
-        autocast = torch.float16 if device.type == "cuda" else None
         self.generator = WindowGenerator(model, context_frames, SamplingParams(
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-            cfg_coef=config.cfg_coef), seed=config.seed, autocast_dtype=autocast)
+            cfg_coef=config.cfg_coef), seed=config.seed, dtype=config.dtype,
+            max_frames=context_frames + self.stride_frames)
         self.stitcher = StitchingDecoder(model.compression_model)
         history = int(config.history_seconds * sr)
         self.stream_ring = PcmRing(self.buffer_ahead_samples + history + sr, self.channels)

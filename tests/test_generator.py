@@ -1,11 +1,13 @@
+import pytest
 import torch
 
 from engine.generator import SamplingParams, WindowGenerator
 
 
-def _spy_generate(lm):
+def _spy_generate(decoder):
+    """Record the prompt codes each stride is given (fast decoder or audiocraft's LM)."""
     prompts = []
-    real = lm.generate
+    real = decoder.generate
 
     def spy(prompt, *args, **kwargs):
         prompts.append(None if prompt is None else prompt.clone())
@@ -13,11 +15,14 @@ def _spy_generate(lm):
     return spy, prompts
 
 
-def test_each_stride_is_prompted_by_the_last_context_of_emitted_tokens(tiny_model, monkeypatch):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-decoder", "audiocraft-loop"])
+def test_each_stride_is_prompted_by_the_last_context_of_emitted_tokens(tiny_model, monkeypatch, fast):
     context_frames, stride_frames = 40, 25
-    gen = WindowGenerator(tiny_model, context_frames, SamplingParams(), seed=3)
-    spy, prompts = _spy_generate(tiny_model.lm)
-    monkeypatch.setattr(tiny_model.lm, "generate", spy)
+    gen = WindowGenerator(tiny_model, context_frames, SamplingParams(), seed=3, fast=fast)
+    assert (gen.fast is not None) == fast
+    decoder = gen.fast if fast else tiny_model.lm
+    spy, prompts = _spy_generate(decoder)
+    monkeypatch.setattr(decoder, "generate", spy)
     emitted = []
     for _ in range(4):
         codes = gen.next_stride("lofi", stride_frames)
@@ -32,9 +37,10 @@ def test_each_stride_is_prompted_by_the_last_context_of_emitted_tokens(tiny_mode
     assert gen.context.shape[-1] == context_frames
 
 
-def test_same_seed_same_tokens_other_seed_other_tokens(tiny_model):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-decoder", "audiocraft-loop"])
+def test_same_seed_same_tokens_other_seed_other_tokens(tiny_model, fast):
     def run(seed):
-        gen = WindowGenerator(tiny_model, 20, SamplingParams(), seed=seed)
+        gen = WindowGenerator(tiny_model, 20, SamplingParams(), seed=seed, fast=fast)
         return torch.cat([gen.next_stride("jazz", 15) for _ in range(3)], dim=-1)
     a, b, c = run(7), run(7), run(8)
     assert torch.equal(a, b)
@@ -43,8 +49,8 @@ def test_same_seed_same_tokens_other_seed_other_tokens(tiny_model):
 
 def test_zero_context_means_independent_strides(tiny_model, monkeypatch):
     gen = WindowGenerator(tiny_model, 0, SamplingParams(), seed=1)
-    spy, prompts = _spy_generate(tiny_model.lm)
-    monkeypatch.setattr(tiny_model.lm, "generate", spy)
+    spy, prompts = _spy_generate(gen.fast)
+    monkeypatch.setattr(gen.fast, "generate", spy)
     gen.next_stride("a", 10)
     gen.next_stride("a", 10)
     assert prompts == [None, None]

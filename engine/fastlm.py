@@ -1,0 +1,394 @@
+"""A fast decoder for MusicGen's language model: audiocraft's weights, our own loop.
+
+What it computes is audiocraft's `LMModel.generate` (delay pattern, classifier-free guidance,
+top-k / top-p sampling); how it computes it follows gpt-fast's `generate.py`:
+
+- `prefill`: the whole prompt (the token context of the window) in one causal pass;
+- `decode_one_step`: one position through the transformer against a static KV cache
+  [layers, 2, heads, max_positions, head_dim], allocated once, written in place;
+- classifier-free guidance as one batch of 2 (conditional, unconditional);
+- the cross-attention keys/values of the text condition computed once per prompt, not per step;
+- the 4 codebook heads as one matmul, and their sampling fused into one top-k/multinomial;
+- weights in the chosen precision: fp32, bf16, fp16, or int8 (per-channel weights with
+  dynamically quantised activations: fbgemm's VNNI kernels on x86 CPUs, the fastest at batch 2
+  there); `auto` picks by hardware (`resolve_dtype`).
+
+Shapes: B = 2 (cond, uncond), K codebooks, T positions, D model dim, H heads, Dh = D / H.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing as tp
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ProgressCallback = tp.Callable[[int, int], None]
+
+
+class UnsupportedModel(ValueError):
+    """The LM uses a feature the fast decoder does not implement (audiocraft's loop is used)."""
+
+
+def cpu_flags() -> tp.Set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """`auto` → the fastest precision that keeps the model's quality on this hardware:
+    CUDA: bf16 where supported, else fp16; CPU: int8 where fbgemm has VNNI/AVX2 kernels
+    (cross-entropy gap measured by bench/bench_quality.py), else fp32."""
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {name!r})")
+    if device.type == "cuda":
+        if name == "int8":
+            raise ValueError("--dtype int8 is a CPU path; use bf16 or fp16 on CUDA")
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return name
+    if name != "auto":
+        return name
+    flags = cpu_flags()
+    if "fbgemm" in torch.backends.quantized.supported_engines and (
+            "avx512_vnni" in flags or "avx2" in flags):
+        return "int8"
+    return "fp32"
+
+
+# -- linear layers in each precision ------------------------------------------------------------
+class _Dense:
+    """y = x W^T + b with W [out, in] stored in `dtype`."""
+
+    def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], dtype: torch.dtype):
+        self.weight = weight.detach().to(dtype).contiguous()
+        self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _Int8:
+    """Per-output-channel symmetric int8 weights, activations quantised per call (fbgemm).
+    Input and output are fp32."""
+
+    def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor]):
+        w = weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qweight = torch.quantize_per_channel(
+                w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+            b = None if bias is None else bias.detach().float().contiguous()
+            self.packed = torch.ops.quantized.linear_prepack(qweight, b)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]), self.packed, True)
+        return y.view(*shape[:-1], y.shape[-1])
+
+
+def _linear(weight, bias, mode: str, compute_dtype: torch.dtype):
+    return _Int8(weight, bias) if mode == "int8" else _Dense(weight, bias, compute_dtype)
+
+
+@dataclasses.dataclass
+class _Norm:
+    weight: torch.Tensor
+    bias: tp.Optional[torch.Tensor]
+    eps: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+@dataclasses.dataclass
+class _Layer:
+    norm_self: _Norm
+    qkv: tp.Any
+    out_self: tp.Any
+    norm_cross: _Norm
+    q_cross: tp.Any
+    kv_cross: _Dense  # used once per prompt: kept dense
+    out_cross: tp.Any
+    norm_ff: _Norm
+    ff1: tp.Any
+    ff2: tp.Any
+
+
+def _check_supported(lm) -> tp.List[int]:
+    """Return the codebook delays, or raise UnsupportedModel naming what is missing."""
+    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+    pattern = lm.pattern_provider
+    if not isinstance(pattern, DelayedPatternProvider) or pattern.flatten_first or pattern.empty_initial:
+        raise UnsupportedModel("only the plain delay codebook pattern is implemented")
+    if any(len(lm.fuser.fuse2cond.get(op, [])) for op in ("sum", "prepend", "input_interpolate")):
+        raise UnsupportedModel("only cross-attention conditioning is implemented (not melody/prepend)")
+    if getattr(lm.fuser, "cross_attention_pos_emb", False):
+        raise UnsupportedModel("cross-attention positional embedding is not implemented")
+    t = lm.transformer
+    if t.positional_embedding != "sin":
+        raise UnsupportedModel(f"positional embedding {t.positional_embedding!r} is not implemented")
+    for layer in t.layers:
+        a = layer.self_attn
+        if (not layer.norm_first or layer.cross_attention is None or a.kv_repeat != 1 or a.rope
+                or a.qk_layer_norm or a.past_context is not None or not a.custom
+                or not isinstance(layer.layer_scale_1, torch.nn.Identity)
+                or not isinstance(layer.norm1, torch.nn.LayerNorm)):
+            raise UnsupportedModel("transformer layer variant not implemented "
+                                   "(needs norm-first, cross-attention, plain MHA, layer norm)")
+    if lm.two_step_cfg:
+        raise UnsupportedModel("two-step CFG is not implemented")
+    return list(pattern.delays)
+
+
+class FastLM:
+    """Runs an audiocraft `LMModel`'s weights; `generate` matches `LMModel.generate`.
+
+    `max_frames`: the longest sequence (prompt + new frames) `generate` will be asked for; the
+    KV cache holds max_frames + max(delays) + 1 positions.
+    """
+
+    def __init__(self, lm, max_frames: int, dtype: str = "auto",
+                 device: tp.Optional[torch.device] = None):
+        self.delays = _check_supported(lm)
+        self.lm = lm  # for the condition provider (text encoder), kept in its own precision
+        self.device = device or next(lm.parameters()).device
+        self.mode = resolve_dtype(dtype, self.device)
+        # int8: fp32 activations and KV cache (the quantised kernels take fp32; CPU attention
+        # kernels are fastest in fp32).
+        self.compute_dtype = torch.float32 if self.mode == "int8" else _TORCH_DTYPES[self.mode]
+        self.cache_dtype = self.compute_dtype
+        t = lm.transformer
+        first = t.layers[0].self_attn
+        self.dim = first.embed_dim
+        self.heads = first.num_heads
+        self.head_dim = self.dim // self.heads
+        self.num_codebooks = lm.num_codebooks
+        self.card = lm.card
+        self.special_token = lm.special_token_id
+        self.max_period = t.max_period
+        self.positional_scale = t.positional_scale
+        self.activation = self._activation(t.layers[0])
+        self.max_positions = int(max_frames) + max(self.delays) + 1
+        mode, cd = self.mode, self.compute_dtype
+
+        def norm(module) -> _Norm:
+            return _Norm(module.weight.detach().to(cd), None if module.bias is None
+                         else module.bias.detach().to(cd), module.eps)
+
+        def lin(module, rows=slice(None)):
+            w = module.weight if hasattr(module, "weight") else module
+            b = getattr(module, "bias", None)
+            return _linear(w[rows], None if b is None else b[rows], mode, cd)
+
+        self.layers: tp.List[_Layer] = []
+        D = self.dim
+        with torch.no_grad():
+            for layer in t.layers:
+                sa, ca = layer.self_attn, layer.cross_attention
+                ca_bias = ca.in_proj_bias
+                self.layers.append(_Layer(
+                    norm_self=norm(layer.norm1),
+                    qkv=_linear(sa.in_proj_weight, sa.in_proj_bias, mode, cd),
+                    out_self=lin(sa.out_proj),
+                    norm_cross=norm(layer.norm_cross),
+                    q_cross=_linear(ca.in_proj_weight[:D], None if ca_bias is None else ca_bias[:D], mode, cd),
+                    kv_cross=_Dense(ca.in_proj_weight[D:], None if ca_bias is None else ca_bias[D:], self.cache_dtype),
+                    out_cross=lin(ca.out_proj),
+                    norm_ff=norm(layer.norm2),
+                    ff1=lin(layer.linear1),
+                    ff2=lin(layer.linear2),
+                ))
+            self.embeddings = torch.stack([e.weight.detach() for e in lm.emb]).to(cd)  # [K, card+1, D]
+            self.out_norm = norm(lm.out_norm) if lm.out_norm is not None else None
+            head_w = torch.cat([lin_.weight for lin_ in lm.linears])  # [K*card, D]
+            head_b = (torch.cat([lin_.bias for lin_ in lm.linears])
+                      if lm.linears[0].bias is not None else None)
+            self.head = _linear(head_w, head_b, mode, cd)
+        shape = (len(self.layers), 2, self.heads, self.max_positions, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+        self._cross: tp.Optional[tp.Tuple[str, tp.List[torch.Tensor], tp.List[torch.Tensor]]] = None
+        # Positional embeddings for every position, computed once: [max_positions, D].
+        self.pos_emb = self._sin_embedding(self.max_positions).to(cd)
+
+    @staticmethod
+    def _activation(layer) -> tp.Callable[[torch.Tensor], torch.Tensor]:
+        act = layer.activation
+        if act is F.gelu or isinstance(act, torch.nn.GELU):
+            return F.gelu
+        if act is F.relu or isinstance(act, torch.nn.ReLU):
+            return F.relu
+        raise UnsupportedModel(f"activation {act!r} not implemented")
+
+    def _sin_embedding(self, length: int) -> torch.Tensor:
+        """audiocraft's `create_sin_embedding` for positions 0..length-1, in fp32: [length, D]."""
+        half = self.dim // 2
+        positions = torch.arange(length, dtype=torch.float32, device=self.device).view(-1, 1)
+        adim = torch.arange(half, dtype=torch.float32, device=self.device).view(1, -1)
+        max_period = torch.full([], self.max_period, dtype=torch.float32, device=self.device)
+        phase = positions / (max_period ** (adim / (half - 1)))
+        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+    def parameter_bytes(self) -> int:
+        """Bytes of weights read per decode step (the memory-bandwidth floor of a step)."""
+        total = 0
+        for layer in self.layers:
+            for lin in (layer.qkv, layer.out_self, layer.q_cross, layer.out_cross, layer.ff1, layer.ff2):
+                if isinstance(lin, _Dense):
+                    total += lin.weight.numel() * lin.weight.element_size()
+                else:
+                    w, _ = torch.ops.quantized.linear_unpack(lin.packed)
+                    total += w.numel()
+        return total
+
+    # -- conditions -------------------------------------------------------------------------
+    def set_conditions(self, attributes) -> None:
+        """Compute the cross-attention keys/values for [conditioned, unconditioned] once.
+        `attributes`: one audiocraft ConditioningAttributes (the text prompt)."""
+        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+        key = repr(attributes)
+        if self._cross is not None and self._cross[0] == key:
+            return
+        lm = self.lm
+        conditions = [attributes] + ClassifierFreeGuidanceDropout(p=1.0)([attributes])
+        tensors = lm.condition_provider(lm.condition_provider.tokenize(conditions))
+        sources = [cond for name, (cond, _mask) in tensors.items()
+                   if name in lm.fuser.cond2fuse and lm.fuser.cond2fuse[name] == "cross"]
+        src = torch.cat(sources, dim=1).to(self.cache_dtype)  # [2, Tc, D]
+        keys, values = [], []
+        for layer in self.layers:
+            kv = layer.kv_cross(src)  # [2, Tc, 2D]
+            k, v = kv.view(2, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            keys.append(k.contiguous())
+            values.append(v.contiguous())
+        self._cross = (key, keys, values)
+
+    # -- the transformer ----------------------------------------------------------------------
+    def _forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """tokens [2, K, T] at positions start..start+T-1 → logits [2, K, card] of the last one."""
+        B, K, T = tokens.shape
+        x = self.embeddings[0][tokens[:, 0]]
+        for k in range(1, K):
+            x = x + self.embeddings[k][tokens[:, k]]
+        x = x + self.positional_scale * self.pos_emb[start:start + T]  # [B, T, D]
+        H, Dh, D = self.heads, self.head_dim, self.dim
+        end = start + T
+        _, cross_k, cross_v = self._cross
+        causal = T > 1
+        if causal and start != 0:
+            raise ValueError("a multi-position forward must start at position 0 (prefill)")
+        for i, layer in enumerate(self.layers):
+            qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # [B, H, T, Dh]
+            self.k_cache[i, :, :, start:end] = k
+            self.v_cache[i, :, :, start:end] = v
+            keys, values = self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end]
+            a = F.scaled_dot_product_attention(q.to(self.cache_dtype), keys, values, is_causal=causal)
+            x = x + layer.out_self(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q.to(self.cache_dtype), cross_k[i], cross_v[i])
+            x = x + layer.out_cross(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            x = x + layer.ff2(self.activation(layer.ff1(layer.norm_ff(x))))
+        last = x[:, -1]
+        if self.out_norm is not None:
+            last = self.out_norm(last)
+        return self.head(last).float().view(B, K, self.card)
+
+    def logits_for(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of every position: tokens [2, K, T] → [2, K, T, card]
+        (for quality measurements; one position at a time through the cache)."""
+        out = [self._forward(tokens[..., t:t + 1], t) for t in range(tokens.shape[-1])]
+        return torch.stack(out, dim=2)
+
+    # -- sampling -------------------------------------------------------------------------------
+    @staticmethod
+    def sample(logits: torch.Tensor, cfg_coef: float, temperature: float, top_k: int, top_p: float,
+               generator: tp.Optional[torch.Generator]) -> torch.Tensor:
+        """logits [2, K, card] (cond, uncond) → tokens [K]; the distribution of audiocraft's
+        `_sample_next_token`, all codebooks in one call."""
+        cond, uncond = logits[0], logits[1]
+        guided = uncond + (cond - uncond) * cfg_coef  # [K, card]
+        if temperature <= 0:
+            return guided.argmax(dim=-1)
+        if top_p > 0.0:
+            probs = torch.softmax(guided / temperature, dim=-1)
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            cumulative = sorted_probs.cumsum(dim=-1)
+            sorted_probs = sorted_probs * ((cumulative - sorted_probs) <= top_p)
+            pick = torch.multinomial(sorted_probs, 1, generator=generator)
+            return order.gather(-1, pick).squeeze(-1)
+        if top_k > 0:
+            values, indices = guided.topk(min(top_k, guided.shape[-1]), dim=-1)
+            probs = torch.softmax(values / temperature, dim=-1)
+            pick = torch.multinomial(probs, 1, generator=generator)
+            return indices.gather(-1, pick).squeeze(-1)
+        probs = torch.softmax(guided / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    # -- generation -----------------------------------------------------------------------------
+    def pattern_sequence(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [K, T] → the delayed pattern sequence [K, T + max(delays) + 1] the model reads:
+        position s holds timestep s - 1 - delay[k], the special token elsewhere."""
+        K, T = codes.shape
+        sequence = torch.full((K, T + max(self.delays) + 1), self.special_token,
+                              dtype=torch.long, device=codes.device)
+        for k, d in enumerate(self.delays):
+            sequence[k, 1 + d:1 + d + T] = codes[k]
+        return sequence
+
+    @torch.inference_mode()
+    def generate(self, prompt: tp.Optional[torch.Tensor], attributes, new_frames: int, *,
+                 temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
+                 cfg_coef: float = 3.0, generator: tp.Optional[torch.Generator] = None,
+                 progress: tp.Optional[ProgressCallback] = None,
+                 timings: tp.Optional[tp.Dict[str, float]] = None) -> torch.Tensor:
+        """prompt codes [1, K, P] (or None) → codes [1, K, P + new_frames], like
+        `LMModel.generate(prompt, [attributes], max_gen_len=P + new_frames, ...)`.
+        `timings`, when given, receives prefill_seconds, decode_seconds and decode_steps."""
+        import time
+        K, delays = self.num_codebooks, self.delays
+        P = 0 if prompt is None else prompt.shape[-1]
+        total = P + int(new_frames)
+        steps = total + max(delays) + 1  # pattern sequence length S
+        if steps > self.max_positions:
+            raise ValueError(f"{total} frames exceed the cache ({self.max_positions} positions)")
+        self.set_conditions(attributes)
+        # The delayed pattern sequence [K, S]: position s holds timestep s - 1 - delay[k].
+        codes = torch.full((K, total), -1, dtype=torch.long, device=self.device)
+        if P:
+            codes[:, :P] = prompt[0].to(self.device)
+        sequence = self.pattern_sequence(codes)
+        first = P + 1 + min(delays)  # the first step that holds a timestep to generate
+        started = time.perf_counter()
+        logits = self._forward(sequence[:, :first].unsqueeze(0).expand(2, -1, -1), 0)
+        prefill_done = time.perf_counter()
+        for offset in range(first, steps):
+            tokens = self.sample(logits, cfg_coef, temperature, top_k, top_p, generator)
+            for k, d in enumerate(delays):
+                t = offset - 1 - d
+                if P <= t < total:
+                    sequence[k, offset] = tokens[k]
+            if progress is not None:
+                progress(1 + offset - first, steps - first)
+            if offset + 1 < steps:
+                logits = self._forward(sequence[:, offset:offset + 1].unsqueeze(0).expand(2, -1, -1), offset)
+        if timings is not None:
+            timings.update(prefill_seconds=prefill_done - started,
+                           decode_seconds=time.perf_counter() - prefill_done,
+                           decode_steps=steps - first - 1)
+        out = torch.stack([sequence[k, 1 + d:1 + d + total] for k, d in enumerate(delays)])
+        return out.unsqueeze(0)

@@ -1,0 +1,134 @@
+"""The fast decoder computes what audiocraft's LMModel.generate computes."""
+import math
+
+import pytest
+import torch
+
+from engine.fastlm import FastLM, UnsupportedModel, resolve_dtype
+from engine.generator import SamplingParams, WindowGenerator
+
+
+def _attributes(model, text="lofi hip hop"):
+    attributes, _ = model._prepare_tokens_and_attributes([text], None)
+    return attributes
+
+
+@pytest.mark.parametrize("prompt_frames", [0, 1, 37])
+@pytest.mark.parametrize("cfg_coef", [3.0, 1.0])
+def test_greedy_fp32_gives_audiocrafts_tokens(tiny_model, prompt_frames, cfg_coef):
+    lm = tiny_model.lm
+    torch.manual_seed(prompt_frames)
+    prompt = torch.randint(0, lm.card, (1, lm.num_codebooks, prompt_frames)) if prompt_frames else None
+    attributes = _attributes(tiny_model)
+    with torch.inference_mode():
+        expected = lm.generate(prompt, attributes, max_gen_len=prompt_frames + 45,
+                               use_sampling=False, cfg_coef=cfg_coef)
+    fast = FastLM(lm, max_frames=100, dtype="fp32")
+    got = fast.generate(prompt, attributes[0], 45, temperature=0, cfg_coef=cfg_coef)
+    assert got.shape == expected.shape == (1, lm.num_codebooks, prompt_frames + 45)
+    assert torch.equal(got, expected)
+    # A second call reuses the cache and the cached text condition, and gives the same again.
+    assert torch.equal(fast.generate(prompt, attributes[0], 45, temperature=0, cfg_coef=cfg_coef), expected)
+
+
+def test_text_condition_changes_the_tokens(tiny_model):
+    fast = FastLM(tiny_model.lm, max_frames=60, dtype="fp32")
+    a = fast.generate(None, _attributes(tiny_model, "jazz")[0], 30, temperature=0)
+    b = fast.generate(None, _attributes(tiny_model, "heavy metal")[0], 30, temperature=0)
+    assert not torch.equal(a, b)
+
+
+def test_sampler_draws_from_audiocrafts_top_k_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 32) * 2  # cond, uncond
+    cfg, temperature, k = 3.0, 0.8, 5
+    guided = logits[1] + (logits[0] - logits[1]) * cfg
+    probs = torch.softmax(guided / temperature, dim=-1)
+    top = probs.topk(k, dim=-1)
+    expected = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
+    expected /= expected.sum(dim=-1, keepdim=True)
+    generator = torch.Generator().manual_seed(1)
+    draws = 20000
+    counts = torch.zeros_like(probs)
+    for _ in range(draws):
+        tokens = FastLM.sample(logits, cfg, temperature, k, 0.0, generator)
+        counts[torch.arange(4), tokens] += 1
+    frequencies = counts / draws
+    assert (frequencies[expected == 0] == 0).all(), "a token outside the top k was drawn"
+    assert (frequencies - expected).abs().max() < 0.02
+
+
+def test_sampler_top_p_keeps_the_nucleus_only():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2, 1).view(2, 1, 4)
+    generator = torch.Generator().manual_seed(3)
+    seen = {int(FastLM.sample(logits, 1.0, 1.0, 0, 0.7, generator)) for _ in range(500)}
+    assert seen == {0, 1}  # 0.5 + 0.3 ≥ 0.7: the rest is cut
+
+
+def test_top_k_1_sampling_is_greedy(tiny_model):
+    fast = FastLM(tiny_model.lm, max_frames=60, dtype="fp32")
+    attributes = _attributes(tiny_model)[0]
+    greedy = fast.generate(None, attributes, 30, temperature=0)
+    sampled = fast.generate(None, attributes, 30, temperature=1.0, top_k=1,
+                            generator=torch.Generator().manual_seed(9))
+    assert torch.equal(greedy, sampled)
+
+
+def _cross_entropy(fast, codes, attributes, cfg_coef=3.0):
+    """Mean cross-entropy (nats) of codes [K, T] under `fast`, teacher-forced."""
+    sequence = fast.pattern_sequence(codes)  # [K, S]
+    fast.set_conditions(attributes)
+    with torch.inference_mode():
+        logits = fast.logits_for(sequence[:, :-1].unsqueeze(0).expand(2, -1, -1))  # [2, K, S-1, card]
+    guided = logits[1] + (logits[0] - logits[1]) * cfg_coef
+    targets = sequence[:, 1:]
+    real = targets != fast.special_token
+    log_probs = torch.log_softmax(guided, dim=-1)
+    picked = log_probs.gather(-1, targets.clamp(max=fast.card - 1).unsqueeze(-1)).squeeze(-1)
+    return -picked[real].mean().item()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype):
+    lm = tiny_model.lm
+    attributes = _attributes(tiny_model)[0]
+    reference = FastLM(lm, max_frames=80, dtype="fp32")
+    codes = reference.generate(None, attributes, 60, generator=torch.Generator().manual_seed(4))
+    reduced = FastLM(lm, max_frames=80, dtype=dtype)
+    assert reduced.mode == dtype
+    ce_fp32 = _cross_entropy(reference, codes[0], attributes)
+    ce_reduced = _cross_entropy(reduced, codes[0], attributes)
+    assert math.isfinite(ce_reduced)
+    assert abs(ce_reduced - ce_fp32) / ce_fp32 < 0.02, (ce_fp32, ce_reduced)
+    sampled = reduced.generate(None, attributes, 40, generator=torch.Generator().manual_seed(4))
+    assert sampled.shape == (1, lm.num_codebooks, 40)
+    assert ((sampled >= 0) & (sampled < lm.card)).all()
+    if dtype == "int8":
+        assert reduced.parameter_bytes() * 3.5 < reference.parameter_bytes()
+
+
+def test_dtype_choices():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) in ("int8", "fp32")
+    for name in ("fp32", "bf16", "int8"):
+        assert resolve_dtype(name, cpu) == name
+    with pytest.raises(ValueError, match="int8 is a CPU path"):
+        resolve_dtype("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_dtype("fp8", cpu)
+
+
+def test_unsupported_model_falls_back_to_audiocrafts_loop(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model.lm, "two_step_cfg", True)
+    with pytest.raises(UnsupportedModel):
+        FastLM(tiny_model.lm, max_frames=10)
+    gen = WindowGenerator(tiny_model, 10, SamplingParams(), seed=0, dtype="int8")
+    assert gen.fast is None and gen.dtype == "fp32"
+    monkeypatch.setattr(tiny_model.lm, "two_step_cfg", False)
+    assert gen.next_stride("x", 12).shape == (1, tiny_model.lm.num_codebooks, 12)
+
+
+def test_too_long_a_request_is_refused(tiny_model):
+    fast = FastLM(tiny_model.lm, max_frames=20, dtype="fp32")
+    with pytest.raises(ValueError, match="exceed the cache"):
+        fast.generate(None, _attributes(tiny_model)[0], 25)
