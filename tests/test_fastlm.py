@@ -13,7 +13,7 @@ def _attributes(model, text="lofi hip hop"):
     return attributes
 
 
-@pytest.mark.parametrize("prompt_frames", [0, 1, 37])
+@pytest.mark.parametrize("prompt_frames", [0, 1, 37, 300])  # 300: a chunked prefill
 @pytest.mark.parametrize("cfg_coef", [3.0, 1.0])
 def test_greedy_fp32_gives_audiocrafts_tokens(tiny_model, prompt_frames, cfg_coef):
     lm = tiny_model.lm
@@ -23,7 +23,7 @@ def test_greedy_fp32_gives_audiocrafts_tokens(tiny_model, prompt_frames, cfg_coe
     with torch.inference_mode():
         expected = lm.generate(prompt, attributes, max_gen_len=prompt_frames + 45,
                                use_sampling=False, cfg_coef=cfg_coef)
-    fast = FastLM(lm, max_frames=100, dtype="fp32")
+    fast = FastLM(lm, max_frames=400, dtype="fp32")
     got = fast.generate(prompt, attributes[0], 45, temperature=0, cfg_coef=cfg_coef)
     assert got.shape == expected.shape == (1, lm.num_codebooks, prompt_frames + 45)
     assert torch.equal(got, expected)
