@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of three ways to make endless MusicGen audio, on the same random weights
-of musicgen-small's shape (24 layers, dim 1024, 16 heads, 4 codebooks of 2048, real-width codec):
+"""Side-by-side benchmark of one full stride of endless MusicGen, on random weights of
+musicgen-small's shape (24 layers, dim 1024, 16 heads, 4 codebooks of 2048), the same settings
+for all (CFG 3, top-k 250) and the same 20 s of context tokens:
 
-  (a) engine    this engine's stride loop: token window (no re-encode) + seam-free stitcher
-  (b) seed      the seed notebook's loop: audiocraft `generate_continuation` on the last
-                `context` seconds of *waveform*, re-encoded every cycle
-  (c) extend    audiocraft's own `generate` with `extend_stride` for the same total length
+  engine[dtype]  this engine: fast decoder (engine/fastlm.py) + seam-free stitcher, per --dtypes
+  seed           the seed notebook's cycle: audiocraft `generate_continuation` on the last
+                 `context` seconds of waveform (re-encoded), fp32, audio decoded every cycle
+  extend         one `extend_stride` step of audiocraft's `generate`: `LMModel.generate` from
+                 the last `context` seconds of tokens (audio is decoded only at the very end)
+  transformers   transformers' MusicgenForCausalLM (same shape, its own random weights): prefill
+                 then cached single-step forwards at batch 2 (CFG), top-k sampling; no audio
 
-Each method runs in its own child process (so its peak RSS is its own) with identical weights and
-settings, and the parent prints audio-seconds per wall-second, the ratios a/b and a/c, the time to
-first sound and peak RSS.
+For each: prefill seconds (processing the context, up to the first new token), ms per decode
+step (mean over the stride), the stride's wall time and real-time factor (stride seconds / wall),
+and peak RSS; then each one's speed relative to the engine. Each method runs in its own process.
 
-    python bench/bench_engine.py                      # CPU: window 3 / context 2 / stride 1 s
-    python bench/bench_engine.py --device cuda --window 30 --context 20 --stride 10 --total 50
+    python bench/bench_engine.py                          # 30 / 20 / 10 s, CPU (~10 minutes)
+    python bench/bench_engine.py --steps 60               # quick: 60 decode steps, RTF projected
+    python bench/bench_engine.py --device cuda --dtypes bf16,fp16 --methods engine,seed,extend
 """
 from __future__ import annotations
 
@@ -29,7 +34,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 PROMPT = "warm lofi hip hop with vinyl crackle"
-METHODS = ("engine", "seed", "extend")
+METHODS = ("engine", "seed", "extend", "transformers")
+
+
+class StepClock:
+    """Progress callback that records when each decode step finished."""
+
+    def __init__(self, device: str, limit: int = 0):
+        self.device, self.limit, self.times = device, limit, []
+
+    def __call__(self, done: int, total: int) -> None:
+        _sync(self.device)
+        self.times.append(time.perf_counter())
+        if self.limit and len(self.times) > self.limit:
+            raise _EnoughSteps()
+
+    def figures(self, started: float) -> dict:
+        t = self.times
+        return {"prefill_s": t[0] - started,
+                "step_ms": 1000 * (t[-1] - t[0]) / max(1, len(t) - 1), "steps_timed": len(t) - 1}
+
+
+class _EnoughSteps(Exception):
+    pass
 
 
 def _sync(device: str) -> None:
@@ -38,126 +65,183 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _context_codes(model, args):
+    import torch
+    g = torch.Generator().manual_seed(args.seed)
+    frames = round(args.context * model.frame_rate)
+    return torch.randint(0, model.lm.card, (1, model.lm.num_codebooks, frames), generator=g).to(args.device)
+
+
 def run_engine(model, args) -> dict:
-    """(a) WindowGenerator + StitchingDecoder: what the producer thread does per stride."""
-    import numpy as np
     from engine.generator import SamplingParams, WindowGenerator
     from engine.stitcher import StitchingDecoder
     fr = model.frame_rate
+    stride_frames = round(args.stride * fr)
     gen = WindowGenerator(model, round(args.context * fr), SamplingParams(), seed=args.seed,
-                          autocast_dtype=_autocast(args.device))
+                          dtype=args.dtype, max_frames=round(args.window * fr))
     stitcher = StitchingDecoder(model.compression_model)
-    total_frames = round(args.total * fr)
-    pieces, first_sound = [], None
-    started = time.monotonic()
-    while gen.frames_emitted < total_frames:
-        frames = min(round(args.stride * fr), total_frames - gen.frames_emitted)
-        pieces.append(stitcher.push(gen.next_stride(PROMPT, frames)))
+    stitcher.push(gen.next_stride(PROMPT, 10))  # warm-up (kernels compiled, caches touched)
+    gen.set_context(_context_codes(model, args))
+    clock = StepClock(args.device, args.steps)
+    started = time.perf_counter()
+    try:
+        codes = gen.next_stride(PROMPT, stride_frames, clock)
+        stitcher.push(codes)
         _sync(args.device)
-        if first_sound is None:
-            first_sound = time.monotonic() - started
-    pieces.append(stitcher.flush())
-    _sync(args.device)
-    return {"wall": time.monotonic() - started, "first_sound": first_sound,
-            "audio_seconds": sum(p.shape[0] for p in pieces) / model.sample_rate,
-            "strides": gen.stride_index, "check": float(np.abs(np.concatenate(pieces)).mean())}
+        wall = time.perf_counter() - started
+    except _EnoughSteps:
+        wall = None
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": gen.dtype,
+            "decoder": "fast" if gen.fast is not None else "audiocraft"}
 
 
 def run_seed(model, args) -> dict:
-    """(b) The seed notebook: continue from the last `context` seconds of waveform, re-encoded."""
     import torch
     sr = model.sample_rate
-    model.set_generation_params(duration=args.stride, top_k=250, cfg_coef=3.0)
-    started = time.monotonic()
+    tail = model.compression_model.decode(_context_codes(model, args))  # [1, C, context samples]
+    model.set_generation_params(duration=args.context + args.stride, top_k=250, cfg_coef=3.0)
+    clock = StepClock(args.device, args.steps)
+    model.set_custom_progress_callback(clock)
     torch.manual_seed(args.seed)
-    wav = model.generate([PROMPT])  # [1, C, samples]
-    _sync(args.device)
-    first_sound = time.monotonic() - started
-    strides = 1
-    total = int(args.total * sr)
-    while wav.shape[-1] < total:
-        tail = wav[..., -int(args.context * sr):]
-        new_seconds = min(args.stride, (total - wav.shape[-1]) / sr)
-        model.set_generation_params(duration=tail.shape[-1] / sr + new_seconds, top_k=250, cfg_coef=3.0)
-        out = model.generate_continuation(tail, sr, [PROMPT])
-        wav = torch.cat([wav, out[..., tail.shape[-1]:]], dim=-1)
-        strides += 1
-    _sync(args.device)
-    return {"wall": time.monotonic() - started, "first_sound": first_sound,
-            "audio_seconds": wav.shape[-1] / sr, "strides": strides,
-            "check": float(wav.abs().mean())}
+    started = time.perf_counter()
+    try:
+        model.generate_continuation(tail, sr, [PROMPT], progress=True)
+        _sync(args.device)
+        wall = time.perf_counter() - started
+    except _EnoughSteps:
+        wall = None
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
 
 
 def run_extend(model, args) -> dict:
-    """(c) audiocraft's generate with extend_stride: window, then strides of `stride` seconds."""
     import torch
-    model.max_duration = args.window
-    model.set_generation_params(duration=args.total, top_k=250, cfg_coef=3.0, extend_stride=args.stride)
-    started = time.monotonic()
+    attributes, _ = model._prepare_tokens_and_attributes([PROMPT], None)
+    context = _context_codes(model, args)
+    clock = StepClock(args.device, args.steps)
     torch.manual_seed(args.seed)
-    wav = model.generate([PROMPT])
-    _sync(args.device)
-    wall = time.monotonic() - started
-    return {"wall": wall, "first_sound": wall,  # it decodes only at the very end
-            "audio_seconds": wav.shape[-1] / model.sample_rate, "strides": None,
-            "check": float(wav.abs().mean())}
+    started = time.perf_counter()
+    try:
+        model.lm.generate(context, attributes, max_gen_len=context.shape[-1] + round(args.stride * model.frame_rate),
+                          use_sampling=True, top_k=250, cfg_coef=3.0, callback=clock)
+        _sync(args.device)
+        wall = time.perf_counter() - started
+    except _EnoughSteps:
+        wall = None
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
 
 
-def _autocast(device: str):
+def run_transformers(args) -> dict:
+    """transformers' decoder, driven the way its `generate` drives it (batch 2 for CFG, KV
+    cache), without its generation wrapper."""
     import torch
-    return torch.float16 if device == "cuda" else None
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+    torch.manual_seed(args.seed)
+    config = MusicgenDecoderConfig(is_decoder=True, add_cross_attention=True,
+                                   cross_attention_hidden_size=1024, dropout=0.0)
+    model = MusicgenForCausalLM(config).eval().to(args.device)
+    K, card = config.num_codebooks, config.vocab_size
+    frames = round(args.context * 50) + K  # the context in the delay pattern
+    ids = torch.randint(0, card, (2 * K, frames), device=args.device)
+    text = torch.randn(2, 12, 1024, device=args.device)
+    clock = StepClock(args.device, args.steps)
+    steps = round(args.stride * 50) + K - 1
+    started = time.perf_counter()
+    try:
+        out = model(input_ids=ids, encoder_hidden_states=text, use_cache=True)
+        for _ in range(steps):
+            logits = out.logits[:, -1].view(2, K, card)
+            guided = logits[1] + (logits[0] - logits[1]) * 3.0
+            values, indices = guided.topk(250, dim=-1)
+            pick = indices.gather(-1, torch.multinomial(torch.softmax(values, -1), 1))  # [K, 1]
+            clock(0, steps)
+            out = model(input_ids=pick.repeat(2, 1), encoder_hidden_states=text,
+                        past_key_values=out.past_key_values, use_cache=True)
+        _sync(args.device)
+        wall = time.perf_counter() - started
+    except _EnoughSteps:
+        wall = None
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
 
 
 def child(args) -> None:
     warnings.simplefilter("ignore")
+    import logging
+    logging.disable(logging.WARNING)
     import torch
-    from engine.models import load_model
-    model = load_model("random-small", device=args.device, seed=0)
     with torch.inference_mode():
-        result = {"engine": run_engine, "seed": run_seed, "extend": run_extend}[args.method](model, args)
+        if args.method == "transformers":
+            result = run_transformers(args)
+        else:
+            from engine.models import load_model
+            model = load_model("random-small", device=args.device, seed=0)
+            result = {"engine": run_engine, "seed": run_seed, "extend": run_extend}[args.method](model, args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _stride_seconds_estimate(r: dict, args) -> float:
+    """Wall time of the stride: measured, or (with --steps) prefill + all steps at the mean."""
+    if r["stride_wall_s"] is not None:
+        return r["stride_wall_s"]
+    return r["prefill_s"] + (round(args.stride * 50) + 3) * r["step_ms"] / 1000
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--window", type=float, default=3.0, help="seconds (CPU default is short)")
-    p.add_argument("--context", type=float, default=2.0)
-    p.add_argument("--stride", type=float, default=1.0)
-    p.add_argument("--total", type=float, default=5.0, help="seconds of audio each method makes")
+    p.add_argument("--window", type=float, default=30.0)
+    p.add_argument("--context", type=float, default=20.0)
+    p.add_argument("--stride", type=float, default=10.0)
+    p.add_argument("--dtypes", default="auto,fp32", help="engine precisions to run (comma list)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="time only this many decode steps per method and project the stride (0: full)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.method:
         return child(args)
-    if args.context + args.stride > args.window or args.total < args.window:
-        p.error("need context + stride ≤ window ≤ total")
-    print(f"bench: random weights of musicgen-small's shape on {args.device}; window {args.window:g} s, "
-          f"context {args.context:g} s, stride {args.stride:g} s, {args.total:g} s of audio per method; "
-          f"CFG 3, top-k 250, fp32 on CPU / fp16 autocast on CUDA", flush=True)
-    results = {}
+    if args.context + args.stride > args.window:
+        p.error("need context + stride ≤ window")
+    import torch
+    print(f"bench: random weights of musicgen-small's shape on {args.device} "
+          f"({torch.get_num_threads()} threads); window {args.window:g} s, context {args.context:g} s, "
+          f"stride {args.stride:g} s; CFG 3, top-k 250"
+          + (f"; {args.steps} steps timed, strides projected" if args.steps else ""), flush=True)
+    runs = []
     for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--method", method] + [
-            f"--{k}={v}" for k, v in vars(args).items() if k not in ("method", "methods")]
+        runs += [(f"engine[{d}]", method, d) for d in args.dtypes.split(",")] if method == "engine" \
+            else [(method, method, "fp32")]
+    results = {}
+    for label, method, dtype in runs:
+        cmd = [sys.executable, __file__, "--method", method, "--dtype", dtype] + [
+            f"--{k}={v}" for k, v in vars(args).items() if k not in ("method", "methods", "dtype", "dtypes")]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
-            print(f"{method}: failed\n{out.stderr[-3000:]}")
+            print(f"{label}: failed\n{out.stderr[-3000:]}", flush=True)
             continue
-        results[method] = r = json.loads(line[0][7:])
-        r["speed"] = r["audio_seconds"] / r["wall"]
-        print(f"{method:7s} {r['audio_seconds']:6.2f} s audio in {r['wall']:7.1f} s = "
-              f"{r['speed']:.3f} audio-s/wall-s (real-time factor), first sound {r['first_sound']:6.1f} s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    if "engine" in results:
-        a = results["engine"]["speed"]
-        for other, label in (("seed", "a/b (engine / seed loop)"), ("extend", "a/c (engine / extend_stride)")):
-            if other in results:
-                print(f"ratio {label}: {a / results[other]['speed']:.2f}x")
+        r = json.loads(line[0][7:])
+        r["wall"] = _stride_seconds_estimate(r, args)
+        r["rtf"] = args.stride / r["wall"]
+        if method == "engine":
+            label = f"engine[{r['dtype']}]"
+        results[label] = r
+        print(f"{label:15s} prefill {r['prefill_s']:6.2f} s | {r['step_ms']:7.1f} ms/step | stride "
+              f"{r['wall']:7.1f} s{'' if r['stride_wall_s'] is not None else ' (projected)'} | "
+              f"real-time factor {r['rtf']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    engines = [k for k in results if k.startswith("engine")]
+    if engines:  # everything relative to the first engine run (--dtypes' first: auto)
+        engine = engines[0]
+        e = results[engine]
+        for other, r in results.items():
+            if other == engine:
+                continue
+            print(f"ratio {engine} / {other}: stride {e['rtf'] / r['rtf']:.2f}x, "
+                  f"step {r['step_ms'] / e['step_ms']:.2f}x, prefill {r['prefill_s'] / e['prefill_s']:.2f}x")
 
 
 if __name__ == "__main__":

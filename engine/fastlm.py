@@ -300,8 +300,9 @@ class FastLM:
         self._cross = (key, keys, values)
 
     # -- the transformer ----------------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
-        """tokens [2, K, T] at positions start..start+T-1 → logits [2, K, card] of the last one."""
+    def _forward(self, tokens: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
+        """tokens [2, K, T] at positions start..start+T-1 → logits [2, K, card] of the last one
+        (`last_only=False`: of every position, [2, K, T, card])."""
         B, K, T = tokens.shape
         x = self.embeddings[0][tokens[:, 0]]
         for k in range(1, K):
@@ -331,10 +332,13 @@ class FastLM:
             a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i])
             x = x + layer.out_cross(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
             x = x + layer.ff2(self.activation(layer.ff1(layer.norm_ff(x))))
-        last = x[:, -1]
+        x = x[:, -1] if last_only else x
         if self.out_norm is not None:
-            last = self.out_norm(last)
-        return self.head(last).float().view(B, K, self.card)
+            x = self.out_norm(x)
+        logits = self.head(x).float()
+        if last_only:
+            return logits.view(B, K, self.card)
+        return logits.view(B, T, K, self.card).transpose(1, 2)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """One query [B, H, 1, Dh] against the cache [B, H, T, Dh]."""
@@ -350,11 +354,22 @@ class FastLM:
             return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
         return F.scaled_dot_product_attention(q, keys, values)
 
-    def logits_for(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits of every position: tokens [2, K, T] → [2, K, T, card]
-        (for quality measurements; one position at a time through the cache)."""
-        out = [self._forward(tokens[..., t:t + 1], t) for t in range(tokens.shape[-1])]
-        return torch.stack(out, dim=2)
+    def cross_entropy(self, codes: torch.Tensor, attributes, cfg_coef: float = 3.0) -> float:
+        """Mean cross-entropy (nats per token) of codes [K, T] under this model with guidance
+        `cfg_coef`, teacher-forced (the usual quantisation-quality figure)."""
+        sequence = self.pattern_sequence(codes.to(self.device))  # [K, S]
+        self.set_conditions(attributes)
+        inputs = sequence[:, :-1].unsqueeze(0).expand(2, -1, -1)
+        with torch.inference_mode():
+            logits = torch.cat([
+                self._forward(inputs[..., a:a + PREFILL_CHUNK_POSITIONS], a, last_only=False)
+                for a in range(0, inputs.shape[-1], PREFILL_CHUNK_POSITIONS)], dim=2)
+        guided = logits[1] + (logits[0] - logits[1]) * cfg_coef  # [K, S-1, card]
+        targets = sequence[:, 1:]
+        real = targets != self.special_token
+        log_probs = torch.log_softmax(guided, dim=-1)
+        picked = log_probs.gather(-1, targets.clamp(max=self.card - 1).unsqueeze(-1)).squeeze(-1)
+        return -picked[real].mean().item()
 
     # -- sampling -------------------------------------------------------------------------------
     @staticmethod

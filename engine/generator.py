@@ -72,6 +72,13 @@ class WindowGenerator:
         """The codes [1, K, T ≤ context_frames] that will prompt the next stride."""
         return self._context
 
+    def set_context(self, codes: tp.Optional[torch.Tensor]) -> None:
+        """Continue from these codes [1, K, T] (their last `context_frames` are kept)."""
+        if codes is None or self.context_frames == 0:
+            self._context = None
+        else:
+            self._context = codes[..., -self.context_frames:].to(self.device).clone()
+
     def _conditions(self, prompt: str):
         attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None)
         return attributes

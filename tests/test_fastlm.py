@@ -74,20 +74,6 @@ def test_top_k_1_sampling_is_greedy(tiny_model):
     assert torch.equal(greedy, sampled)
 
 
-def _cross_entropy(fast, codes, attributes, cfg_coef=3.0):
-    """Mean cross-entropy (nats) of codes [K, T] under `fast`, teacher-forced."""
-    sequence = fast.pattern_sequence(codes)  # [K, S]
-    fast.set_conditions(attributes)
-    with torch.inference_mode():
-        logits = fast.logits_for(sequence[:, :-1].unsqueeze(0).expand(2, -1, -1))  # [2, K, S-1, card]
-    guided = logits[1] + (logits[0] - logits[1]) * cfg_coef
-    targets = sequence[:, 1:]
-    real = targets != fast.special_token
-    log_probs = torch.log_softmax(guided, dim=-1)
-    picked = log_probs.gather(-1, targets.clamp(max=fast.card - 1).unsqueeze(-1)).squeeze(-1)
-    return -picked[real].mean().item()
-
-
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype):
     lm = tiny_model.lm
@@ -96,8 +82,8 @@ def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype):
     codes = reference.generate(None, attributes, 60, generator=torch.Generator().manual_seed(4))
     reduced = FastLM(lm, max_frames=80, dtype=dtype)
     assert reduced.mode == dtype
-    ce_fp32 = _cross_entropy(reference, codes[0], attributes)
-    ce_reduced = _cross_entropy(reduced, codes[0], attributes)
+    ce_fp32 = reference.cross_entropy(codes[0], attributes)
+    ce_reduced = reduced.cross_entropy(codes[0], attributes)
     assert math.isfinite(ce_reduced)
     assert abs(ce_reduced - ce_fp32) / ce_fp32 < 0.02, (ce_fp32, ce_reduced)
     sampled = reduced.generate(None, attributes, 40, generator=torch.Generator().manual_seed(4))
@@ -126,6 +112,20 @@ def test_unsupported_model_falls_back_to_audiocrafts_loop(tiny_model, monkeypatc
     assert gen.fast is None and gen.dtype == "fp32"
     monkeypatch.setattr(tiny_model.lm, "two_step_cfg", False)
     assert gen.next_stride("x", 12).shape == (1, tiny_model.lm.num_codebooks, 12)
+
+
+def test_teacher_forced_logits_match_the_decode_steps(tiny_model):
+    """The all-positions forward (used for the quality figure) agrees with step-by-step decoding."""
+    fast = FastLM(tiny_model.lm, max_frames=400, dtype="fp32")
+    attributes = _attributes(tiny_model)[0]
+    codes = fast.generate(None, attributes, 300, generator=torch.Generator().manual_seed(2))[0]
+    sequence = fast.pattern_sequence(codes).unsqueeze(0).expand(2, -1, -1)
+    with torch.inference_mode():
+        everything = torch.cat([fast._forward(sequence[..., a:a + 256], a, last_only=False)
+                                for a in (0, 256)], dim=2)
+        for position in (0, 17, 255, 256, 290):
+            step = fast._forward(sequence[..., position:position + 1], position)
+            assert torch.allclose(everything[:, :, position], step, atol=1e-4)
 
 
 def test_too_long_a_request_is_refused(tiny_model):

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""What reduced precision costs in model quality: tokens sampled by the fp32 model are scored
+(mean cross-entropy per token, teacher-forced, CFG 3) under each precision of the fast decoder;
+the gap to fp32's own cross-entropy is the usual quantisation-quality figure.
+
+    python bench/bench_quality.py                      # random-small (musicgen-small shape), CPU
+    python bench/bench_quality.py --model /path/to/musicgen-small --frames 500
+
+With random weights the model's predictions are nearly flat, so the gap says little about a
+trained checkpoint: run it on real weights (a local folder) where they are available.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="random-small")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--frames", type=int, default=150, help="frames sampled by fp32 (50 per second)")
+    p.add_argument("--dtypes", default="bf16,int8")
+    p.add_argument("--prompt", default="warm lofi hip hop with vinyl crackle")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    import logging
+    logging.disable(logging.WARNING)
+    import torch
+    from engine.fastlm import FastLM
+    from engine.models import load_model
+    model = load_model(args.model, device=args.device, seed=0)
+    attributes = model._prepare_tokens_and_attributes([args.prompt], None)[0][0]
+    reference = FastLM(model.lm, max_frames=args.frames, dtype="fp32")
+    started = time.perf_counter()
+    codes = reference.generate(None, attributes, args.frames,
+                               generator=torch.Generator(args.device).manual_seed(args.seed))[0]
+    print(f"quality: {args.model}, {args.frames} frames sampled in fp32 ({time.perf_counter() - started:.0f} s), "
+          f"top-k 250, CFG 3", flush=True)
+    baseline = reference.cross_entropy(codes, attributes)
+    print(f"fp32   cross-entropy {baseline:.5f} nats/token", flush=True)
+    del reference
+    for dtype in args.dtypes.split(","):
+        reduced = FastLM(model.lm, max_frames=args.frames, dtype=dtype)
+        ce = reduced.cross_entropy(codes, attributes)
+        print(f"{dtype:6s} cross-entropy {ce:.5f} nats/token, gap {100 * (ce - baseline) / baseline:+.3f} %",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
