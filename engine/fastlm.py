@@ -11,7 +11,7 @@ top-k / top-p sampling); how it computes it follows gpt-fast's `generate.py`:
 - the 4 codebook heads as one matmul, and their sampling fused into one top-k/multinomial;
 - weights in the chosen precision: fp32, bf16, fp16, or int8 (per-channel weights with
   dynamically quantised activations: fbgemm's VNNI kernels on x86 CPUs, the fastest at batch 2
-  there); `auto` picks by hardware (`resolve_dtype`).
+  there, with an fp16 KV cache); `auto` picks by hardware (`resolve_dtype`).
 
 Shapes: B = 2 (cond, uncond), K codebooks, T positions, D model dim, H heads, Dh = D / H.
 """
@@ -141,6 +141,48 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor)
     return (weights * values.float()).sum(-2, keepdim=True)
 
 
+class _KVCache:
+    """Self-attention keys and values of every layer, allocated once: [layers, 2, H, positions,
+    Dh] in `dtype`.
+
+    `fused`: run the decode-step attention as one kernel made by torch.compile (CPU attention
+    kernels for a single query over an fp16/bf16 cache are 4-6x slower than fp32, and the cache
+    is as many bytes per step as the weights); falls back to eager on failure. (An int8 cache with
+    per-position scales halved the bytes again but was no faster end to end here.)"""
+
+    def __init__(self, layers: int, heads: int, positions: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, fused: bool):
+        shape = (layers, 2, heads, positions, head_dim)
+        self.dtype = dtype
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._kernel = torch.compile(_decode_attention, dynamic=True) if fused else None
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, H, T, Dh] for positions start..start+T-1."""
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+
+    def read(self, layer: int, end: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """Positions 0..end-1 as [B, H, end, Dh] in `dtype`."""
+        return self.k[layer, :, :, :end].to(dtype), self.v[layer, :, :, :end].to(dtype)
+
+    def attend(self, layer: int, q: torch.Tensor, end: int) -> torch.Tensor:
+        """One query q [B, H, 1, Dh] against positions 0..end-1 → [B, H, 1, Dh]."""
+        k, v = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if self._kernel is not None:
+            try:
+                return self._kernel(q, k, v)
+            except Exception as err:  # e.g. no C++ compiler: the same math, eagerly
+                log.warning("fused attention unavailable (%s); using the eager kernel",
+                            str(err).splitlines()[0][:200])
+                self._kernel = None
+        if q.dtype == self.dtype:
+            return F.scaled_dot_product_attention(q, k, v)
+        return _decode_attention(q, k, v)
+
+
 def _check_supported(lm) -> tp.List[int]:
     """Return the codebook delays, or raise UnsupportedModel naming what is missing."""
     from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
@@ -235,15 +277,12 @@ class FastLM:
             head_b = (torch.cat([lin_.bias for lin_ in lm.linears])
                       if lm.linears[0].bias is not None else None)
             self.head = _linear(head_w, head_b, mode, cd)
-        shape = (len(self.layers), 2, self.heads, self.max_positions, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
         self._cross: tp.Optional[tp.Tuple[str, tp.List[torch.Tensor], tp.List[torch.Tensor]]] = None
         if fused_attention is None:
             fused_attention = (self.device.type == "cpu" and self.cache_dtype != torch.float32
                                and self.dim >= 512)
-        self._decode_attention = (torch.compile(_decode_attention, dynamic=True)
-                                  if fused_attention else None)
+        self.cache = _KVCache(len(self.layers), self.heads, self.max_positions, self.head_dim,
+                              self.cache_dtype, self.device, fused_attention)
         # Positional embeddings for every position, computed once: [max_positions, D].
         self.pos_emb = self._sin_embedding(self.max_positions).to(cd)
 
@@ -317,16 +356,14 @@ class FastLM:
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # [B, H, T, Dh]
-            self.k_cache[i, :, :, start:end] = k
-            self.v_cache[i, :, :, start:end] = v
+            self.cache.write(i, start, k, v)
             if T == end:  # the first prefill chunk: causal within the fresh keys/values
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
             elif mask is not None:
-                keys = self.k_cache[i, :, :, :end].to(self.compute_dtype)
-                values = self.v_cache[i, :, :, :end].to(self.compute_dtype)
+                keys, values = self.cache.read(i, end, self.compute_dtype)
                 a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             else:
-                a = self._attend(q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end])
+                a = self.cache.attend(i, q, end)
             x = x + layer.out_self(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
             q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
             a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i])
@@ -339,20 +376,6 @@ class FastLM:
         if last_only:
             return logits.view(B, K, self.card)
         return logits.view(B, T, K, self.card).transpose(1, 2)
-
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """One query [B, H, 1, Dh] against the cache [B, H, T, Dh]."""
-        if self._decode_attention is not None:
-            try:
-                return self._decode_attention(q, keys, values)
-            except Exception as err:  # no C++ compiler, say: the same math, eagerly
-                log.warning("fused attention unavailable (%s); using the eager kernel",
-                            str(err).splitlines()[0][:200])
-                self._decode_attention = _decode_attention
-                return _decode_attention(q, keys, values)
-        if keys.dtype != q.dtype:
-            return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
-        return F.scaled_dot_product_attention(q, keys, values)
 
     def cross_entropy(self, codes: torch.Tensor, attributes, cfg_coef: float = 3.0) -> float:
         """Mean cross-entropy (nats per token) of codes [K, T] under this model with guidance

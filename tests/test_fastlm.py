@@ -128,6 +128,22 @@ def test_teacher_forced_logits_match_the_decode_steps(tiny_model):
             assert torch.allclose(everything[:, :, position], step, atol=1e-4)
 
 
+def test_fused_decode_attention_computes_the_same(tiny_model):
+    """The torch.compile'd single-query attention (used on CPU for real models) = eager math."""
+    attributes = _attributes(tiny_model)[0]
+    sequence = torch.randint(0, tiny_model.lm.card, (2, tiny_model.lm.num_codebooks, 40))
+    sequence[1] = sequence[0]
+    logits = []
+    for fused in (False, True):
+        fast = FastLM(tiny_model.lm, max_frames=60, dtype="int8", fused_attention=fused)
+        fast.set_conditions(attributes)
+        with torch.inference_mode():
+            fast._forward(sequence[..., :30], 0)
+            logits.append(torch.stack([fast._forward(sequence[..., p:p + 1], p) for p in range(30, 40)]))
+        assert (fast.cache._kernel is not None) == fused  # the compiled kernel ran, no fallback
+    assert torch.allclose(logits[0], logits[1], atol=1e-4), (logits[0] - logits[1]).abs().max()
+
+
 def test_too_long_a_request_is_refused(tiny_model):
     fast = FastLM(tiny_model.lm, max_frames=20, dtype="fp32")
     with pytest.raises(ValueError, match="exceed the cache"):
