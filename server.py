@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--context", type=float, default=d.context_seconds,
                    help="seconds of previous tokens that prompt each stride (default: %(default)s)")
     g.add_argument("--stride", type=float, default=d.stride_seconds, help="new seconds generated per stride (default: %(default)s)")
+    g.add_argument("--first-stride", type=float, default=None,
+                   help="length of the first stride; the next ones double up to --stride, so the "
+                        "first sound comes sooner (default: 1 on CUDA, --stride on CPU)")
     g = p.add_argument_group("sampling")
     g.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature, 0 means greedy (default: %(default)s)")
     g.add_argument("--top-k", type=int, default=d.top_k, help="top-k sampling (default: %(default)s)")
@@ -82,7 +85,8 @@ def config_from_args(args):
     return EngineConfig(
         prompt=args.prompt, model=args.model, device=args.device, dtype=args.dtype,
         window_seconds=args.window,
-        context_seconds=args.context, stride_seconds=args.stride, temperature=args.temperature,
+        context_seconds=args.context, stride_seconds=args.stride,
+        first_stride_seconds=args.first_stride, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, cfg_coef=args.cfg,
         seed=args.seed if args.seed is not None else random.randrange(2**31),
         buffer_ahead_seconds=args.buffer_ahead, prefill_seconds=args.prefill,

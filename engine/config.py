@@ -26,6 +26,9 @@ class EngineConfig:
     window_seconds: float = 30.0
     context_seconds: float = 20.0
     stride_seconds: float = 10.0
+    # The first stride's length; each next one doubles up to the stride. None: 1 s on CUDA
+    # (first sound within about a second), the full stride on CPU (which pre-fills anyway).
+    first_stride_seconds: tp.Optional[float] = None
     # Sampling.
     temperature: float = 1.0
     top_k: int = 250
@@ -63,6 +66,9 @@ class EngineConfig:
             raise ConfigError(
                 f"--context {self.context_seconds:g} s + --stride {self.stride_seconds:g} s must fit "
                 f"in --window {self.window_seconds:g} s")
+        if self.first_stride_seconds is not None and not 0 < self.first_stride_seconds <= self.stride_seconds:
+            raise ConfigError(f"--first-stride must be between 0 and --stride ({self.stride_seconds:g} s), "
+                              f"got {self.first_stride_seconds:g} s")
         if self.temperature < 0:
             raise ConfigError(f"--temperature must be zero or positive (got {self.temperature:g})")
         if self.top_k < 0:

@@ -27,18 +27,24 @@ class _Stopped(Exception):
 
 
 class Producer(threading.Thread):
-    """Strides of `stride_frames` codes → seam-free PCM → `ring`, paced by `playhead()`."""
+    """Strides of `stride_frames` codes → seam-free PCM → `ring`, paced by `playhead()`.
+
+    `first_stride_frames`: the first stride is this short and each next one doubles up to
+    `stride_frames` (1, 2, 4, 8, 10 s…), so that the first sound comes after a short stride when
+    generation is fast enough to keep ahead of the ramp (a GPU); default: no ramp."""
 
     def __init__(self, generator: WindowGenerator, stitcher: StitchingDecoder, ring: PcmRing, *,
                  prompt: str, stride_frames: int, buffer_ahead_samples: int,
                  playhead: tp.Callable[[], int], metrics: EngineMetrics,
-                 end_sample: tp.Optional[int] = None, poll_seconds: float = 0.02):
+                 end_sample: tp.Optional[int] = None, poll_seconds: float = 0.02,
+                 first_stride_frames: tp.Optional[int] = None):
         super().__init__(name="producer", daemon=True)
         self.generator = generator
         self.stitcher = stitcher
         self.ring = ring
         self.prompt = prompt
         self.stride_frames = int(stride_frames)
+        self.first_stride_frames = min(self.stride_frames, int(first_stride_frames or stride_frames))
         self.buffer_ahead_samples = int(buffer_ahead_samples)
         self.playhead = playhead
         self.metrics = metrics
@@ -59,7 +65,8 @@ class Producer(threading.Thread):
     def _next_stride(self) -> tp.Tuple[int, int, bool]:
         """(frames to generate, ring end after writing them, is this the last stride)."""
         emitted = self.generator.frames_emitted
-        frames = self.stride_frames
+        index = min(self.generator.stride_index, 30)
+        frames = min(self.stride_frames, self.first_stride_frames << index)
         if self.end_frames is not None and emitted + frames >= self.end_frames:
             return self.end_frames - emitted, self.end_sample, True
         written_after = (emitted + frames - self.stitcher.holdback_frames) * self.hop_samples

@@ -47,11 +47,21 @@ class Station:
         self.producer = Producer(
             self.generator, self.stitcher, self.stream_ring, prompt=config.prompt,
             stride_frames=self.stride_frames, buffer_ahead_samples=self.buffer_ahead_samples,
-            playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample)
+            playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample,
+            first_stride_frames=self.producer_first_stride_frames(model, frame_rate))
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
+
+    def producer_first_stride_frames(self, model, frame_rate: float) -> int:
+        """The ramp's first stride (config, or 1 s on CUDA and the full stride on CPU)."""
+        seconds = self.config.first_stride_seconds
+        if seconds is None:
+            on_gpu = next(model.lm.parameters()).device.type == "cuda"
+            seconds = min(1.0, self.config.stride_seconds) if on_gpu else self.config.stride_seconds
+        self.first_stride_seconds = seconds
+        return max(1, round(seconds * frame_rate))
 
     def start(self) -> None:
         self.metrics.started_at = time.monotonic()
@@ -65,7 +75,7 @@ class Station:
         """Block until enough audio is buffered to start playing. False if stopped or failed."""
         target = self._prefill_target_samples()
         log.info("pre-fill: generating the first %.1f s before playback starts",
-                 max(target / self.sample_rate, self.config.stride_seconds))
+                 max(target / self.sample_rate, self.first_stride_seconds))
         while not stop.is_set():
             written = self.stream_ring.written_until
             if written >= target or (written and self.producer.waiting_for_room) or self.producer.done.is_set():

@@ -100,6 +100,7 @@ def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     (("--model", "tiny", "--icecast", "icecast://source:pw@host:8000/radio.wav"), ".opus, .ogg or .mp3"),
     (("--model", "tiny", "--max-lag", "1", "--burst", "2"), "--max-lag"),
     (("--model", "tiny", "--dtype", "fp8"), "invalid choice: 'fp8'"),
+    (("--model", "tiny", "--stride", "3", "--first-stride", "5"), "--first-stride must be between"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(args, message):
     result = run_server(*args, "--no-play", timeout=60)
