@@ -6,9 +6,9 @@ cd "$(dirname "$0")"
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-if ! ldconfig -p 2>/dev/null | grep -q libportaudio.so.2; then
-  echo "setup: installing libportaudio2 (for the sound device)"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libportaudio2 >/dev/null
+if ! ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || ! command -v g++ >/dev/null; then
+  echo "setup: installing libportaudio2 (the sound device) and g++ (the CPU kernels)"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libportaudio2 g++ >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3.11}"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.fastlm import FastLM, UnsupportedModel, resolve_dtype
+from engine.fastlm import FastLM, UnsupportedModel, cpu_flags, resolve_dtype
 from engine.generator import SamplingParams, WindowGenerator
 
 
@@ -128,20 +128,25 @@ def test_teacher_forced_logits_match_the_decode_steps(tiny_model):
             assert torch.allclose(everything[:, :, position], step, atol=1e-4)
 
 
-def test_fused_decode_attention_computes_the_same(tiny_model):
-    """The torch.compile'd single-query attention (used on CPU for real models) = eager math."""
+def test_decode_attention_kernels_compute_the_same(tiny_model):
+    """The native AVX-512 kernel and the torch.compile'd one (used on CPU for real models) give
+    the eager result."""
     attributes = _attributes(tiny_model)[0]
     sequence = torch.randint(0, tiny_model.lm.card, (2, tiny_model.lm.num_codebooks, 40))
     sequence[1] = sequence[0]
-    logits = []
-    for fused in (False, True):
-        fast = FastLM(tiny_model.lm, max_frames=60, dtype="int8", fused_attention=fused)
+    logits, kernels = [], []
+    for attention in ("eager", "compiled", "native"):
+        fast = FastLM(tiny_model.lm, max_frames=60, dtype="int8", attention=attention)
         fast.set_conditions(attributes)
         with torch.inference_mode():
             fast._forward(sequence[..., :30], 0)
             logits.append(torch.stack([fast._forward(sequence[..., p:p + 1], p) for p in range(30, 40)]))
-        assert (fast.cache._kernel is not None) == fused  # the compiled kernel ran, no fallback
-    assert torch.allclose(logits[0], logits[1], atol=1e-4), (logits[0] - logits[1]).abs().max()
+        kernels.append(fast.cache.kernel)
+    assert kernels[:2] == ["eager", "compiled"]  # the compiled kernel ran, no fallback
+    if {"avx512f", "f16c", "fma"} <= cpu_flags():
+        assert kernels[2] == "native"
+    for other in logits[1:]:
+        assert torch.allclose(logits[0], other, atol=1e-4), (logits[0] - other).abs().max()
 
 
 def test_too_long_a_request_is_refused(tiny_model):
