@@ -84,27 +84,43 @@ class _Dense:
 
 
 class _Int8:
-    """Per-output-channel symmetric int8 weights, activations quantised per call (fbgemm).
-    Input and output are fp32."""
+    """Per-output-channel symmetric int8 weights, activations quantised per call. Input and
+    output are fp32. Prefill (many rows): fbgemm's dynamic int8 GEMM. Decode (≤ 4 rows): the
+    native VNNI kernel when `kernels` is given (engine/kernels/int8_gemv.cpp: per-row int8
+    activations, reads the weights at ~33 GB/s here where fbgemm reaches ~27), else fbgemm."""
 
-    def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor]):
+    def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
         w = weight.detach().float()
-        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        self.bias = None if bias is None else bias.detach().float().contiguous()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             qweight = torch.quantize_per_channel(
-                w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
-            b = None if bias is None else bias.detach().float().contiguous()
-            self.packed = torch.ops.quantized.linear_prepack(qweight, b)
+                w, scales.double(), torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+        self.kernels = kernels if w.shape[1] % 64 == 0 else None
+        if self.kernels is not None:
+            self.weight = torch.round(w / scales[:, None]).to(torch.int8).contiguous()
+            self.scales = scales.float().contiguous()
+            self.row_sums = kernels.prepare(self.weight)
+            self._no_bias = torch.empty(0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]), self.packed, True)
+        rows = x.reshape(-1, shape[-1])
+        if self.kernels is not None and rows.shape[0] <= 4:
+            y = self.kernels.gemv(rows, self.weight, self.row_sums, self.scales,
+                                  self._no_bias if self.bias is None else self.bias)
+        else:
+            y = torch.ops.quantized.linear_dynamic(rows, self.packed, True)
         return y.view(*shape[:-1], y.shape[-1])
 
+    def weight_bytes(self) -> int:
+        return self.packed.unpack()[0].numel() if self.kernels is None else self.weight.numel()
 
-def _linear(weight, bias, mode: str, compute_dtype: torch.dtype):
-    return _Int8(weight, bias) if mode == "int8" else _Dense(weight, bias, compute_dtype)
+
+def _linear(weight, bias, mode: str, compute_dtype: torch.dtype, kernels=None):
+    return _Int8(weight, bias, kernels) if mode == "int8" else _Dense(weight, bias, compute_dtype)
 
 
 @dataclasses.dataclass
@@ -145,26 +161,23 @@ class _KVCache:
     """Self-attention keys and values of every layer, allocated once: [layers, 2, H, positions,
     Dh] in `dtype`.
 
-    `kernel`: "native" | "compiled" | "eager". The first two run the decode-step attention as a
-    kernel that reads the cache once, converting as
-    it goes (CPU attention kernels for a single query over an fp16/bf16 cache are 4-6x slower
-    than fp32, and the cache is as many bytes per step as the weights): the native AVX-512 one
-    (engine/kernels, fp16 only) or one made by torch.compile; each falls back to the next if it
-    cannot be built. "eager": torch's SDPA (same dtype) or `_decode_attention`.
+    `kernels`: "native" | "compiled" | "eager". The first two run the decode-step attention as
+    a kernel that reads the cache once, converting as it goes (CPU attention kernels for a single
+    query over an fp16/bf16 cache are 4-6x slower than fp32, and the cache is as many bytes per
+    step as the weights): the native AVX-512 one (`native`: the loaded engine/kernels module,
+    fp16 only) or one made by torch.compile. "eager": torch's SDPA or `_decode_attention`.
     (An int8 cache with per-position scales halved the bytes again but was no faster end to end.)"""
 
     def __init__(self, layers: int, heads: int, positions: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device, kernel: str):
+                 device: torch.device, kernels: str, native=None):
         shape = (layers, 2, heads, positions, head_dim)
         self.dtype = dtype
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self._native = None
-        if kernel == "native" and dtype == torch.float16 and head_dim % 16 == 0 and device.type == "cpu":
-            from .kernels import load_decode_attention
-            self._native = load_decode_attention()
+        self._native = native if (kernels == "native" and dtype == torch.float16
+                                  and head_dim % 16 == 0) else None
         self._kernel = (torch.compile(_decode_attention, dynamic=True)
-                        if kernel in ("native", "compiled") and self._native is None else None)
+                        if kernels in ("native", "compiled") and self._native is None else None)
 
     @property
     def kernel(self) -> str:
@@ -233,14 +246,16 @@ class FastLM:
 
     `max_frames`: the longest sequence (prompt + new frames) `generate` will be asked for; the
     KV cache holds max_frames + max(delays) + 1 positions.
-    `attention`: the decode-step attention kernel (`_KVCache`): "auto" | "native" | "compiled" |
-    "eager"; auto = native (else compiled) on CPU for a reduced-precision cache and models of
-    width ≥ 512 (the build takes seconds once, cached on disk), eager elsewhere.
+    `kernels`: "auto" | "native" | "compiled" | "eager". native: the AVX-512 kernels of
+    engine/kernels for the decode step's int8 linears and fp16 attention (built once, about half
+    a minute, cached on disk; where they cannot be built: compiled); compiled: the decode
+    attention made by torch.compile, fbgemm's int8 linears; eager: torch's kernels only.
+    auto = native on CPU for reduced precision and models of width ≥ 512, else eager.
     """
 
     def __init__(self, lm, max_frames: int, dtype: str = "auto",
                  device: tp.Optional[torch.device] = None,
-                 attention: str = "auto"):
+                 kernels: str = "auto"):
         self.delays = _check_supported(lm)
         self.lm = lm  # for the condition provider (text encoder), kept in its own precision
         self.device = device or next(lm.parameters()).device
@@ -261,6 +276,14 @@ class FastLM:
         self.activation = self._activation(t.layers[0])
         self.max_positions = int(max_frames) + max(self.delays) + 1
         mode, cd = self.mode, self.compute_dtype
+        if kernels == "auto":
+            reduced = self.device.type == "cpu" and self.mode != "fp32"
+            kernels = "native" if reduced and self.dim >= 512 else "eager"
+        native = None
+        if kernels == "native" and self.device.type == "cpu":
+            from .kernels import load_cpu_kernels
+            native = load_cpu_kernels()
+        self.kernels = kernels if native is not None or kernels != "native" else "compiled"
 
         def norm(module) -> _Norm:
             return _Norm(module.weight.detach().to(cd), None if module.bias is None
@@ -269,7 +292,7 @@ class FastLM:
         def lin(module, rows=slice(None)):
             w = module.weight if hasattr(module, "weight") else module
             b = getattr(module, "bias", None)
-            return _linear(w[rows], None if b is None else b[rows], mode, cd)
+            return _linear(w[rows], None if b is None else b[rows], mode, cd, native)
 
         self.layers: tp.List[_Layer] = []
         D = self.dim
@@ -279,10 +302,11 @@ class FastLM:
                 ca_bias = ca.in_proj_bias
                 self.layers.append(_Layer(
                     norm_self=norm(layer.norm1),
-                    qkv=_linear(sa.in_proj_weight, sa.in_proj_bias, mode, cd),
+                    qkv=_linear(sa.in_proj_weight, sa.in_proj_bias, mode, cd, native),
                     out_self=lin(sa.out_proj),
                     norm_cross=norm(layer.norm_cross),
-                    q_cross=_linear(ca.in_proj_weight[:D], None if ca_bias is None else ca_bias[:D], mode, cd),
+                    q_cross=_linear(ca.in_proj_weight[:D], None if ca_bias is None else ca_bias[:D],
+                                    mode, cd, native),
                     kv_cross=_Dense(ca.in_proj_weight[D:], None if ca_bias is None else ca_bias[D:], cd),
                     out_cross=lin(ca.out_proj),
                     norm_ff=norm(layer.norm2),
@@ -294,13 +318,10 @@ class FastLM:
             head_w = torch.cat([lin_.weight for lin_ in lm.linears])  # [K*card, D]
             head_b = (torch.cat([lin_.bias for lin_ in lm.linears])
                       if lm.linears[0].bias is not None else None)
-            self.head = _linear(head_w, head_b, mode, cd)
+            self.head = _linear(head_w, head_b, mode, cd, native)
         self._cross: tp.Optional[tp.Tuple[str, tp.List[torch.Tensor], tp.List[torch.Tensor]]] = None
-        if attention == "auto":
-            reduced = self.device.type == "cpu" and self.cache_dtype != torch.float32
-            attention = "native" if reduced and self.dim >= 512 else "eager"
         self.cache = _KVCache(len(self.layers), self.heads, self.max_positions, self.head_dim,
-                              self.cache_dtype, self.device, attention)
+                              self.cache_dtype, self.device, self.kernels, native)
         # Positional embeddings for every position, computed once: [max_positions, D].
         self.pos_emb = self._sin_embedding(self.max_positions).to(cd)
 
@@ -330,8 +351,7 @@ class FastLM:
                 if isinstance(lin, _Dense):
                     total += lin.weight.numel() * lin.weight.element_size()
                 else:
-                    w, _ = torch.ops.quantized.linear_unpack(lin.packed)
-                    total += w.numel()
+                    total += lin.weight_bytes()
         return total
 
     # -- conditions -------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.fastlm import FastLM, UnsupportedModel, cpu_flags, resolve_dtype
 from engine.generator import SamplingParams, WindowGenerator
@@ -74,13 +75,13 @@ def test_top_k_1_sampling_is_greedy(tiny_model):
     assert torch.equal(greedy, sampled)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
-def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype):
+@pytest.mark.parametrize("dtype, kernels", [("bf16", "eager"), ("int8", "eager"), ("int8", "native")])
+def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype, kernels):
     lm = tiny_model.lm
     attributes = _attributes(tiny_model)[0]
     reference = FastLM(lm, max_frames=80, dtype="fp32")
     codes = reference.generate(None, attributes, 60, generator=torch.Generator().manual_seed(4))
-    reduced = FastLM(lm, max_frames=80, dtype=dtype)
+    reduced = FastLM(lm, max_frames=80, dtype=dtype, kernels=kernels)
     assert reduced.mode == dtype
     ce_fp32 = reference.cross_entropy(codes[0], attributes)
     ce_reduced = reduced.cross_entropy(codes[0], attributes)
@@ -128,25 +129,46 @@ def test_teacher_forced_logits_match_the_decode_steps(tiny_model):
             assert torch.allclose(everything[:, :, position], step, atol=1e-4)
 
 
-def test_decode_attention_kernels_compute_the_same(tiny_model):
-    """The native AVX-512 kernel and the torch.compile'd one (used on CPU for real models) give
-    the eager result."""
-    attributes = _attributes(tiny_model)[0]
-    sequence = torch.randint(0, tiny_model.lm.card, (2, tiny_model.lm.num_codebooks, 40))
-    sequence[1] = sequence[0]
-    logits, kernels = [], []
-    for attention in ("eager", "compiled", "native"):
-        fast = FastLM(tiny_model.lm, max_frames=60, dtype="int8", attention=attention)
-        fast.set_conditions(attributes)
-        with torch.inference_mode():
-            fast._forward(sequence[..., :30], 0)
-            logits.append(torch.stack([fast._forward(sequence[..., p:p + 1], p) for p in range(30, 40)]))
-        kernels.append(fast.cache.kernel)
-    assert kernels[:2] == ["eager", "compiled"]  # the compiled kernel ran, no fallback
-    if {"avx512f", "f16c", "fma"} <= cpu_flags():
-        assert kernels[2] == "native"
-    for other in logits[1:]:
-        assert torch.allclose(logits[0], other, atol=1e-4), (logits[0] - other).abs().max()
+NATIVE = {"avx512f", "avx512bw", "avx512_vnni", "f16c", "fma"} <= cpu_flags()
+
+
+def test_decode_attention_kernels_compute_the_same():
+    """The native AVX-512 attention and the torch.compile'd one (used on CPU for real models)
+    give the eager result over an fp16 cache."""
+    from engine.fastlm import _KVCache
+    from engine.kernels import load_cpu_kernels
+    native = load_cpu_kernels()
+    assert (native is not None) == NATIVE
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 2, 4, 50, 32), torch.randn(2, 2, 4, 50, 32)
+    q = torch.randn(2, 4, 1, 32)
+    results = {}
+    for kernels in ("eager", "compiled", "native"):
+        cache = _KVCache(2, 4, 50, 32, torch.float16, torch.device("cpu"), kernels, native)
+        cache.write(0, 0, keys[0], values[0])
+        cache.write(1, 0, keys[1], values[1])
+        results[cache.kernel] = torch.stack([cache.attend(layer, q, 37) for layer in (0, 1)])
+    assert set(results) == ({"eager", "compiled", "native"} if NATIVE else {"eager", "compiled"})
+    exact = torch.stack([F.scaled_dot_product_attention(q, keys[i, :, :, :37].half().float(),
+                                                        values[i, :, :, :37].half().float())
+                         for i in (0, 1)])
+    for kernel, result in results.items():
+        assert torch.allclose(result.float(), exact, atol=1e-5), kernel
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX-512 VNNI (CI's CPU has it)")
+def test_native_int8_linear_is_close_to_fp32():
+    from engine.fastlm import _Int8
+    from engine.kernels import load_cpu_kernels
+    torch.manual_seed(1)
+    weight, bias = torch.randn(96, 256) * 0.05, torch.randn(96)
+    linear = _Int8(weight, bias, load_cpu_kernels())
+    assert linear.kernels is not None
+    for rows in (1, 2, 4, 7):  # ≤ 4: native; more: fbgemm
+        x = torch.randn(rows, 256)
+        exact = x @ weight.T + bias
+        error = (linear(x) - exact).norm() / exact.norm()
+        assert error < 0.02, (rows, error)
 
 
 def test_too_long_a_request_is_refused(tiny_model):

@@ -1,4 +1,6 @@
-"""Native CPU kernels, compiled on first use with torch's extension builder (cached on disk)."""
+"""Native CPU kernels of the decoder (AVX-512: F16C for the fp16 attention, VNNI for the int8
+linears), compiled on first use with torch's extension builder and cached on disk
+(~/.cache/torch_extensions); about half a minute the first time."""
 from __future__ import annotations
 
 import logging
@@ -8,25 +10,28 @@ import typing as tp
 
 log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ("bindings.cpp", "decode_attention.cpp", "int8_gemv.cpp")
+REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512_vnni", "f16c", "fma"}
 
 
-def load_decode_attention() -> tp.Optional[tp.Any]:
-    """The fp16-cache decode attention (decode_attention.cpp), or None where it cannot be built
-    (no AVX-512/F16C, no C++ compiler): callers then use torch.compile or eager kernels."""
+def load_cpu_kernels() -> tp.Optional[tp.Any]:
+    """The compiled module (scores, weighted, prepare, gemv), or None where it cannot be built
+    (no AVX-512 VNNI/F16C, no C++ compiler): callers then use torch's kernels."""
     from ..fastlm import cpu_flags
-    if not {"avx512f", "f16c", "fma"} <= cpu_flags():
+    if not REQUIRED_CPU_FLAGS <= cpu_flags():
         return None
     try:
         from torch.utils.cpp_extension import load
         started = time.monotonic()
-        module = load("musicgen_radio_decode_attention", [os.path.join(HERE, "decode_attention.cpp")],
-                      extra_cflags=["-O3", "-mavx512f", "-mf16c", "-mfma", "-fopenmp"],
+        module = load("musicgen_radio_cpu_kernels", [os.path.join(HERE, name) for name in SOURCES],
+                      extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mf16c",
+                                    "-mfma", "-fopenmp"],
                       extra_ldflags=["-fopenmp"], verbose=False)
         elapsed = time.monotonic() - started
         if elapsed > 2:
-            log.info("decoder: built the native attention kernel in %.0f s (cached from now on)", elapsed)
+            log.info("decoder: built the native CPU kernels in %.0f s (cached from now on)", elapsed)
         return module
-    except Exception as err:  # noqa: BLE001 - any build failure means: use the other kernels
-        log.warning("native attention kernel unavailable (%s); using torch.compile",
+    except Exception as err:  # noqa: BLE001 - any build failure means: use torch's kernels
+        log.warning("native CPU kernels unavailable (%s); using torch's",
                     str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
         return None

@@ -7,23 +7,23 @@
 //   scores(q [BH, Dh] fp32, keys [BH, P, Dh] fp16, positions T) -> [BH, T] fp32 (q.k / sqrt(Dh))
 //   weighted(weights [BH, T] fp32, values [BH, P, Dh] fp16)      -> [BH, Dh] fp32
 // P is the cache capacity (positions allocated); only the first T are read. Dh % 16 == 0.
-#include <torch/extension.h>
+#include "kernels.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cmath>
 
-static void check(const torch::Tensor& cache, int64_t bh, int64_t dh) {
-  TORCH_CHECK(cache.scalar_type() == torch::kHalf && cache.is_contiguous(), "cache: contiguous fp16");
+static void check(const at::Tensor& cache, int64_t bh, int64_t dh) {
+  TORCH_CHECK(cache.scalar_type() == at::kHalf && cache.is_contiguous(), "cache: contiguous fp16");
   TORCH_CHECK(cache.dim() == 3 && cache.size(0) == bh && cache.size(2) == dh, "cache: [BH, P, Dh]");
   TORCH_CHECK(dh % 16 == 0, "head dim must be a multiple of 16");
 }
 
-torch::Tensor scores(torch::Tensor q, torch::Tensor keys, int64_t positions) {
-  TORCH_CHECK(q.scalar_type() == torch::kFloat && q.is_contiguous() && q.dim() == 2, "q: [BH, Dh] fp32");
+at::Tensor scores(at::Tensor q, at::Tensor keys, int64_t positions) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat && q.is_contiguous() && q.dim() == 2, "q: [BH, Dh] fp32");
   const int64_t bh = q.size(0), dh = q.size(1), capacity = keys.size(1);
   check(keys, bh, dh);
   TORCH_CHECK(positions > 0 && positions <= capacity, "positions out of range");
-  auto out = torch::empty({bh, positions}, q.options());
+  auto out = at::empty({bh, positions}, q.options());
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   const float* qp = q.data_ptr<float>();
   const uint16_t* kp = reinterpret_cast<const uint16_t*>(keys.data_ptr<at::Half>());
@@ -47,15 +47,15 @@ torch::Tensor scores(torch::Tensor q, torch::Tensor keys, int64_t positions) {
   return out;
 }
 
-torch::Tensor weighted(torch::Tensor weights, torch::Tensor values) {
-  TORCH_CHECK(weights.scalar_type() == torch::kFloat && weights.is_contiguous() && weights.dim() == 2,
+at::Tensor weighted(at::Tensor weights, at::Tensor values) {
+  TORCH_CHECK(weights.scalar_type() == at::kFloat && weights.is_contiguous() && weights.dim() == 2,
               "weights: [BH, T] fp32");
   const int64_t bh = weights.size(0), positions = weights.size(1);
   const int64_t dh = values.size(2), capacity = values.size(1);
   check(values, bh, dh);
   TORCH_CHECK(positions <= capacity, "positions out of range");
   TORCH_CHECK(dh <= 256, "head dim above 256");
-  auto out = torch::empty({bh, dh}, weights.options());
+  auto out = at::empty({bh, dh}, weights.options());
   const float* wp = weights.data_ptr<float>();
   const uint16_t* vp = reinterpret_cast<const uint16_t*>(values.data_ptr<at::Half>());
   float* op = out.data_ptr<float>();
@@ -78,9 +78,4 @@ torch::Tensor weighted(torch::Tensor weights, torch::Tensor values) {
     }
   });
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("scores", &scores, "q.k / sqrt(Dh) over the first positions of an fp16 cache");
-  m.def("weighted", &weighted, "softmax weights times the values of an fp16 cache");
 }

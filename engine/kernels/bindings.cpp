@@ -1,0 +1,9 @@
+#include <torch/extension.h>
+#include "kernels.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("scores", &scores, "q.k / sqrt(Dh) over the first positions of an fp16 cache");
+  m.def("weighted", &weighted, "softmax weights times the values of an fp16 cache");
+  m.def("prepare", &prepare, "row sums of an int8 weight");
+  m.def("gemv", &gemv, "int8 linear for 1 to 4 rows (VNNI)");
+}

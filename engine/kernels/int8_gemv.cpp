@@ -1,0 +1,83 @@
+// The decode step's linear layers: y = x W^T for 1 to 4 rows of x (2 for CFG), with W int8
+// [out, in] and one fp32 scale per output channel; x is quantised to int8 per row on the fly
+// (scale = max|x| / 127), and the int8 products are summed by AVX-512 VNNI (vpdpbusd: 64
+// multiply-adds per instruction), so that the pass is bound by reading the weights, not by
+// arithmetic. vpdpbusd multiplies unsigned by signed bytes: x is shifted by +128 and
+// 128 * sum(W row) (precomputed) is taken off again.
+//
+//   prepare(W [out, in] int8) -> row sums [out] int32
+//   gemv(x [M, in] fp32, W, row sums, scale [out] fp32, bias [out] fp32 or empty) -> [M, out] fp32
+#include "kernels.h"
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cmath>
+
+static constexpr int64_t kMaxRows = 4;  // rows of x per call
+
+at::Tensor prepare(at::Tensor weight) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
+              "weight: [out, in] int8");
+  return weight.to(at::kInt).sum(1, /*keepdim=*/false, at::kInt).contiguous();
+}
+
+template <int64_t Rows>
+static void rows_kernel(const uint8_t* xq, const int8_t* wp, const int32_t* row_sums,
+                        const float* x_scales, const float* sp, const float* bp, float* yp,
+                        int64_t in, int64_t out_features) {
+  at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int8_t* row = wp + o * in;
+      __m512i acc[Rows];
+      for (int64_t m = 0; m < Rows; ++m) acc[m] = _mm512_setzero_si512();
+      for (int64_t i = 0; i < in; i += 64) {
+        const __m512i w = _mm512_loadu_si512(reinterpret_cast<const void*>(row + i));
+        for (int64_t m = 0; m < Rows; ++m) {
+          const __m512i x = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + m * in + i));
+          acc[m] = _mm512_dpbusd_epi32(acc[m], x, w);
+        }
+      }
+      for (int64_t m = 0; m < Rows; ++m) {
+        const int32_t dot = _mm512_reduce_add_epi32(acc[m]) - 128 * row_sums[o];
+        float v = static_cast<float>(dot) * x_scales[m] * sp[o];
+        yp[m * out_features + o] = bp ? v + bp[o] : v;
+      }
+    }
+  });
+}
+
+at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
+                   at::Tensor bias) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2, "x: [M, in] fp32");
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
+              "weight: [out, in] int8");
+  x = x.contiguous();
+  const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
+  TORCH_CHECK(weight.size(1) == in && in % 64 == 0, "in features must match and be a multiple of 64");
+  TORCH_CHECK(rows >= 1 && rows <= kMaxRows, "1 to 4 rows");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == out_features, "scale: [out] fp32");
+  TORCH_CHECK(row_sums.scalar_type() == at::kInt && row_sums.numel() == out_features, "row sums: [out] int32");
+  // Quantise each row of x: symmetric int8, stored +128 as uint8.
+  auto xq = at::empty({rows, in}, x.options().dtype(at::kByte));
+  float x_scales[kMaxRows];
+  const float* xp = x.data_ptr<float>();
+  uint8_t* qp = xq.data_ptr<uint8_t>();
+  for (int64_t m = 0; m < rows; ++m) {
+    float peak = 0.f;
+    for (int64_t i = 0; i < in; ++i) peak = std::max(peak, std::fabs(xp[m * in + i]));
+    const float s = peak > 0.f ? peak / 127.f : 1.f;
+    const float inv = 1.f / s;
+    x_scales[m] = s;
+    for (int64_t i = 0; i < in; ++i)
+      qp[m * in + i] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(xp[m * in + i] * inv)) + 128);
+  }
+  auto y = at::empty({rows, out_features}, x.options());
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  switch (rows) {
+    case 1: rows_kernel<1>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
+    case 2: rows_kernel<2>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
+    case 3: rows_kernel<3>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
+    default: rows_kernel<4>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
+  }
+  return y;
+}

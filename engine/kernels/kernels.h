@@ -1,0 +1,9 @@
+// The native CPU kernels of the decoder (see each .cpp); bound to Python in bindings.cpp.
+#pragma once
+#include <ATen/ATen.h>
+
+at::Tensor scores(at::Tensor q, at::Tensor keys, int64_t positions);
+at::Tensor weighted(at::Tensor weights, at::Tensor values);
+at::Tensor prepare(at::Tensor weight);
+at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
+                   at::Tensor bias);
