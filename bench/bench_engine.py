@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+import typing as tp
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,16 @@ class _EnoughSteps(Exception):
     pass
 
 
+def _timed(device: str, started: float, run: tp.Callable[[], object]) -> tp.Optional[float]:
+    """Run one stride; its wall seconds since `started`, or None when --steps cut it short."""
+    try:
+        run()
+        _sync(device)
+        return time.perf_counter() - started
+    except _EnoughSteps:
+        return None
+
+
 def _sync(device: str) -> None:
     import torch
     if device == "cuda":
@@ -84,13 +95,7 @@ def run_engine(model, args) -> dict:
     gen.set_context(_context_codes(model, args))
     clock = StepClock(args.device, args.steps)
     started = time.perf_counter()
-    try:
-        codes = gen.next_stride(PROMPT, stride_frames, clock)
-        stitcher.push(codes)
-        _sync(args.device)
-        wall = time.perf_counter() - started
-    except _EnoughSteps:
-        wall = None
+    wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
     return {**clock.figures(started), "stride_wall_s": wall, "dtype": gen.dtype,
             "decoder": "fast" if gen.fast is not None else "audiocraft"}
 
@@ -104,12 +109,7 @@ def run_seed(model, args) -> dict:
     model.set_custom_progress_callback(clock)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    try:
-        model.generate_continuation(tail, sr, [PROMPT], progress=True)
-        _sync(args.device)
-        wall = time.perf_counter() - started
-    except _EnoughSteps:
-        wall = None
+    wall = _timed(args.device, started, lambda: model.generate_continuation(tail, sr, [PROMPT], progress=True))
     return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
 
 
@@ -120,13 +120,9 @@ def run_extend(model, args) -> dict:
     clock = StepClock(args.device, args.steps)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    try:
-        model.lm.generate(context, attributes, max_gen_len=context.shape[-1] + round(args.stride * model.frame_rate),
-                          use_sampling=True, top_k=250, cfg_coef=3.0, callback=clock)
-        _sync(args.device)
-        wall = time.perf_counter() - started
-    except _EnoughSteps:
-        wall = None
+    wall = _timed(args.device, started, lambda: model.lm.generate(
+        context, attributes, max_gen_len=context.shape[-1] + round(args.stride * model.frame_rate),
+        use_sampling=True, top_k=250, cfg_coef=3.0, callback=clock))
     return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
 
 
@@ -145,8 +141,8 @@ def run_transformers(args) -> dict:
     text = torch.randn(2, 12, 1024, device=args.device)
     clock = StepClock(args.device, args.steps)
     steps = round(args.stride * 50) + K - 1
-    started = time.perf_counter()
-    try:
+
+    def stride():
         out = model(input_ids=ids, encoder_hidden_states=text, use_cache=True)
         for _ in range(steps):
             logits = out.logits[:, -1].view(2, K, card)
@@ -156,10 +152,8 @@ def run_transformers(args) -> dict:
             clock(0, steps)
             out = model(input_ids=pick.repeat(2, 1), encoder_hidden_states=text,
                         past_key_values=out.past_key_values, use_cache=True)
-        _sync(args.device)
-        wall = time.perf_counter() - started
-    except _EnoughSteps:
-        wall = None
+    started = time.perf_counter()
+    wall = _timed(args.device, started, stride)
     return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
 
 
