@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import time
 import typing as tp
 
@@ -12,6 +14,19 @@ log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ("bindings.cpp", "decode_attention.cpp", "int8_gemv.cpp")
 REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512_vnni", "f16c", "fma"}
+
+
+def _put_ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; the pinned pip package puts it beside the venv's
+    python, which is not on PATH unless the venv is activated."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+        bin_dir = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        bin_dir = os.path.dirname(sys.executable)
+    os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
 def load_cpu_kernels() -> tp.Optional[tp.Any]:
@@ -22,6 +37,7 @@ def load_cpu_kernels() -> tp.Optional[tp.Any]:
         return None
     try:
         from torch.utils.cpp_extension import load
+        _put_ninja_on_path()
         started = time.monotonic()
         module = load("musicgen_radio_cpu_kernels", [os.path.join(HERE, name) for name in SOURCES],
                       extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mf16c",
