@@ -182,18 +182,33 @@ def run_station(config, model, args, stop: threading.Event) -> int:
         log.info("clock: no sound device in use; playback paced by the system clock")
     for sink in sinks:
         sink.start()
-    station.start()
+
+    def supervise() -> None:
+        """Pre-fill, then play until stopped, finished or failed; then stop the producer."""
+        try:
+            if station.wait_for_prefill(stop):
+                clock.start()
+                while not stop.is_set() and not station.finished and station.producer.error is None:
+                    stop.wait(0.1)
+                    station.update_metrics()
+        finally:
+            if stop.is_set():
+                log.info("stopping: finishing the outputs")
+            clock.stop()
+            station.stop()
+
+    # Generation runs in this (the main) thread, where torch's OpenMP workers stay warm; the
+    # playback side is a thread of its own (see Station.start).
+    supervisor = threading.Thread(target=supervise, name="station", daemon=True)
+    station.start(producer_thread=False)
+    supervisor.start()
     try:
-        if station.wait_for_prefill(stop):
-            clock.start()
-            while not stop.is_set() and not station.finished and station.producer.error is None:
-                stop.wait(0.1)
-                station.update_metrics()
+        station.run_producer()
+        while supervisor.is_alive():
+            supervisor.join(timeout=0.2)
     finally:
-        if stop.is_set():
-            log.info("stopping: finishing the outputs")
-        clock.stop()
-        station.stop()
+        stop.set()
+        supervisor.join(timeout=30)
         for sink in sinks:
             sink.stop()
             sink.join()
