@@ -158,7 +158,7 @@ def run_station(config, model, args, stop: threading.Event) -> int:
     from engine.sinks.stdout_sink import PcmPipeSink
     from engine.station import Station
 
-    station = Station(config, model)
+    station = Station(config, model, release_lm_weights=True)  # the fast decoder holds its own
     network = None
     if not args.no_network:
         network = start_network(station, args)

@@ -354,6 +354,19 @@ class FastLM:
                     total += lin.weight_bytes()
         return total
 
+    def release_source_weights(self) -> int:
+        """Free audiocraft's own copies of the weights this decoder has converted (transformer,
+        embeddings, heads); the text conditioner and fuser stay. Afterwards `self.lm` can no
+        longer run by itself. Returns the bytes freed (musicgen-small fp32: about 1.7 GB)."""
+        lm, freed = self.lm, 0
+        for module in (lm.transformer, lm.emb, lm.linears, lm.out_norm):
+            if module is None:
+                continue
+            for param in module.parameters():
+                freed += param.numel() * param.element_size()
+                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+        return freed
+
     # -- conditions -------------------------------------------------------------------------
     def set_conditions(self, attributes) -> None:
         """Compute the cross-attention keys/values for [conditioned, unconditioned] once.

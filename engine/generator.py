@@ -38,10 +38,13 @@ class WindowGenerator:
     `dtype`: precision of the fast decoder (engine/fastlm.py: auto | fp32 | bf16 | fp16 | int8).
     Models the fast decoder does not implement (e.g. melody conditioning) run through
     audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
+    `release_weights`: once the fast decoder holds its own copy, free audiocraft's (the model's
+    LM can no longer generate by itself: for a process that owns the model, like the server).
     """
 
     def __init__(self, model, context_frames: int, sampling: SamplingParams, seed: int,
-                 max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True):
+                 max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True,
+                 release_weights: bool = False):
         self.model = model
         self.lm = model.lm
         self.context_frames = int(context_frames)
@@ -62,6 +65,9 @@ class WindowGenerator:
             self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device)
             log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions",
                      self.dtype, self.fast.parameter_bytes() / 1e6, self.fast.max_positions)
+            if release_weights:
+                log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
+                         self.fast.release_source_weights() / 1e6)
         except UnsupportedModel as err:
             if self.dtype == "int8":
                 self.dtype = "fp32"

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 class Station:
     """One endless (or `duration_seconds` long) stream of generated music."""
 
-    def __init__(self, config: EngineConfig, model, *, program_seconds: float = 30.0):
+    def __init__(self, config: EngineConfig, model, *, program_seconds: float = 30.0,
+                 release_lm_weights: bool = False):
         config.validate(max_duration_seconds=float(model.max_duration))
         self.config = config
         self.model = model
@@ -38,7 +39,7 @@ class Station:
         self.generator = WindowGenerator(model, context_frames, SamplingParams(
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
             cfg_coef=config.cfg_coef), seed=config.seed, dtype=config.dtype,
-            max_frames=context_frames + self.stride_frames)
+            max_frames=context_frames + self.stride_frames, release_weights=release_lm_weights)
         self.stitcher = StitchingDecoder(model.compression_model)
         history = int(config.history_seconds * sr)
         self.stream_ring = PcmRing(self.buffer_ahead_samples + history + sr, self.channels)

@@ -171,6 +171,21 @@ def test_native_int8_linear_is_close_to_fp32():
         assert error < 0.02, (rows, error)
 
 
+def test_released_source_weights_leave_the_decoder_working():
+    """The server frees audiocraft's copy of the LM weights once the fast decoder has its own."""
+    import warnings
+    from engine.models import load_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model("tiny", device="cpu", seed=0)  # its own: this one is changed
+    attributes = _attributes(model)[0]
+    before = FastLM(model.lm, max_frames=60, dtype="fp32").generate(None, attributes, 30, temperature=0)
+    gen = WindowGenerator(model, 20, SamplingParams(temperature=0), seed=0, dtype="fp32",
+                          release_weights=True)
+    assert all(p.numel() == 0 for p in model.lm.transformer.parameters())
+    assert torch.equal(gen.next_stride("lofi hip hop", 30), before)
+
+
 def test_too_long_a_request_is_refused(tiny_model):
     fast = FastLM(tiny_model.lm, max_frames=20, dtype="fp32")
     with pytest.raises(ValueError, match="exceed the cache"):
