@@ -19,7 +19,7 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.config import EngineConfig
+    from engine.config import DTYPE_CHOICES, EngineConfig
     d = EngineConfig()
     p = argparse.ArgumentParser(
         description="Endless MusicGen radio: generates music stride after stride and plays it.")
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
                    help="where the model runs; auto (default) picks CUDA when present")
-    g.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "bf16", "fp16", "int8"],
+    g.add_argument("--dtype", default=d.dtype, choices=DTYPE_CHOICES,
                    help="precision of the language model: auto (default) picks bf16 (else fp16) on "
                         "CUDA and int8 weights on x86 CPUs; fp32 is the reference")
     g.add_argument("--seed", type=int, default=None,
@@ -101,7 +101,10 @@ def main(argv=None) -> int:
     for noisy in ("audiocraft", "xformers", "numba", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    import torch
+
     from engine.config import ConfigError
+    from engine.fastlm import resolve_dtype
     from engine.models import ModelLoadError, check_model_name, load_model, resolve_device
     from engine.sinks.file_sink import RecordPathError, check_record_path
     from engine.sinks.icecast import IcecastUrlError, parse_icecast_url
@@ -131,8 +134,10 @@ def main(argv=None) -> int:
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535 (got {args.port})")
         device = resolve_device(config.device)
-        if device == "cuda" and config.dtype == "int8":
-            raise ConfigError("--dtype int8 is the CPU path; on CUDA use bf16, fp16 or auto")
+        try:  # e.g. int8 asked for on CUDA: refused before the model loads
+            resolve_dtype(config.dtype, torch.device(device))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     except (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError) as err:
         parser.error(str(err))  # one line, exit code 2
 

@@ -6,6 +6,8 @@ import typing as tp
 
 #: MusicGen checkpoints are trained on 30 s excerpts; no window may exceed this.
 MUSICGEN_MAX_DURATION_SECONDS = 30.0
+#: Precisions of the language model (engine/fastlm.py: resolve_dtype says what auto picks).
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 #: Longest text prompt accepted (characters); longer prompts are refused with an error.
 MAX_PROMPT_CHARS = 2000
 
@@ -92,5 +94,5 @@ class EngineConfig:
                 f"--prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
-        if self.dtype not in ("auto", "fp32", "bf16", "fp16", "int8"):
-            raise ConfigError(f"--dtype must be auto, fp32, bf16, fp16 or int8 (got {self.dtype!r})")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")

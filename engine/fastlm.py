@@ -4,7 +4,7 @@ What it computes is audiocraft's `LMModel.generate` (delay pattern, classifier-f
 top-k / top-p sampling); how it computes it follows gpt-fast's `generate.py`:
 
 - prefill: the whole prompt (the token context of the window) in causal chunks;
-- `decode_one_step`: one position through the transformer against a static KV cache
+- a decode step (`_forward` of one position): through the transformer against a static KV cache
   [layers, 2, heads, max_positions, head_dim], allocated once, written in place;
 - classifier-free guidance as one batch of 2 (conditional, unconditional);
 - the cross-attention keys/values of the text condition computed once per prompt, not per step;
@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import typing as tp
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from .config import DTYPE_CHOICES
+
 log = logging.getLogger(__name__)
 
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ProgressCallback = tp.Callable[[int, int], None]
 #: The prefill runs in chunks of this many positions: bounded activations (2 × 256 × 4096 fp32
@@ -82,6 +84,9 @@ class _Dense:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    def weight_bytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
 
 class _Int8:
     """Per-output-channel symmetric int8 weights, activations quantised per call. Input and
@@ -100,7 +105,7 @@ class _Int8:
             self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
         self.kernels = kernels if w.shape[1] % 64 == 0 else None
         if self.kernels is not None:
-            self.weight = torch.round(w / scales[:, None]).to(torch.int8).contiguous()
+            self.weight = qweight.int_repr().contiguous()
             self.scales = scales.float().contiguous()
             self.row_sums = kernels.prepare(self.weight)
             self._no_bias = torch.empty(0)
@@ -289,10 +294,8 @@ class FastLM:
             return _Norm(module.weight.detach().to(cd), None if module.bias is None
                          else module.bias.detach().to(cd), module.eps)
 
-        def lin(module, rows=slice(None)):
-            w = module.weight if hasattr(module, "weight") else module
-            b = getattr(module, "bias", None)
-            return _linear(w[rows], None if b is None else b[rows], mode, cd, native)
+        def lin(module):
+            return _linear(module.weight, module.bias, mode, cd, native)
 
         self.layers: tp.List[_Layer] = []
         D = self.dim
@@ -348,10 +351,7 @@ class FastLM:
         total = 0
         for layer in self.layers:
             for lin in (layer.qkv, layer.out_self, layer.q_cross, layer.out_cross, layer.ff1, layer.ff2):
-                if isinstance(lin, _Dense):
-                    total += lin.weight.numel() * lin.weight.element_size()
-                else:
-                    total += lin.weight_bytes()
+                total += lin.weight_bytes()
         return total
 
     def release_source_weights(self) -> int:
@@ -428,6 +428,13 @@ class FastLM:
             return logits.view(B, K, self.card)
         return logits.view(B, T, K, self.card).transpose(1, 2)
 
+    def _prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """tokens [2, K, T] from position 0, in causal chunks of PREFILL_CHUNK_POSITIONS →
+        logits of the last position [2, K, card] (`last_only=False`: all, [2, K, T, card])."""
+        chunks = [self._forward(tokens[..., a:a + PREFILL_CHUNK_POSITIONS], a, last_only)
+                  for a in range(0, tokens.shape[-1], PREFILL_CHUNK_POSITIONS)]
+        return chunks[-1] if last_only else torch.cat(chunks, dim=2)
+
     def cross_entropy(self, codes: torch.Tensor, attributes, cfg_coef: float = 3.0) -> float:
         """Mean cross-entropy (nats per token) of codes [K, T] under this model with guidance
         `cfg_coef`, teacher-forced (the usual quantisation-quality figure)."""
@@ -435,9 +442,7 @@ class FastLM:
         self.set_conditions(attributes)
         inputs = sequence[:, :-1].unsqueeze(0).expand(2, -1, -1)
         with torch.inference_mode():
-            logits = torch.cat([
-                self._forward(inputs[..., a:a + PREFILL_CHUNK_POSITIONS], a, last_only=False)
-                for a in range(0, inputs.shape[-1], PREFILL_CHUNK_POSITIONS)], dim=2)
+            logits = self._prefill(inputs, last_only=False)
         guided = logits[1] + (logits[0] - logits[1]) * cfg_coef  # [K, S-1, card]
         targets = sequence[:, 1:]
         real = targets != self.special_token
@@ -490,7 +495,6 @@ class FastLM:
         """prompt codes [1, K, P] (or None) → codes [1, K, P + new_frames], like
         `LMModel.generate(prompt, [attributes], max_gen_len=P + new_frames, ...)`.
         `timings`, when given, receives prefill_seconds, decode_seconds and decode_steps."""
-        import time
         K, delays = self.num_codebooks, self.delays
         P = 0 if prompt is None else prompt.shape[-1]
         total = P + int(new_frames)
@@ -505,9 +509,7 @@ class FastLM:
         sequence = self.pattern_sequence(codes)
         first = P + 1 + min(delays)  # the first step that holds a timestep to generate
         started = time.perf_counter()
-        for chunk_start in range(0, first, PREFILL_CHUNK_POSITIONS):
-            chunk = sequence[:, chunk_start:min(first, chunk_start + PREFILL_CHUNK_POSITIONS)]
-            logits = self._forward(chunk.unsqueeze(0).expand(2, -1, -1), chunk_start)
+        logits = self._prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
         prefill_done = time.perf_counter()
         for offset in range(first, steps):
             tokens = self.sample(logits, cfg_coef, temperature, top_k, top_p, generator)

@@ -59,19 +59,22 @@ class WindowGenerator:
         self.fast: tp.Optional[FastLM] = None
         if max_frames is None:
             max_frames = int(round(float(model.max_duration) * float(model.frame_rate)))
-        try:
-            if not fast:
-                raise UnsupportedModel("asked for")
-            self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device)
+        reason = "asked for"
+        if fast:
+            try:
+                self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device)
+            except UnsupportedModel as err:
+                reason = str(err)
+        if self.fast is not None:
             log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions",
                      self.dtype, self.fast.parameter_bytes() / 1e6, self.fast.max_positions)
             if release_weights:
                 log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
                          self.fast.release_source_weights() / 1e6)
-        except UnsupportedModel as err:
+        else:
             if self.dtype == "int8":
                 self.dtype = "fp32"
-            log.info("decoder: audiocraft's generate loop (%s), %s", err, self.dtype)
+            log.info("decoder: audiocraft's generate loop (%s), %s", reason, self.dtype)
 
     @property
     def context(self) -> tp.Optional[torch.Tensor]:

@@ -49,20 +49,20 @@ class Station:
             self.generator, self.stitcher, self.stream_ring, prompt=config.prompt,
             stride_frames=self.stride_frames, buffer_ahead_samples=self.buffer_ahead_samples,
             playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample,
-            first_stride_frames=self.producer_first_stride_frames(model, frame_rate))
+            first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)))
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
 
-    def producer_first_stride_frames(self, model, frame_rate: float) -> int:
-        """The ramp's first stride (config, or 1 s on CUDA and the full stride on CPU)."""
-        seconds = self.config.first_stride_seconds
-        if seconds is None:
-            on_gpu = next(model.lm.parameters()).device.type == "cuda"
-            seconds = min(1.0, self.config.stride_seconds) if on_gpu else self.config.stride_seconds
-        self.first_stride_seconds = seconds
-        return max(1, round(seconds * frame_rate))
+    @property
+    def first_stride_seconds(self) -> float:
+        """The ramp's first stride: as configured, else 1 s on CUDA and the full stride on CPU."""
+        if self.config.first_stride_seconds is not None:
+            return self.config.first_stride_seconds
+        if self.generator.device.type == "cuda":
+            return min(1.0, self.config.stride_seconds)
+        return self.config.stride_seconds
 
     def start(self, producer_thread: bool = True) -> None:
         """Start the run's clock and, by default, the producer thread. With
