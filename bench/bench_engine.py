@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of one full stride of endless MusicGen, on random weights of
-musicgen-small's shape (24 layers, dim 1024, 16 heads, 4 codebooks of 2048), the same settings
-for all (CFG 3, top-k 250) and the same 20 s of context tokens:
+"""Side-by-side benchmark of one full stride of endless MusicGen, on random weights of a real
+MusicGen's shape (--model random-small: 24 layers, dim 1024, 16 heads, 4 codebooks of 2048;
+random-medium, random-large), the same settings for all (CFG 3, top-k 250) and the same 20 s of
+context tokens:
 
   engine[dtype]  this engine: fast decoder (engine/fastlm.py) + seam-free stitcher, per --dtypes
+                 (each `dtype` or `dtype/kernels`, e.g. bf16/eager for no CUDA graph)
   seed           the seed notebook's cycle: audiocraft `generate_continuation` on the last
-                 `context` seconds of waveform (re-encoded), fp32, audio decoded every cycle
+                 `context` seconds of waveform (re-encoded), audio decoded every cycle; fp32 on
+                 CPU, audiocraft's own fp16 autocast on CUDA
   extend         one `extend_stride` step of audiocraft's `generate`: `LMModel.generate` from
-                 the last `context` seconds of tokens (audio is decoded only at the very end)
+                 the last `context` seconds of tokens (audio is decoded only at the very end),
+                 with the precision `MusicGen.generate` uses (fp32 CPU, fp16 autocast CUDA)
   transformers   transformers' MusicgenForCausalLM (same shape, its own random weights): prefill
-                 then cached single-step forwards at batch 2 (CFG), top-k sampling; no audio
+                 then cached single-step forwards at batch 2 (CFG), top-k sampling; no audio;
+                 fp32 on CPU, fp16 on CUDA
 
 For each: prefill seconds (processing the context, up to the first new token), ms per decode
 step (mean over the stride), the stride's wall time and real-time factor (stride seconds / wall),
-and peak RSS; then each one's speed relative to the engine. Each method runs in its own process.
+and peak RSS (and GPU memory); then each one's speed relative to the engine. For the engine also
+the time to first sound: from the loaded model to the first stride's audio (--first-stride
+seconds: 1 s), CUDA graph capture and all first-call costs included. Each method runs in its own
+process.
 
     python bench/bench_engine.py                          # 30 / 20 / 10 s, CPU (~10 minutes)
     python bench/bench_engine.py --steps 60               # quick: 60 decode steps, RTF projected
-    python bench/bench_engine.py --device cuda --dtypes bf16,fp16 --methods engine,seed,extend
+    python bench/bench_engine.py --device cuda --dtypes bf16,bf16/eager,fp16 --model random-large
 """
 from __future__ import annotations
 
@@ -36,6 +44,9 @@ sys.path.insert(0, ROOT)
 
 PROMPT = "warm lofi hip hop with vinyl crackle"
 METHODS = ("engine", "seed", "extend", "transformers")
+#: Every method first runs a short stride of this many frames from the same context (first-call
+#: costs: kernel loading, allocator growth, autotuning), then the timed one.
+WARMUP_FRAMES = 10
 
 
 class StepClock:
@@ -88,29 +99,45 @@ def run_engine(model, args) -> dict:
     from engine.stitcher import StitchingDecoder
     fr = model.frame_rate
     stride_frames = round(args.stride * fr)
+    dtype, _, kernels = args.dtype.partition("/")
+    _sync(args.device)
+    first_started = time.perf_counter()
     gen = WindowGenerator(model, round(args.context * fr), SamplingParams(), seed=args.seed,
-                          dtype=args.dtype, max_frames=round(args.window * fr))
+                          dtype=dtype, max_frames=round(args.window * fr), kernels=kernels or "auto")
     stitcher = StitchingDecoder(model.compression_model)
-    stitcher.push(gen.next_stride(PROMPT, 10))  # warm-up (kernels compiled, caches touched)
+    first_audio = stitcher.push(gen.next_stride(PROMPT, round(args.first_stride * fr)))
+    _sync(args.device)
+    first_sound = time.perf_counter() - first_started
+    assert first_audio.shape[0] > 0
+    gen.set_context(_context_codes(model, args))
+    stitcher.push(gen.next_stride(PROMPT, WARMUP_FRAMES))  # warm-up with the full context
     gen.set_context(_context_codes(model, args))
     clock = StepClock(args.device, args.steps)
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": gen.dtype,
-            "decoder": "fast" if gen.fast is not None else "audiocraft"}
+    return {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
+            "dtype": gen.dtype + (f"/{gen.fast.kernels}" if gen.fast is not None else "/audiocraft")}
 
 
 def run_seed(model, args) -> dict:
     import torch
     sr = model.sample_rate
     tail = model.compression_model.decode(_context_codes(model, args))  # [1, C, context samples]
+    model.set_generation_params(duration=args.context + WARMUP_FRAMES / model.frame_rate, top_k=250,
+                                cfg_coef=3.0)
+    model.generate_continuation(tail, sr, [PROMPT])
     model.set_generation_params(duration=args.context + args.stride, top_k=250, cfg_coef=3.0)
     clock = StepClock(args.device, args.steps)
     model.set_custom_progress_callback(clock)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: model.generate_continuation(tail, sr, [PROMPT], progress=True))
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": _audiocraft_precision(args)}
+
+
+def _audiocraft_precision(args) -> str:
+    """What `MusicGen.generate` runs in: fp16 autocast on CUDA, fp32 on CPU."""
+    return "fp16-autocast" if args.device == "cuda" else "fp32"
 
 
 def run_extend(model, args) -> dict:
@@ -118,12 +145,16 @@ def run_extend(model, args) -> dict:
     attributes, _ = model._prepare_tokens_and_attributes([PROMPT], None)
     context = _context_codes(model, args)
     clock = StepClock(args.device, args.steps)
+
+    def stride(frames: int, callback=None):
+        with model.autocast:  # as MusicGen.generate runs the LM
+            model.lm.generate(context, attributes, max_gen_len=context.shape[-1] + frames,
+                              use_sampling=True, top_k=250, cfg_coef=3.0, callback=callback)
+    stride(WARMUP_FRAMES)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    wall = _timed(args.device, started, lambda: model.lm.generate(
-        context, attributes, max_gen_len=context.shape[-1] + round(args.stride * model.frame_rate),
-        use_sampling=True, top_k=250, cfg_coef=3.0, callback=clock))
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
+    wall = _timed(args.device, started, lambda: stride(round(args.stride * model.frame_rate), clock))
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": _audiocraft_precision(args)}
 
 
 def run_transformers(args) -> dict:
@@ -131,30 +162,37 @@ def run_transformers(args) -> dict:
     cache), without its generation wrapper."""
     import torch
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+    from engine.models import RANDOM_SHAPES
+    shape = RANDOM_SHAPES[args.model]
     torch.manual_seed(args.seed)
-    config = MusicgenDecoderConfig(is_decoder=True, add_cross_attention=True,
-                                   cross_attention_hidden_size=1024, dropout=0.0)
-    model = MusicgenForCausalLM(config).eval().to(args.device)
+    config = MusicgenDecoderConfig(is_decoder=True, add_cross_attention=True, hidden_size=shape.lm_dim,
+                                   num_hidden_layers=shape.lm_layers, num_attention_heads=shape.lm_heads,
+                                   ffn_dim=4 * shape.lm_dim, cross_attention_hidden_size=shape.lm_dim,
+                                   dropout=0.0)
+    dtype = torch.float16 if args.device == "cuda" else torch.float32
+    with torch.device(args.device):
+        model = MusicgenForCausalLM(config).eval().to(dtype)
     K, card = config.num_codebooks, config.vocab_size
     frames = round(args.context * 50) + K  # the context in the delay pattern
     ids = torch.randint(0, card, (2 * K, frames), device=args.device)
-    text = torch.randn(2, 12, 1024, device=args.device)
+    text = torch.randn(2, 12, shape.lm_dim, device=args.device, dtype=dtype)
     clock = StepClock(args.device, args.steps)
-    steps = round(args.stride * 50) + K - 1
 
-    def stride():
+    def stride(steps: int, callback=None):
         out = model(input_ids=ids, encoder_hidden_states=text, use_cache=True)
         for _ in range(steps):
             logits = out.logits[:, -1].view(2, K, card)
             guided = logits[1] + (logits[0] - logits[1]) * 3.0
             values, indices = guided.topk(250, dim=-1)
-            pick = indices.gather(-1, torch.multinomial(torch.softmax(values, -1), 1))  # [K, 1]
-            clock(0, steps)
+            pick = indices.gather(-1, torch.multinomial(torch.softmax(values.float(), -1), 1))  # [K, 1]
+            if callback is not None:
+                callback(0, steps)
             out = model(input_ids=pick.repeat(2, 1), encoder_hidden_states=text,
                         past_key_values=out.past_key_values, use_cache=True)
+    stride(WARMUP_FRAMES)
     started = time.perf_counter()
-    wall = _timed(args.device, started, stride)
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp32"}
+    wall = _timed(args.device, started, lambda: stride(round(args.stride * 50) + K - 1, clock))
+    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp16" if args.device == "cuda" else "fp32"}
 
 
 def child(args) -> None:
@@ -167,7 +205,7 @@ def child(args) -> None:
             result = run_transformers(args)
         else:
             from engine.models import load_model
-            model = load_model("random-small", device=args.device, seed=0)
+            model = load_model(args.model, device=args.device, seed=0)
             result = {"engine": run_engine, "seed": run_seed, "extend": run_extend}[args.method](model, args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device == "cuda":
@@ -185,6 +223,7 @@ def _stride_seconds_estimate(r: dict, args) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default="random-small", choices=["random-small", "random-medium", "random-large"])
     p.add_argument("--window", type=float, default=30.0)
     p.add_argument("--context", type=float, default=20.0)
     p.add_argument("--stride", type=float, default=10.0)
@@ -192,6 +231,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0,
                    help="time only this many decode steps per method and project the stride (0: full)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--first-stride", type=float, default=1.0,
+                   help="seconds of the engine's first stride, timed as the time to first sound")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
@@ -201,8 +242,9 @@ def main() -> None:
     if args.context + args.stride > args.window:
         p.error("need context + stride ≤ window")
     import torch
-    print(f"bench: random weights of musicgen-small's shape on {args.device} "
-          f"({torch.get_num_threads()} threads); window {args.window:g} s, context {args.context:g} s, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"bench: random weights of {args.model.replace('random-', 'musicgen-')}'s shape on {args.device} "
+          f"({where}); window {args.window:g} s, context {args.context:g} s, "
           f"stride {args.stride:g} s; CFG 3, top-k 250"
           + (f"; {args.steps} steps timed, strides projected" if args.steps else ""), flush=True)
     runs = []
@@ -212,7 +254,8 @@ def main() -> None:
     results = {}
     for label, method, dtype in runs:
         cmd = [sys.executable, __file__, "--method", method, "--dtype", dtype] + [
-            f"--{k}={v}" for k, v in vars(args).items() if k not in ("method", "methods", "dtype", "dtypes")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("method", "methods", "dtype", "dtypes")]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
@@ -224,9 +267,11 @@ def main() -> None:
         if method == "engine":
             label = f"engine[{r['dtype']}]"
         results[label] = r
-        print(f"{label:15s} prefill {r['prefill_s']:6.2f} s | {r['step_ms']:7.1f} ms/step | stride "
-              f"{r['wall']:7.1f} s{'' if r['stride_wall_s'] is not None else ' (projected)'} | "
-              f"real-time factor {r['rtf']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"{label:22s} prefill {r['prefill_s']:6.2f} s | {r['step_ms']:7.2f} ms/step | stride "
+              f"{r['wall']:7.2f} s{'' if r['stride_wall_s'] is not None else ' (projected)'} | "
+              f"real-time factor {r['rtf']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB"
+              + (f" | peak GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else "")
+              + (f" | first sound {r['first_sound_s']:.2f} s" if "first_sound_s" in r else ""), flush=True)
     engines = [k for k in results if k.startswith("engine")]
     if engines:  # everything relative to the first engine run (--dtypes' first: auto)
         engine = engines[0]

@@ -38,13 +38,14 @@ class WindowGenerator:
     `dtype`: precision of the fast decoder (engine/fastlm.py: auto | fp32 | bf16 | fp16 | int8).
     Models the fast decoder does not implement (e.g. melody conditioning) run through
     audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
+    `kernels`: how the fast decoder's step runs (FastLM: auto | graph | native | compiled | eager).
     `release_weights`: once the fast decoder holds its own copy, free audiocraft's (the model's
     LM can no longer generate by itself: for a process that owns the model, like the server).
     """
 
     def __init__(self, model, context_frames: int, sampling: SamplingParams, seed: int,
                  max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True,
-                 release_weights: bool = False):
+                 release_weights: bool = False, kernels: str = "auto"):
         self.model = model
         self.lm = model.lm
         self.context_frames = int(context_frames)
@@ -62,12 +63,14 @@ class WindowGenerator:
         reason = "asked for"
         if fast:
             try:
-                self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device)
+                self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device,
+                                   kernels=kernels)
             except UnsupportedModel as err:
                 reason = str(err)
         if self.fast is not None:
-            log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions",
-                     self.dtype, self.fast.parameter_bytes() / 1e6, self.fast.max_positions)
+            log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions, "
+                     "%s decode step", self.dtype, self.fast.parameter_bytes() / 1e6,
+                     self.fast.max_positions, self.fast.kernels)
             if release_weights:
                 log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
                          self.fast.release_source_weights() / 1e6)

@@ -25,9 +25,10 @@ KNOWN_HUB_MODELS = tuple(
     f"facebook/musicgen-{size}" for size in (
         "small", "medium", "large", "melody", "melody-large",
         "stereo-small", "stereo-medium", "stereo-large", "stereo-melody", "stereo-melody-large"))
-#: Random models built in-process (no download): `tiny` for demos and tests, `random-small` with
-#: musicgen-small's LM shape for benchmarks.
-RANDOM_MODELS = ("tiny", "random-small")
+#: Random models built in-process (no download): `tiny` for demos and tests; `random-small`,
+#: `random-medium` and `random-large` with the LM shapes of musicgen-small/-medium/-large, for
+#: benchmarks.
+RANDOM_MODELS = ("tiny", "random-small", "random-medium", "random-large")
 
 
 class ModelLoadError(RuntimeError):
@@ -75,10 +76,11 @@ def load_model(name: str, device: str = "cpu", seed: int = 0):
         log.info("model: building the tiny random MusicGen (seed %d) - it makes noise, not music; "
                  "it is for the offline demo and the tests", seed)
         model = build_random_musicgen(TINY_SHAPE, device=device, seed=seed)
-    elif name == "random-small":
-        log.info("model: building a random MusicGen with musicgen-small's shape (seed %d) - noise, "
-                 "for benchmarks", seed)
-        model = build_random_musicgen(SMALL_SHAPE, device=device, seed=seed)
+    elif name in RANDOM_SHAPES:
+        size = name.split("-")[1]
+        log.info("model: building a random MusicGen with musicgen-%s's shape (seed %d) - noise, "
+                 "for benchmarks", size, seed)
+        model = build_random_musicgen(RANDOM_SHAPES[name], device=device, seed=seed)
     else:
         model = _load_pretrained(name, device)
     n_params = sum(p.numel() for p in model.lm.parameters())
@@ -197,6 +199,10 @@ TINY_SHAPE = RandomShape(lm_dim=64, lm_layers=2, lm_heads=4, text_dim=32, codec_
 #: musicgen-small: 24 layers, dim 1024, 16 heads, 4 codebooks of 2048, T5-base text (768), real codec.
 SMALL_SHAPE = RandomShape(lm_dim=1024, lm_layers=24, lm_heads=16, text_dim=768, codec_filters=64,
                           codec_dim=128)
+#: musicgen-medium: 48 layers, dim 1536, 24 heads; musicgen-large: 48 layers, dim 2048, 32 heads.
+MEDIUM_SHAPE = SMALL_SHAPE._replace(lm_dim=1536, lm_layers=48, lm_heads=24)
+LARGE_SHAPE = SMALL_SHAPE._replace(lm_dim=2048, lm_layers=48, lm_heads=32)
+RANDOM_SHAPES = {"random-small": SMALL_SHAPE, "random-medium": MEDIUM_SHAPE, "random-large": LARGE_SHAPE}
 SAMPLE_RATE = 32000
 
 
@@ -255,10 +261,14 @@ def build_random_lm(shape: RandomShape):
 
 
 def build_random_musicgen(shape: RandomShape, device: str = "cpu", seed: int = 0):
-    """A MusicGen of `shape` with random weights; the same `seed` gives the same weights."""
+    """A MusicGen of `shape` with random weights, initialised on `device` (musicgen-large's
+    3.3 G parameters take seconds on a GPU); the same `seed` on the same kind of device gives the
+    same weights."""
     from audiocraft.models import MusicGen
 
-    with torch.random.fork_rng(devices=[]):
+    target = torch.device(device)
+    rng_devices = [target.index or 0] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), target:
         torch.manual_seed(seed)
         compression_model = build_random_compression_model(shape)
         lm = build_random_lm(shape)

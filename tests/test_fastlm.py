@@ -16,7 +16,8 @@ def _attributes(model, text="lofi hip hop"):
 
 @pytest.mark.parametrize("prompt_frames", [0, 1, 37, 300])  # 300: a chunked prefill
 @pytest.mark.parametrize("cfg_coef", [3.0, 1.0])
-def test_greedy_fp32_gives_audiocrafts_tokens(tiny_model, prompt_frames, cfg_coef):
+@pytest.mark.parametrize("kernels", ["auto", "graph"])  # graph: the static step CUDA graphs replay
+def test_greedy_fp32_gives_audiocrafts_tokens(tiny_model, prompt_frames, cfg_coef, kernels):
     lm = tiny_model.lm
     torch.manual_seed(prompt_frames)
     prompt = torch.randint(0, lm.card, (1, lm.num_codebooks, prompt_frames)) if prompt_frames else None
@@ -24,7 +25,7 @@ def test_greedy_fp32_gives_audiocrafts_tokens(tiny_model, prompt_frames, cfg_coe
     with torch.inference_mode():
         expected = lm.generate(prompt, attributes, max_gen_len=prompt_frames + 45,
                                use_sampling=False, cfg_coef=cfg_coef)
-    fast = FastLM(lm, max_frames=400, dtype="fp32")
+    fast = FastLM(lm, max_frames=400, dtype="fp32", kernels=kernels)
     got = fast.generate(prompt, attributes[0], 45, temperature=0, cfg_coef=cfg_coef)
     assert got.shape == expected.shape == (1, lm.num_codebooks, prompt_frames + 45)
     assert torch.equal(got, expected)
@@ -37,6 +38,18 @@ def test_text_condition_changes_the_tokens(tiny_model):
     a = fast.generate(None, _attributes(tiny_model, "jazz")[0], 30, temperature=0)
     b = fast.generate(None, _attributes(tiny_model, "heavy metal")[0], 30, temperature=0)
     assert not torch.equal(a, b)
+
+
+def test_static_step_follows_prompt_changes(tiny_model):
+    """The static step (kernels="graph") reads the text condition from fixed tensors: a new
+    prompt of the same token count is copied into them, one of another count replaces them."""
+    eager = FastLM(tiny_model.lm, max_frames=60, dtype="fp32", kernels="eager")
+    static = FastLM(tiny_model.lm, max_frames=60, dtype="fp32", kernels="graph")
+    assert static.kernels == "graph"
+    for text in ("jazz", "rock", "slow ambient drone with rain"):  # 1, 1 and 5 words
+        attributes = _attributes(tiny_model, text)[0]
+        expected = eager.generate(None, attributes, 30, temperature=0)
+        assert torch.equal(static.generate(None, attributes, 30, temperature=0), expected), text
 
 
 def test_sampler_draws_from_audiocrafts_top_k_distribution():

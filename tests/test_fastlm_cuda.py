@@ -1,0 +1,78 @@
+"""The fast decoder on CUDA: the CUDA-graph decode step computes what the eager step and
+audiocraft's `LMModel.generate` compute. These need a CUDA GPU; CI has none, so they run on a
+GPU machine (`python -m pytest tests/test_fastlm_cuda.py`) and are skipped elsewhere."""
+import warnings
+
+import pytest
+import torch
+
+from engine.fastlm import FastLM
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_model():
+    from engine.models import load_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model("tiny", device="cuda", seed=0)
+
+
+def _attributes(model, text="lofi hip hop"):
+    attributes, _ = model._prepare_tokens_and_attributes([text], None)
+    return attributes
+
+
+@pytest.mark.parametrize("prompt_frames", [0, 37, 300])
+def test_graph_step_greedy_fp32_gives_audiocrafts_tokens(cuda_model, prompt_frames):
+    lm = cuda_model.lm
+    torch.backends.cuda.matmul.allow_tf32 = False
+    generator = torch.Generator().manual_seed(prompt_frames)
+    prompt = (torch.randint(0, lm.card, (1, lm.num_codebooks, prompt_frames), generator=generator).cuda()
+              if prompt_frames else None)
+    attributes = _attributes(cuda_model)
+    with torch.inference_mode():
+        expected = lm.generate(prompt, attributes, max_gen_len=prompt_frames + 45, use_sampling=False,
+                               cfg_coef=3.0)
+    fast = FastLM(lm, max_frames=400, dtype="fp32")
+    assert fast.kernels == "graph"
+    got = fast.generate(prompt, attributes[0], 45, temperature=0)
+    assert fast._graph is not None
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_graph_step_logits_equal_the_eager_step(cuda_model, dtype):
+    """Teacher-forced through one sequence: the replayed graph's logits at each position are the
+    eager step's, within the precision's rounding."""
+    eager = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="eager")
+    graph = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="graph")
+    attributes = _attributes(cuda_model)[0]
+    codes = eager.generate(None, attributes, 100, generator=torch.Generator("cuda").manual_seed(1))[0]
+    sequence = eager.pattern_sequence(codes)  # [K, S]
+    with torch.inference_mode():
+        for fast in (eager, graph):
+            fast.set_conditions(attributes)
+            fast._prefill(sequence[:, :10].unsqueeze(0).expand(2, -1, -1))
+        for position in range(10, sequence.shape[1]):
+            expected = eager._step(sequence[:, position], position).float()
+            got = graph._step(sequence[:, position], position).float()
+            error = ((got - expected).norm() / expected.norm()).item()
+            assert error < 2e-2, (position, error)
+    assert graph._graph is not None
+
+
+def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model):
+    eager = FastLM(cuda_model.lm, max_frames=60, dtype="fp32", kernels="eager")
+    graph = FastLM(cuda_model.lm, max_frames=60, dtype="fp32", kernels="graph")
+    for text in ("jazz", "rock", "slow ambient drone with rain"):  # 1, 1 and 5 words
+        attributes = _attributes(cuda_model, text)[0]
+        expected = eager.generate(None, attributes, 30, temperature=0)
+        assert torch.equal(graph.generate(None, attributes, 30, temperature=0), expected), text
+    attributes = _attributes(cuda_model)[0]
+    runs = [graph.generate(None, attributes, 40, generator=torch.Generator("cuda").manual_seed(5))
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    other = graph.generate(None, attributes, 40, generator=torch.Generator("cuda").manual_seed(6))
+    assert not torch.equal(runs[0], other)
