@@ -95,6 +95,17 @@ class WindowGenerator:
         attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None)
         return attributes
 
+    def warm_up(self, prompt: str, frames: int = 10) -> torch.Tensor:
+        """Generate `frames` throwaway frames (no context) so that first-call costs (CUDA graph
+        capture, kernel loading, allocator growth) stay out of the first real stride. Leaves the
+        context, the stride count and the seeds as they were. Returns the codes [1, K, frames]."""
+        context, index, emitted = self._context, self.stride_index, self.frames_emitted
+        self._context = None
+        try:
+            return self.next_stride(prompt, frames)
+        finally:
+            self._context, self.stride_index, self.frames_emitted = context, index, emitted
+
     def next_stride(self, prompt: str, frames: int,
                     progress: tp.Optional[ProgressCallback] = None) -> torch.Tensor:
         """Generate `frames` new frames of codes [1, K, frames] continuing the context."""

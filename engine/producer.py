@@ -72,8 +72,17 @@ class Producer(threading.Thread):
         written_after = (emitted + frames - self.stitcher.holdback_frames) * self.hop_samples
         return frames, max(written_after, self.ring.written_until), False
 
+    def _warm_up(self) -> None:
+        """One throwaway short stride through the decoder and the codec, so that the first real
+        stride's time (and the real-time factor the pre-fill judges by) is a steady one."""
+        started = time.monotonic()
+        self.stitcher.push(self.generator.warm_up(self.prompt))
+        self.stitcher.reset()
+        log.info("warm-up: decoder and codec ready in %.2f s", time.monotonic() - started)
+
     def run(self) -> None:
         try:
+            self._warm_up()
             while not self._stop_event.is_set():
                 frames, written_after, last = self._next_stride()
                 if written_after - self.playhead() > self.buffer_ahead_samples:

@@ -47,6 +47,20 @@ def test_same_seed_same_tokens_other_seed_other_tokens(tiny_model, fast):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_warm_up_leaves_the_stream_unchanged(tiny_model, fast):
+    """The producer's throwaway warm-up stride changes no context, stride count or seed."""
+    def run(warm: bool):
+        gen = WindowGenerator(tiny_model, 20, SamplingParams(), seed=3, fast=fast)
+        strides = [gen.next_stride("jazz", 15)]
+        if warm:
+            assert gen.warm_up("rock", 5).shape == (1, tiny_model.lm.num_codebooks, 5)
+        strides.append(gen.next_stride("jazz", 15))
+        return torch.cat(strides, dim=-1), gen.stride_index, gen.frames_emitted
+    cold, warm = run(False), run(True)
+    assert torch.equal(cold[0], warm[0]) and cold[1:] == warm[1:] == (2, 30)
+
+
 def test_zero_context_means_independent_strides(tiny_model, monkeypatch):
     gen = WindowGenerator(tiny_model, 0, SamplingParams(), seed=1)
     spy, prompts = _spy_generate(gen.fast)

@@ -46,6 +46,17 @@ def test_stitched_stream_equals_one_shot_decode_at_every_seam(tiny_model, stride
     assert worst_naive < 30.0
 
 
+def test_reset_starts_a_fresh_stream(tiny_model, strides):
+    """The producer warms the codec up with a throwaway stride, then resets the stitcher."""
+    fresh = StitchingDecoder(tiny_model.compression_model)
+    expected = np.concatenate([fresh.push(codes) for codes in strides[:2]])
+    reused = StitchingDecoder(tiny_model.compression_model)
+    reused.push(strides[3])
+    reused.reset()
+    got = np.concatenate([reused.push(codes) for codes in strides[:2]])
+    assert np.array_equal(got, expected)
+
+
 def test_holds_back_only_the_lookahead_until_the_next_stride(tiny_model, strides):
     stitcher = StitchingDecoder(tiny_model.compression_model)
     first = stitcher.push(strides[0])
