@@ -109,9 +109,10 @@ def run_engine(model, args) -> dict:
     _sync(args.device)
     first_sound = time.perf_counter() - first_started
     assert first_audio.shape[0] > 0
-    gen.set_context(_context_codes(model, args))
+    context = _context_codes(model, args)
+    gen.set_context(context)
     stitcher.push(gen.next_stride(PROMPT, WARMUP_FRAMES))  # warm-up with the full context
-    gen.set_context(_context_codes(model, args))
+    gen.set_context(context)
     clock = StepClock(args.device, args.steps)
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))

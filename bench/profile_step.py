@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Where a decode step's time goes: torch.profiler over a few decode steps of this engine's
-decoder and of audiocraft's `LMModel.generate`, from the same context, on random weights of a
-real shape. Prints each one's top operators (CPU) or kernels (CUDA) by self time.
+"""Where a decode step's time goes: torch.profiler over a short stride (the prefill of the
+context, then `--steps` decode steps; a short --context keeps the steps dominant) of this
+engine's decoder and of audiocraft's `LMModel.generate`, from the same context, on random weights
+of a real shape. Prints each one's top operators (CPU) or kernels (CUDA) by self time.
 
     python bench/profile_step.py                                   # CPU, musicgen-small shape
     python bench/profile_step.py --device cuda --model random-large --dtype bf16
@@ -9,6 +10,7 @@ real shape. Prints each one's top operators (CPU) or kernels (CUDA) by self time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -57,8 +59,9 @@ def main() -> None:
             top_k=250, cfg_coef=3.0),
     }
     for name, run in runs.items():
-        with torch.inference_mode(), (model.autocast if name.startswith("audiocraft") else torch.autocast(
-                args.device, enabled=False)):
+        # audiocraft in the precision MusicGen.generate gives it (fp16 autocast on CUDA).
+        with torch.inference_mode(), (model.autocast if name.startswith("audiocraft")
+                                      else contextlib.nullcontext()):
             run()  # warm-up: first-call costs, CUDA graph capture
             with profile(activities=activities) as prof:
                 run()

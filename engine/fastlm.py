@@ -170,7 +170,7 @@ class _KVCache:
     """Self-attention keys and values of every layer, allocated once: [layers, 2, H, positions,
     Dh] in `dtype`.
 
-    `kernels`: "native" | "compiled" | "eager". The first two run the decode-step attention as
+    `kernels`: "native" | "compiled" | anything else (eager). The first two run `attend` as
     a kernel that reads the cache once, converting as it goes (CPU attention kernels for a single
     query over an fp16/bf16 cache are 4-6x slower than fp32, and the cache is as many bytes per
     step as the weights): the native AVX-512 one (`native`: the loaded engine/kernels module,
@@ -198,6 +198,17 @@ class _KVCache:
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
+
+    def write_at(self, layer: int, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, H, 1, Dh] for the position held in the device tensor `position` [1] (no
+        host value: a CUDA graph replays it at every position)."""
+        self.k[layer].index_copy_(2, position, k)
+        self.v[layer].index_copy_(2, position, v)
+
+    def attend_masked(self, layer: int, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q [B, H, 1, Dh] against every cached position where `mask` [1, 1, 1, positions] is
+        True → [B, H, 1, Dh] (shapes independent of how many are cached)."""
+        return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask)
 
     def read(self, layer: int, end: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Positions 0..end-1 as [B, H, end, Dh] in `dtype`."""
@@ -495,12 +506,10 @@ class FastLM:
         B, K, _ = tokens.shape
         x = self._embed(tokens, self.pos_emb.index_select(0, position))  # [B, 1, D]
         mask = (self._positions <= position).view(1, 1, 1, -1)  # [1, 1, 1, cached positions]
-        cache = self.cache
 
         def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            cache.k[i].index_copy_(2, position, k)
-            cache.v[i].index_copy_(2, position, v)
-            return F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=mask)
+            self.cache.write_at(i, position, k, v)
+            return self.cache.attend_masked(i, q, mask)
 
         return self._logits(self._layers(x, self_attention)[:, -1]).view(B, K, self.card)
 
