@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Endless MusicGen radio: CLI → engine → sinks.
+"""Endless MusicGen radio: flags → config records → engine/radio.py.
 
     python server.py --prompt "lofi hip hop"               # plays on the sound device
     python server.py --model tiny --stdout | ffplay -f s16le -ar 32000 -ac 1 -
@@ -15,12 +15,12 @@ import threading
 
 log = logging.getLogger("server")
 
-EXIT_BAD_INPUT = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.config import DTYPE_CHOICES, EngineConfig
-    d = EngineConfig()
+    from engine.lm.hardware import DTYPE_CHOICES
+    from engine.net.config import NetworkConfig
+    from engine.station.config import EngineConfig
+    d, n = EngineConfig(), NetworkConfig()
     p = argparse.ArgumentParser(
         description="Endless MusicGen radio: generates music stride after stride and plays it.")
     g = p.add_argument_group("music")
@@ -63,14 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--record", metavar="FILE", default=None,
                    help="write what is played to FILE (.wav or .flac)")
     g = p.add_argument_group("network")
-    g.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
-    g.add_argument("--port", type=int, default=8765,
+    g.add_argument("--host", default=n.host, help="address to serve on (default: %(default)s)")
+    g.add_argument("--port", type=int, default=n.port,
                    help="port for the page, /ws, /stream.opus, /stream.mp3 and /status; 0 picks a free "
                         "one (default: %(default)s)")
     g.add_argument("--no-network", action="store_true", help="serve nothing on the network")
-    g.add_argument("--burst", type=float, default=2.0,
+    g.add_argument("--burst", type=float, default=n.burst_seconds,
                    help="seconds of audio a new listener gets at once, ≤ 10 (default: %(default)s)")
-    g.add_argument("--max-lag", type=float, default=10.0,
+    g.add_argument("--max-lag", type=float, default=n.max_lag_seconds,
                    help="drop a listener this many seconds behind the live point (default: %(default)s)")
     g.add_argument("--icecast", action="append", default=[], metavar="URL",
                    help="push to an Icecast server: icecast://source:PASSWORD@HOST:PORT/mount.opus "
@@ -80,9 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args):
-    from engine.config import EngineConfig
-    return EngineConfig(
+def configs_from_args(args):
+    """(EngineConfig, OutputConfig, NetworkConfig) from the parsed flags."""
+    from engine.net.config import NetworkConfig
+    from engine.outputs.config import OutputConfig
+    from engine.station.config import EngineConfig
+    engine = EngineConfig(
         prompt=args.prompt, model=args.model, device=args.device, dtype=args.dtype,
         window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride,
@@ -91,6 +94,12 @@ def config_from_args(args):
         seed=args.seed if args.seed is not None else random.randrange(2**31),
         buffer_ahead_seconds=args.buffer_ahead, prefill_seconds=args.prefill,
         duration_seconds=args.duration)
+    outputs = OutputConfig(play=not args.no_play, audio_device=args.audio_device, stdout=args.stdout,
+                           record_path=args.record)
+    network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,
+                            burst_seconds=args.burst, max_lag_seconds=args.max_lag,
+                            icecast_urls=tuple(args.icecast))
+    return engine, outputs, network
 
 
 def main(argv=None) -> int:
@@ -101,161 +110,35 @@ def main(argv=None) -> int:
     for noisy in ("audiocraft", "xformers", "numba", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    import torch
-
-    from engine.config import ConfigError
-    from engine.fastlm import resolve_dtype
-    from engine.models import ModelLoadError, check_model_name, load_model, resolve_device
-    from engine.sinks.file_sink import RecordPathError, check_record_path
-    from engine.sinks.icecast import IcecastUrlError, parse_icecast_url
-    from engine.sinks.sounddevice_sink import AudioDeviceError, list_devices
+    from engine import radio
+    from engine.models.load import ModelLoadError
+    from engine.rt.device import AudioDeviceError, list_devices
 
     if args.list_devices:
         try:
             print(list_devices())
-            return 0
+            return radio.EXIT_OK
         except AudioDeviceError as err:
             log.error("%s", err)
-            return 1
+            return radio.EXIT_FAILED
 
-    config = config_from_args(args)
+    engine, outputs, network = configs_from_args(args)
     try:
-        config.validate()
-        check_model_name(config.model)
-        if args.record:
-            check_record_path(args.record)
-        if not 0 <= args.burst <= 10:
-            raise ConfigError(f"--burst must be between 0 and 10 seconds (got {args.burst:g})")
-        if args.max_lag <= args.burst:
-            raise ConfigError(f"--max-lag ({args.max_lag:g} s) must be longer than --burst ({args.burst:g} s)")
-        icecast_targets = [parse_icecast_url(url) for url in args.icecast]
-        if icecast_targets and args.no_network:
-            raise ConfigError("--icecast needs the network side: drop --no-network")
-        if not 0 <= args.port <= 65535:
-            raise ConfigError(f"--port must be between 0 and 65535 (got {args.port})")
-        device = resolve_device(config.device)
-        try:  # e.g. int8 asked for on CUDA: refused before the model loads
-            resolve_dtype(config.dtype, torch.device(device))
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-    except (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError) as err:
+        device = radio.check(engine, outputs, network)
+    except radio.INPUT_ERRORS as err:
         parser.error(str(err))  # one line, exit code 2
-
     try:
-        model = load_model(config.model, device=device, seed=0)
+        model = radio.load(engine, device)
     except ModelLoadError as err:
         log.error("%s", err)
-        return EXIT_BAD_INPUT
+        return radio.EXIT_BAD_INPUT
     except KeyboardInterrupt:
         log.info("interrupted while loading the model")
-        return 130
-    _raise_open_file_limit()
+        return radio.EXIT_INTERRUPTED
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
-    return run_station(config, model, args, stop)
-
-
-def run_station(config, model, args, stop: threading.Event) -> int:
-    from engine.player import PacedClock
-    from engine.sinks.file_sink import FileRecorder
-    from engine.sinks.sounddevice_sink import AudioDeviceError, DeviceOutput
-    from engine.sinks.stdout_sink import PcmPipeSink
-    from engine.station import Station
-
-    station = Station(config, model, release_lm_weights=True)  # the fast decoder holds its own
-    network = None
-    if not args.no_network:
-        network = start_network(station, args)
-        if network is None:
-            return EXIT_BAD_INPUT
-    sinks = []
-    if args.record:
-        sinks.append(FileRecorder(station.program_ring, args.record, station.sample_rate))
-        log.info("record: writing what is played to %s", args.record)
-    if args.stdout:
-        sinks.append(PcmPipeSink(station.program_ring, sys.stdout.buffer))
-        log.info("stdout: raw s16le PCM, %d Hz, %d channel(s)", station.sample_rate, station.channels)
-    clock = None
-    if not args.no_play:
-        try:
-            clock = DeviceOutput(station.player, device=args.audio_device)
-        except AudioDeviceError as err:
-            log.error("%s; the other outputs keep running", err)
-    if clock is None:
-        clock = PacedClock(station.player)
-        log.info("clock: no sound device in use; playback paced by the system clock")
-    for sink in sinks:
-        sink.start()
-
-    def supervise() -> None:
-        """Pre-fill, then play until stopped, finished or failed; then stop the producer."""
-        try:
-            if station.wait_for_prefill(stop):
-                clock.start()
-                while not stop.is_set() and not station.finished and station.producer.error is None:
-                    stop.wait(0.1)
-                    station.update_metrics()
-        finally:
-            if stop.is_set():
-                log.info("stopping: finishing the outputs")
-            clock.stop()
-            station.stop()
-
-    # Generation runs in this (the main) thread, where torch's OpenMP workers stay warm; the
-    # playback side is a thread of its own (see Station.start).
-    supervisor = threading.Thread(target=supervise, name="station", daemon=True)
-    station.start(producer_thread=False)
-    supervisor.start()
-    try:
-        station.run_producer()
-        while supervisor.is_alive():
-            supervisor.join(timeout=0.2)
-    finally:
-        stop.set()
-        supervisor.join(timeout=30)
-        for sink in sinks:
-            sink.stop()
-            sink.join()
-        if network is not None:
-            network.stop()
-    m = station.metrics
-    log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
-             m.playhead_samples / station.sample_rate, len(m.strides), m.underruns, m.first_sound_seconds)
-    return 1 if station.producer.error is not None else 0
-
-
-def _raise_open_file_limit() -> None:
-    """Each listener is a socket: allow as many as the system lets this process have."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
-def start_network(station, args):
-    """Start the web side (page, WebSocket, HTTP streams, status); None if the port is taken."""
-    from engine.broadcast import Broadcaster
-    from engine.webapp import NetworkThread
-    broadcaster = Broadcaster(station.program_ring, station.sample_rate, station.channels,
-                              burst_seconds=args.burst, max_lag_seconds=args.max_lag)
-    from engine.sinks.icecast import IcecastSource, parse_icecast_url
-    sources = [IcecastSource(parse_icecast_url(url), broadcaster, station.config.prompt)
-               for url in args.icecast]
-    network = NetworkThread(station, broadcaster, args.host, args.port,
-                            extra_tasks=[source.run for source in sources])
-    network.start()
-    network.ready.wait(30)
-    if network.error is not None:
-        log.error("cannot serve on %s:%d: %s; pick another --port (0: any free port)",
-                  args.host, args.port, network.error)
-        return None
-    return network
+    return radio.play(model, engine, outputs, network, stop)
 
 
 if __name__ == "__main__":

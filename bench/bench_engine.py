@@ -4,7 +4,7 @@ MusicGen's shape (--model random-small: 24 layers, dim 1024, 16 heads, 4 codeboo
 random-medium, random-large), the same settings for all (CFG 3, top-k 250) and the same 20 s of
 context tokens:
 
-  engine[dtype]  this engine: fast decoder (engine/fastlm.py) + seam-free stitcher, per --dtypes
+  engine[dtype]  this engine: fast decoder (engine/lm/) + seam-free stitcher, per --dtypes
                  (each `dtype` or `dtype/kernels`, e.g. bf16/eager for no CUDA graph)
   seed           the seed notebook's cycle: audiocraft `generate_continuation` on the last
                  `context` seconds of waveform (re-encoded), audio decoded every cycle; fp32 on
@@ -95,8 +95,8 @@ def _context_codes(model, args):
 
 
 def run_engine(model, args) -> dict:
-    from engine.generator import SamplingParams, WindowGenerator
-    from engine.stitcher import StitchingDecoder
+    from engine.lm.window import SamplingParams, WindowGenerator
+    from engine.codec.stitcher import StitchingDecoder
     fr = model.frame_rate
     stride_frames = round(args.stride * fr)
     dtype, _, kernels = args.dtype.partition("/")
@@ -163,7 +163,7 @@ def run_transformers(args) -> dict:
     cache), without its generation wrapper."""
     import torch
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
-    from engine.models import RANDOM_SHAPES
+    from engine.models.random_musicgen import RANDOM_SHAPES
     shape = RANDOM_SHAPES[args.model]
     torch.manual_seed(args.seed)
     config = MusicgenDecoderConfig(is_decoder=True, add_cross_attention=True, hidden_size=shape.lm_dim,
@@ -205,7 +205,7 @@ def child(args) -> None:
         if args.method == "transformers":
             result = run_transformers(args)
         else:
-            from engine.models import load_model
+            from engine.models.load import load_model
             model = load_model(args.model, device=args.device, seed=0)
             result = {"engine": run_engine, "seed": run_seed, "extend": run_extend}[args.method](model, args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

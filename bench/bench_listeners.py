@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -28,7 +27,8 @@ import urllib.request
 import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = struct.Struct("<BBHIq")
+sys.path.insert(0, ROOT)
+from engine.net import protocol  # noqa: E402
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ async def listen(session, url, listener: Listener) -> None:
         async with session.ws_connect(url, max_msg_size=1 << 20, compress=0) as ws:
             async for msg in ws:
                 if msg.type.name == "BINARY":
-                    listener.last_sample = HEADER.unpack_from(msg.data)[4]
+                    listener.last_sample = protocol.HEADER.unpack_from(msg.data)[4]
                     listener.bytes += len(msg.data)
             listener.closed = f"closed {ws.close_code}"
     except Exception as err:  # counted as not held

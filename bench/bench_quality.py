@@ -34,22 +34,24 @@ def main() -> None:
     import logging
     logging.disable(logging.WARNING)
     import torch
-    from engine.fastlm import FastLM
-    from engine.models import load_model
+    from engine.lm.generate import generate
+    from engine.lm.model import FastLM
+    from engine.lm.quality import cross_entropy
+    from engine.models.load import load_model
     model = load_model(args.model, device=args.device, seed=0)
     attributes = model._prepare_tokens_and_attributes([args.prompt], None)[0][0]
     reference = FastLM(model.lm, max_frames=args.frames, dtype="fp32")
     started = time.perf_counter()
-    codes = reference.generate(None, attributes, args.frames,
-                               generator=torch.Generator(args.device).manual_seed(args.seed))[0]
+    codes = generate(reference, None, attributes, args.frames,
+                     generator=torch.Generator(args.device).manual_seed(args.seed))[0]
     print(f"quality: {args.model}, {args.frames} frames sampled in fp32 ({time.perf_counter() - started:.0f} s), "
           f"top-k 250, CFG 3", flush=True)
-    baseline = reference.cross_entropy(codes, attributes)
+    baseline = cross_entropy(reference, codes, attributes)
     print(f"fp32   cross-entropy {baseline:.5f} nats/token", flush=True)
     del reference
     for dtype in args.dtypes.split(","):
         reduced = FastLM(model.lm, max_frames=args.frames, dtype=dtype)
-        ce = reduced.cross_entropy(codes, attributes)
+        ce = cross_entropy(reduced, codes, attributes)
         print(f"{dtype:6s} cross-entropy {ce:.5f} nats/token, gap {100 * (ce - baseline) / baseline:+.3f} %",
               flush=True)
 

@@ -40,8 +40,8 @@ def main() -> None:
     logging.disable(logging.WARNING)
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from engine.generator import SamplingParams, WindowGenerator
-    from engine.models import load_model
+    from engine.lm.window import SamplingParams, WindowGenerator
+    from engine.models.load import load_model
 
     model = load_model(args.model, device=args.device, seed=0)
     fr = model.frame_rate

@@ -12,7 +12,7 @@ if ROOT not in sys.path:
 @pytest.fixture(scope="session")
 def tiny_model():
     """The tiny random MusicGen (CPU), built once per test session."""
-    from engine.models import load_model
+    from engine.models.load import load_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return load_model("tiny", device="cpu", seed=0)

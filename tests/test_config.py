@@ -1,6 +1,6 @@
 import pytest
 
-from engine.config import ConfigError, EngineConfig
+from engine.station.config import ConfigError, EngineConfig
 
 
 def test_defaults_are_the_seed_window():

@@ -6,14 +6,15 @@ import warnings
 import pytest
 import torch
 
-from engine.fastlm import FastLM
+from engine.lm.generate import generate, pattern_sequence
+from engine.lm.model import FastLM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
 def cuda_model():
-    from engine.models import load_model
+    from engine.models.load import load_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return load_model("tiny", device="cuda", seed=0)
@@ -37,8 +38,8 @@ def test_graph_step_greedy_fp32_gives_audiocrafts_tokens(cuda_model, prompt_fram
                                cfg_coef=3.0)
     fast = FastLM(lm, max_frames=400, dtype="fp32")
     assert fast.kernels == "graph"
-    got = fast.generate(prompt, attributes[0], 45, temperature=0)
-    assert fast._graph is not None
+    got = generate(fast, prompt, attributes[0], 45, temperature=0)
+    assert fast.step_graph.graph is not None
     assert torch.equal(got, expected)
 
 
@@ -49,18 +50,18 @@ def test_graph_step_logits_equal_the_eager_step(cuda_model, dtype):
     eager = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="eager")
     graph = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="graph")
     attributes = _attributes(cuda_model)[0]
-    codes = eager.generate(None, attributes, 100, generator=torch.Generator("cuda").manual_seed(1))[0]
-    sequence = eager.pattern_sequence(codes)  # [K, S]
+    codes = generate(eager, None, attributes, 100, generator=torch.Generator("cuda").manual_seed(1))[0]
+    sequence = pattern_sequence(eager, codes)  # [K, S]
     with torch.inference_mode():
         for fast in (eager, graph):
             fast.set_conditions(attributes)
-            fast._prefill(sequence[:, :10].unsqueeze(0).expand(2, -1, -1))
+            fast.prefill(sequence[:, :10].unsqueeze(0).expand(2, -1, -1))
         for position in range(10, sequence.shape[1]):
-            expected = eager._step(sequence[:, position], position).float()
-            got = graph._step(sequence[:, position], position).float()
+            expected = eager.step(sequence[:, position], position).float()
+            got = graph.step(sequence[:, position], position).float()
             error = ((got - expected).norm() / expected.norm()).item()
             assert error < 2e-2, (position, error)
-    assert graph._graph is not None
+    assert graph.step_graph.graph is not None
 
 
 def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model):
@@ -68,11 +69,11 @@ def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model):
     graph = FastLM(cuda_model.lm, max_frames=60, dtype="fp32", kernels="graph")
     for text in ("jazz", "rock", "slow ambient drone with rain"):  # 1, 1 and 5 words
         attributes = _attributes(cuda_model, text)[0]
-        expected = eager.generate(None, attributes, 30, temperature=0)
-        assert torch.equal(graph.generate(None, attributes, 30, temperature=0), expected), text
+        expected = generate(eager, None, attributes, 30, temperature=0)
+        assert torch.equal(generate(graph, None, attributes, 30, temperature=0), expected), text
     attributes = _attributes(cuda_model)[0]
-    runs = [graph.generate(None, attributes, 40, generator=torch.Generator("cuda").manual_seed(5))
+    runs = [generate(graph, None, attributes, 40, generator=torch.Generator("cuda").manual_seed(5))
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
-    other = graph.generate(None, attributes, 40, generator=torch.Generator("cuda").manual_seed(6))
+    other = generate(graph, None, attributes, 40, generator=torch.Generator("cuda").manual_seed(6))
     assert not torch.equal(runs[0], other)

@@ -1,18 +1,29 @@
 import pytest
 import torch
 
-from engine.generator import SamplingParams, WindowGenerator
+from engine.lm.window import SamplingParams, WindowGenerator
 
 
-def _spy_generate(decoder):
-    """Record the prompt codes each stride is given (fast decoder or audiocraft's LM)."""
+def _spy_generate(monkeypatch, gen, fast=True):
+    """Record the prompt codes each stride is given (the fast decoder's `generate` or
+    audiocraft's `LMModel.generate`)."""
     prompts = []
-    real = decoder.generate
+    if fast:
+        import engine.lm.window as window
+        real = window.generate
 
-    def spy(prompt, *args, **kwargs):
-        prompts.append(None if prompt is None else prompt.clone())
-        return real(prompt, *args, **kwargs)
-    return spy, prompts
+        def spy(model, prompt, *args, **kwargs):
+            prompts.append(None if prompt is None else prompt.clone())
+            return real(model, prompt, *args, **kwargs)
+        monkeypatch.setattr(window, "generate", spy)
+    else:
+        real_lm = gen.lm.generate
+
+        def spy(prompt, *args, **kwargs):
+            prompts.append(None if prompt is None else prompt.clone())
+            return real_lm(prompt, *args, **kwargs)
+        monkeypatch.setattr(gen.lm, "generate", spy)
+    return prompts
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast-decoder", "audiocraft-loop"])
@@ -20,9 +31,7 @@ def test_each_stride_is_prompted_by_the_last_context_of_emitted_tokens(tiny_mode
     context_frames, stride_frames = 40, 25
     gen = WindowGenerator(tiny_model, context_frames, SamplingParams(), seed=3, fast=fast)
     assert (gen.fast is not None) == fast
-    decoder = gen.fast if fast else tiny_model.lm
-    spy, prompts = _spy_generate(decoder)
-    monkeypatch.setattr(decoder, "generate", spy)
+    prompts = _spy_generate(monkeypatch, gen, fast)
     emitted = []
     for _ in range(4):
         codes = gen.next_stride("lofi", stride_frames)
@@ -63,8 +72,7 @@ def test_warm_up_leaves_the_stream_unchanged(tiny_model, fast):
 
 def test_zero_context_means_independent_strides(tiny_model, monkeypatch):
     gen = WindowGenerator(tiny_model, 0, SamplingParams(), seed=1)
-    spy, prompts = _spy_generate(gen.fast)
-    monkeypatch.setattr(gen.fast, "generate", spy)
+    prompts = _spy_generate(monkeypatch, gen)
     gen.next_stride("a", 10)
     gen.next_stride("a", 10)
     assert prompts == [None, None]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.models import ModelLoadError, check_model_name, load_model
+from engine.models.load import ModelLoadError, check_model_name, load_model
 
 
 def write_audiocraft_checkpoint(folder):

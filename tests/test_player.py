@@ -1,7 +1,7 @@
 import numpy as np
 
-from engine.player import Player
-from engine.ring import PcmRing, RingReader
+from engine.rt.player import Player
+from engine.rt.ring import PcmRing, RingReader
 
 SR = 1000
 

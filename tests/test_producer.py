@@ -1,12 +1,13 @@
+import threading
 import time
 
 import numpy as np
 
-from engine.generator import SamplingParams, WindowGenerator
-from engine.metrics import EngineMetrics
-from engine.producer import Producer
-from engine.ring import PcmRing
-from engine.stitcher import StitchingDecoder
+from engine.codec.stitcher import StitchingDecoder
+from engine.lm.window import SamplingParams, WindowGenerator
+from engine.rt.ring import PcmRing
+from engine.station.metrics import EngineMetrics
+from engine.station.producer import Producer, ProducerThread
 
 SR = 32000
 
@@ -24,42 +25,71 @@ def make_producer(model, playhead, *, stride_frames=50, buffer_ahead_seconds=2.5
     return producer, ring, metrics
 
 
+class SteppedPlayhead:
+    """A playhead the test moves; every read checks the buffer-ahead bound and can be waited for."""
+
+    def __init__(self, ring: PcmRing, limit_samples: int):
+        self.ring, self.limit_samples = ring, limit_samples
+        self.position = 0
+        self.reads = 0
+        self.violations = []
+        self._read = threading.Condition()
+
+    def __call__(self) -> int:
+        ahead = self.ring.written_until - self.position
+        if ahead > self.limit_samples:
+            self.violations.append(ahead)
+        with self._read:
+            self.reads += 1
+            self._read.notify_all()
+        return self.position
+
+    def wait_for_reads(self, count: int, timeout: float = 60) -> None:
+        with self._read:
+            assert self._read.wait_for(lambda: self.reads >= count, timeout), "producer stopped polling"
+
+
 def test_producer_never_runs_more_than_buffer_ahead_in_front(tiny_model):
-    position = {"playhead": 0}
-    producer, ring, metrics = make_producer(tiny_model, lambda: position["playhead"])
-    producer.start()
+    limit = int(2.5 * SR)
+    producer, ring, metrics = make_producer(tiny_model, lambda: playhead())
+    playhead = SteppedPlayhead(ring, limit)
+    thread = ProducerThread(producer)
+    thread.start()
     try:
-        limit = int(2.5 * SR)
+        # It fills the buffer, then waits for room: 20 more looks at a full buffer write nothing.
         deadline = time.monotonic() + 60
-        # Wait until it fills the buffer and stops for room.
-        while not producer.waiting_for_room and time.monotonic() < deadline:
-            assert ring.written_until - position["playhead"] <= limit
-            time.sleep(0.005)
-        assert producer.waiting_for_room
+        while producer.room_checks == 0:
+            assert time.monotonic() < deadline and producer.error is None
+            playhead.wait_for_reads(playhead.reads + 1)
         full = ring.written_until
-        time.sleep(0.3)
+        playhead.wait_for_reads(playhead.reads + 20)
+        assert producer.room_checks >= 20
         assert ring.written_until == full, "producer wrote while the buffer was full"
         # Play 4 s in steps; it must follow without ever exceeding the limit.
         for _ in range(40):
-            position["playhead"] = min(position["playhead"] + SR // 10, ring.written_until)
-            for _ in range(20):
-                assert ring.written_until - position["playhead"] <= limit
-                time.sleep(0.002)
+            playhead.position = min(playhead.position + SR // 10, ring.written_until)
+            playhead.wait_for_reads(playhead.reads + 2)
+        assert not playhead.violations
         assert producer.max_ahead_samples <= limit
         assert ring.written_until > full
         assert len(metrics.strides) >= 3
     finally:
-        producer.stop()
-        producer.join(timeout=30)
+        thread.stop()
+    assert producer.error is None and not thread.is_alive()
+
+
+def run_to_end(producer):
+    thread = ProducerThread(producer)
+    thread.start()
+    assert producer.done.wait(60)
+    thread.join(timeout=30)
     assert producer.error is None
 
 
 def test_producer_writes_exactly_up_to_the_end_and_stops(tiny_model):
     end = int(2.3 * SR)
     producer, ring, metrics = make_producer(tiny_model, lambda: ring.written_until, end_sample=end)
-    producer.start()
-    assert producer.done.wait(60)
-    assert producer.error is None
+    run_to_end(producer)
     assert ring.written_until == end and ring.closed
     assert [s.audio_seconds for s in metrics.strides] == [1.0, 1.0, 0.3]
     tail = np.empty((SR // 10, 1), np.float32)
@@ -72,9 +102,24 @@ def test_first_strides_ramp_up_to_the_stride(tiny_model):
     producer, ring, metrics = make_producer(tiny_model, lambda: ring.written_until, end_sample=end,
                                             stride_frames=40, buffer_ahead_seconds=5,
                                             first_stride_frames=6)
-    producer.start()
-    assert producer.done.wait(60)
-    assert producer.error is None
+    run_to_end(producer)
     frames = [round(record.audio_seconds * 50) for record in metrics.strides]
     assert frames == [6, 12, 24, 40, 40, 28]
     assert ring.written_until == end
+
+
+def test_the_producer_runs_in_the_calling_thread(tiny_model):
+    """The server generates in its main thread (OpenMP's workers stay warm only there)."""
+    end = int(1.0 * SR)
+    producer, ring, _ = make_producer(tiny_model, lambda: ring.written_until, end_sample=end)
+    threads = set()
+    original = producer.generator.next_stride
+
+    def next_stride(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return original(*args, **kwargs)
+
+    producer.generator.next_stride = next_stride
+    producer.run()
+    assert threads == {threading.get_ident()}
+    assert producer.done.is_set() and ring.written_until == end

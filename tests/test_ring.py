@@ -1,8 +1,9 @@
 import threading
+import time
 
 import numpy as np
 
-from engine.ring import PcmRing, RingReader
+from engine.rt.ring import PcmRing, RingReader
 
 
 def ramp(start, n, channels=2):
@@ -43,13 +44,60 @@ def test_new_reader_starts_at_the_live_point():
     assert reader.cursor == 40 and reader.read(10).shape == (0, 1)
 
 
-def test_concurrent_readers_never_see_torn_or_misplaced_frames():
+def test_a_write_during_a_readers_copy_is_detected_and_the_reader_moves_on():
+    """The race itself, provoked deterministically: the writer overwrites the span a reader is
+    copying, in the middle of its copy. The post-copy check must catch it; the reader is moved
+    to the live point and counted, and never returns the torn frames."""
+    ring = PcmRing(100, 2)
+    ring.write(ramp(0, 100))
+    reader = RingReader(ring, start=0)
+    copy_out = ring._copy_out
+    races = []
+
+    def copy_with_a_write_in_the_middle(start, out):
+        half = out.shape[0] // 2
+        copy_out(start, out[:half])
+        if not races:  # the first copy only: the writer laps the reader's span right now
+            races.append(start)
+            ring.write(ramp(100, 60))
+        copy_out(start + half, out[half:])
+
+    ring._copy_out = copy_with_a_write_in_the_middle
+    frames = reader.read(40)
+    assert races == [0]
+    assert reader.overruns == 1 and reader.skipped_samples == 160
+    assert frames.shape[0] == 0 and reader.cursor == 160  # nothing torn was handed out
+    assert ring.reader_overruns == 1
+    ring._copy_out = copy_out
+    ring.write(ramp(160, 10))
+    assert np.array_equal(reader.read(100), ramp(160, 10))
+
+
+def test_a_write_beyond_the_readers_span_does_not_disturb_it():
+    ring = PcmRing(100, 2)
+    ring.write(ramp(0, 100))
+    reader = RingReader(ring, start=60)
+    copy_out = ring._copy_out
+
+    def copy_with_a_write(start, out):
+        ring.write(ramp(100, 50))  # claims 0..149 % 100: samples 0..49, behind the reader
+        copy_out(start, out)
+
+    ring._copy_out = copy_with_a_write
+    assert np.array_equal(reader.read(40), ramp(60, 40))
+    assert reader.overruns == 0
+
+
+def test_concurrent_readers_are_overrun_but_never_see_torn_or_misplaced_frames():
+    """Real threads: the writer laps the readers (a small ring, written flat out) until every
+    reader has been moved to the live point several times; no reader ever hands out a frame
+    that is not the one at its absolute index."""
     ring = PcmRing(4096, 2)
-    total = 400_000
     errors, done = [], threading.Event()
+    readers = [RingReader(ring, start=0) for _ in range(3)]
 
     def read_all(reader_id):
-        reader = RingReader(ring, start=0)
+        reader = readers[reader_id]
         while not (done.is_set() and reader.available() == 0):
             frames = reader.read(777 + reader_id)
             first = reader.cursor - frames.shape[0]  # after a jump, `first` is the live point
@@ -57,16 +105,21 @@ def test_concurrent_readers_never_see_torn_or_misplaced_frames():
                 errors.append((reader_id, first))
                 return
 
-    readers = [threading.Thread(target=read_all, args=(i,)) for i in range(3)]
-    for t in readers:
+    threads = [threading.Thread(target=read_all, args=(i,)) for i in range(3)]
+    for t in threads:
         t.start()
-    for start in range(0, total, 1000):
+    start, deadline = 0, time.monotonic() + 60
+    while min(r.overruns for r in readers) < 3 and not errors:
+        assert time.monotonic() < deadline, [r.overruns for r in readers]
         ring.write(ramp(start, 1000))
+        start += 1000
     done.set()
-    for t in readers:
+    for t in threads:
         t.join(timeout=30)
     assert not errors, errors
-    assert ring.written_until == total
+    assert all(r.overruns >= 3 for r in readers)
+    assert ring.reader_overruns == sum(r.overruns for r in readers)
+    assert ring.written_until == start
 
 
 def test_channels_stay_interleaved():

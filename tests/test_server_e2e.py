@@ -1,6 +1,5 @@
 """End-to-end: start server.py for real, as a user would."""
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -8,6 +7,8 @@ import time
 import numpy as np
 import pytest
 import soundfile
+
+from netutil import RunningServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 32000
@@ -50,39 +51,18 @@ def test_other_seed_other_audio():
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])
 def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     path = tmp_path / f"radio{suffix}"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        server_cmd("--model", "tiny", "--no-play", "--stdout", "--record", str(path), "--seed", "4",
-                   "--stride", "3", "--context", "3"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    stdout_chunks = []
+    server = RunningServer("--record", str(path), "--seed", "4", "--stride", "3", "--context", "3")
     try:
-        deadline = time.monotonic() + 120
-        log = b""
-        while b"buffered; playback starts" not in log and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, "server exited early: " + log.decode()[-2000:]
-            log += line
-        os.set_blocking(proc.stdout.fileno(), False)
-        end = time.monotonic() + 2.5
-        while time.monotonic() < end:
-            chunk = proc.stdout.read()
-            if chunk:
-                stdout_chunks.append(chunk)
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        os.set_blocking(proc.stdout.fileno(), True)
-        stdout_chunks.append(proc.stdout.read())
-        rc = proc.wait(timeout=60)
+        server.wait_for_program(int(2.5 * SR) * 2, timeout=30)  # 2.5 s played
+        rc = server.terminate_and_wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert rc == 0, proc.stderr.read().decode()[-2000:]
+        server.stop()
+    assert rc == 0, server.log[-2000:]
     info = soundfile.info(str(path))
     assert info.samplerate == SR and info.channels == 1
     audio, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
-    assert audio.shape[0] >= 2 * SR, proc.stderr.read().decode()[-3000:]  # at least the 2.5 s it played, give or take a block
-    played = np.frombuffer(b"".join(stdout_chunks), dtype="<i2")
+    assert audio.shape[0] >= int(2.5 * SR), server.log[-3000:]  # at least the 2.5 s it played
+    played = np.frombuffer(bytes(server.program), dtype="<i2")
     assert played.size == audio.shape[0]  # the file holds exactly what was played
     recorded_s16 = np.round(np.clip(audio[:, 0], -1, 1) * 32767).astype(np.int16)
     assert np.max(np.abs(recorded_s16.astype(int) - played)) <= 1  # flac is 24-bit

@@ -1,0 +1,1 @@
+"""Tokens → PCM: the EnCodec decoder run stride by stride, seam-free (stitcher)."""

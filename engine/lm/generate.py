@@ -1,0 +1,72 @@
+"""The generation loop: what audiocraft's `LMModel.generate` computes (delay pattern,
+classifier-free guidance, top-k / top-p sampling), the way gpt-fast's `generate.py` runs it:
+one prefill of the prompt, then one decode step per position against the static cache.
+
+Shapes: K codebooks, P prompt frames, S pattern positions.
+"""
+from __future__ import annotations
+
+import time
+import typing as tp
+
+import torch
+
+from .model import FastLM
+from .sampling import sample
+
+#: progress(step, total_steps), called after every decode step.
+ProgressCallback = tp.Callable[[int, int], None]
+
+
+def pattern_sequence(model: FastLM, codes: torch.Tensor) -> torch.Tensor:
+    """codes [K, T] → the delayed pattern sequence [K, T + max(delays) + 1] the model reads:
+    position s holds timestep s - 1 - delay[k], the special token elsewhere."""
+    K, T = codes.shape
+    sequence = torch.full((K, T + max(model.delays) + 1), model.special_token,
+                          dtype=torch.long, device=codes.device)
+    for k, d in enumerate(model.delays):
+        sequence[k, 1 + d:1 + d + T] = codes[k]
+    return sequence
+
+
+@torch.inference_mode()
+def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_frames: int, *,
+             temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
+             cfg_coef: float = 3.0, generator: tp.Optional[torch.Generator] = None,
+             progress: tp.Optional[ProgressCallback] = None,
+             timings: tp.Optional[tp.Dict[str, float]] = None) -> torch.Tensor:
+    """prompt codes [1, K, P] (or None) → codes [1, K, P + new_frames], like
+    `LMModel.generate(prompt, [attributes], max_gen_len=P + new_frames, ...)`.
+    `timings`, when given, receives prefill_seconds, decode_seconds and decode_steps."""
+    K, delays = model.num_codebooks, model.delays
+    P = 0 if prompt is None else prompt.shape[-1]
+    total = P + int(new_frames)
+    steps = total + max(delays) + 1  # pattern sequence length S
+    if steps > model.max_positions:
+        raise ValueError(f"{total} frames exceed the cache ({model.max_positions} positions)")
+    model.set_conditions(attributes)
+    codes = torch.full((K, total), -1, dtype=torch.long, device=model.device)
+    if P:
+        codes[:, :P] = prompt[0].to(model.device)
+    sequence = pattern_sequence(model, codes)  # [K, S]
+    first = P + 1 + min(delays)  # the first step that holds a timestep to generate
+    # generated[s, k]: position s of codebook k holds a timestep to generate (not prompt,
+    # not a special token).
+    timesteps = torch.arange(steps).view(-1, 1) - 1 - torch.tensor(delays).view(1, -1)
+    generated = ((timesteps >= P) & (timesteps < total)).to(model.device)  # [S, K]
+    started = time.perf_counter()
+    logits = model.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+    prefill_done = time.perf_counter()
+    for offset in range(first, steps):
+        tokens = sample(logits, cfg_coef, temperature, top_k, top_p, generator)
+        sequence[:, offset] = torch.where(generated[offset], tokens, sequence[:, offset])
+        if progress is not None:
+            progress(1 + offset - first, steps - first)
+        if offset + 1 < steps:
+            logits = model.step(sequence[:, offset], offset)
+    if timings is not None:
+        timings.update(prefill_seconds=prefill_done - started,
+                       decode_seconds=time.perf_counter() - prefill_done,
+                       decode_steps=steps - first - 1)
+    out = torch.stack([sequence[k, 1 + d:1 + d + total] for k, d in enumerate(delays)])
+    return out.unsqueeze(0)

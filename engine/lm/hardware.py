@@ -1,0 +1,65 @@
+"""What the hardware can run: CPU flags, the precision `auto` means, the decode-step kernels."""
+from __future__ import annotations
+
+import typing as tp
+
+import torch
+
+#: Precisions of the language model (`resolve_dtype` says what auto picks).
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+#: How the decode step runs (`resolve_kernels` says what auto picks; FastLM says what each is).
+KERNEL_CHOICES = ("auto", "graph", "native", "compiled", "eager")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_flags() -> tp.Set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """`auto` → the fastest precision that keeps the model's quality on this hardware:
+    CUDA: bf16 where supported, else fp16; CPU: int8 where fbgemm has VNNI/AVX2 kernels
+    (cross-entropy gap measured by bench/bench_quality.py), else fp32."""
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {name!r})")
+    if device.type == "cuda":
+        if name == "int8":
+            raise ValueError("--dtype int8 is a CPU path; use bf16 or fp16 on CUDA")
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return name
+    if name != "auto":
+        return name
+    flags = cpu_flags()
+    if "fbgemm" in torch.backends.quantized.supported_engines and (
+            "avx512_vnni" in flags or "avx2" in flags):
+        return "int8"
+    return "fp32"
+
+
+def compute_dtypes(mode: str) -> tp.Tuple[torch.dtype, torch.dtype]:
+    """(activations, KV cache) for a resolved precision. int8: fp32 activations (the quantised
+    kernels take fp32) and an fp16 KV cache; otherwise both in the precision itself."""
+    if mode == "int8":
+        return torch.float32, torch.float16
+    return TORCH_DTYPES[mode], TORCH_DTYPES[mode]
+
+
+def resolve_kernels(name: str, device: torch.device, mode: str, dim: int) -> str:
+    """`auto` → graph on CUDA; on CPU native for reduced precision and models of width ≥ 512
+    (below that the step is too small for the kernels to pay), else eager."""
+    if name not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)} (got {name!r})")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "graph"
+    return "native" if mode != "fp32" and dim >= 512 else "eager"

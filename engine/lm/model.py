@@ -1,0 +1,236 @@
+"""The fast decoder's transformer: audiocraft's MusicGen LM weights, run our own way.
+
+Built like gpt-fast's `model.py`: the weights converted once (`weights.py`, in the precision
+`quantize.py` gives them), a static KV cache allocated once (`cache.py`), and two ways through
+the layers: `prefill` of a run of positions (the token context of the window, in causal chunks on
+CPU) and `step` of one position (with static shapes, replayed as a CUDA graph on CUDA:
+`graph.py`). Classifier-free guidance is one batch of 2 (conditional, unconditional); the
+cross-attention keys/values of the text condition are computed once per prompt. The loop that
+samples from it is `generate.py`.
+
+Shapes: B = 2 (cond, uncond), K codebooks, T positions, D model dim, H heads, Dh = D / H.
+"""
+from __future__ import annotations
+
+import logging
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+
+from .cache import KVCache, prefill_attention_backends
+from .graph import StepGraph
+from .hardware import compute_dtypes, resolve_dtype, resolve_kernels
+from .kernels import load_cpu_kernels
+from .weights import activation, check_supported, convert, release_source_weights
+
+log = logging.getLogger(__name__)
+
+#: On CPU the prefill runs in chunks of this many positions: bounded activations (2 × 256 × 4096
+#: fp32 = 8 MiB for musicgen-small's feed-forward) that the allocator reuses instead of faulting
+#: in. On CUDA it is one pass (measured on an H100: 20 s of context in 0.07 s in chunks of 256).
+PREFILL_CHUNK_POSITIONS = 256
+#: The cache holds a multiple of this many positions, so that the static step's attention mask
+#: is aligned for CUDA's fused attention kernels.
+CACHE_ALIGN_POSITIONS = 16
+
+
+class FastLM:
+    """Runs an audiocraft `LMModel`'s weights (`generate.generate` samples from it as
+    `LMModel.generate` does).
+
+    `max_frames`: the longest sequence (prompt + new frames) a generation will ask for; the
+    KV cache holds max_frames + max(delays) + 1 positions.
+    `dtype`: "auto" | "fp32" | "bf16" | "fp16" | "int8" (hardware.resolve_dtype).
+    `kernels`: "auto" | "graph" | "native" | "compiled" | "eager". graph: the decode step with
+    static shapes (attention over the whole cache under a mask), captured once as a CUDA graph
+    and replayed at every position (on CPU the same step runs eagerly: for tests); native: the
+    AVX-512 kernels of `kernels/` for the decode step's int8 linears and fp16 attention (built
+    once, about half a minute, cached on disk; where they cannot be built: compiled); compiled:
+    the decode attention made by torch.compile, fbgemm's int8 linears; eager: torch's kernels
+    only. auto: hardware.resolve_kernels.
+    """
+
+    def __init__(self, lm, max_frames: int, dtype: str = "auto",
+                 device: tp.Optional[torch.device] = None, kernels: str = "auto"):
+        self.delays = check_supported(lm)
+        self.lm = lm  # for the condition provider (text encoder), kept in its own precision
+        self.device = device or next(lm.parameters()).device
+        self.mode = resolve_dtype(dtype, self.device)
+        self.compute_dtype, self.cache_dtype = compute_dtypes(self.mode)
+        t = lm.transformer
+        first = t.layers[0].self_attn
+        self.dim = first.embed_dim
+        self.heads = first.num_heads
+        self.head_dim = self.dim // self.heads
+        self.num_codebooks = lm.num_codebooks
+        self.card = lm.card
+        self.special_token = lm.special_token_id
+        self.max_period = t.max_period
+        self.positional_scale = t.positional_scale
+        self.activation = activation(t.layers[0])
+        self.max_positions = int(max_frames) + max(self.delays) + 1
+        cache_positions = -(-self.max_positions // CACHE_ALIGN_POSITIONS) * CACHE_ALIGN_POSITIONS
+        kernels = resolve_kernels(kernels, self.device, self.mode, self.dim)
+        native = load_cpu_kernels() if kernels == "native" and self.device.type == "cpu" else None
+        self.kernels = "compiled" if kernels == "native" and native is None else kernels
+        weights = convert(lm, self.mode, self.compute_dtype, native)
+        self.layers, self.embeddings = weights.layers, weights.embeddings  # embeddings [K, card+1, D]
+        self.out_norm, self.head = weights.out_norm, weights.head
+        self._cross: tp.Optional[tp.Tuple[str, tp.List[torch.Tensor], tp.List[torch.Tensor]]] = None
+        self.cache = KVCache(len(self.layers), self.heads, cache_positions, self.head_dim,
+                             self.cache_dtype, self.device, self.kernels, native)
+        # Positional embeddings for every cached position, computed once: [positions, D].
+        self.pos_emb = self._sin_embedding(cache_positions).to(self.compute_dtype)
+        # The static decode step's inputs (kernels="graph") and its CUDA graph.
+        self._step_tokens = torch.zeros(2, self.num_codebooks, 1, dtype=torch.long, device=self.device)
+        self._step_position = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._positions = torch.arange(cache_positions, device=self.device)
+        self.step_graph = StepGraph(self._forward_static, self.device)
+
+    def _sin_embedding(self, length: int) -> torch.Tensor:
+        """audiocraft's `create_sin_embedding` for positions 0..length-1, in fp32: [length, D]."""
+        half = self.dim // 2
+        positions = torch.arange(length, dtype=torch.float32, device=self.device).view(-1, 1)
+        adim = torch.arange(half, dtype=torch.float32, device=self.device).view(1, -1)
+        max_period = torch.full([], self.max_period, dtype=torch.float32, device=self.device)
+        phase = positions / (max_period ** (adim / (half - 1)))
+        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+    def parameter_bytes(self) -> int:
+        """Bytes of weights read per decode step (the memory-bandwidth floor of a step)."""
+        return sum(lin.weight_bytes() for layer in self.layers for lin in layer.linears())
+
+    @property
+    def native_linears(self) -> bool:
+        """Every int8 linear of the decode step runs on the native kernel."""
+        linears = [lin for layer in self.layers for lin in layer.linears()]
+        return self.mode == "int8" and all(getattr(lin, "native", False) for lin in linears)
+
+    def release_source_weights(self) -> int:
+        """Free audiocraft's copies of the weights this decoder converted (weights.py)."""
+        return release_source_weights(self.lm)
+
+    # -- conditions -------------------------------------------------------------------------
+    def set_conditions(self, attributes) -> None:
+        """Compute the cross-attention keys/values for [conditioned, unconditioned] once.
+        `attributes`: one audiocraft ConditioningAttributes (the text prompt)."""
+        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+        key = repr(attributes)
+        if self._cross is not None and self._cross[0] == key:
+            return
+        lm = self.lm
+        conditions = [attributes] + ClassifierFreeGuidanceDropout(p=1.0)([attributes])
+        tensors = lm.condition_provider(lm.condition_provider.tokenize(conditions))
+        sources = [cond for name, (cond, _mask) in tensors.items()
+                   if name in lm.fuser.cond2fuse and lm.fuser.cond2fuse[name] == "cross"]
+        src = torch.cat(sources, dim=1).to(self.compute_dtype)  # [2, Tc, D]
+        keys, values = [], []
+        for layer in self.layers:
+            kv = layer.kv_cross(src)  # [2, Tc, 2D]
+            k, v = kv.view(2, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            keys.append(k.contiguous())
+            values.append(v.contiguous())
+        if self._cross is not None and self._cross[1][0].shape == keys[0].shape:
+            # Same shape: into the same tensors, which a captured CUDA graph reads.
+            for old, new in zip(self._cross[1] + self._cross[2], keys + values):
+                old.copy_(new)
+            self._cross = (key, self._cross[1], self._cross[2])
+        else:
+            self._cross = (key, keys, values)
+            self.step_graph.invalidate()
+
+    # -- the transformer ----------------------------------------------------------------------
+    def _embed(self, tokens: torch.Tensor, positional: torch.Tensor) -> torch.Tensor:
+        """tokens [B, K, T] and their sinusoidal embeddings [T, D] → the input x [B, T, D]."""
+        x = self.embeddings[0][tokens[:, 0]]
+        for k in range(1, tokens.shape[1]):
+            x = x + self.embeddings[k][tokens[:, k]]
+        return x + self.positional_scale * positional
+
+    def _layers(self, x: torch.Tensor,
+                self_attention: tp.Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+                ) -> torch.Tensor:
+        """x [B, T, D] through every layer. `self_attention(layer, q, k, v)` stores the fresh
+        keys/values [B, H, T, Dh] in the cache and returns the attention output [B, H, T, Dh]."""
+        B, T, D = x.shape
+        H, Dh = self.heads, self.head_dim
+        _, cross_k, cross_v = self._cross
+        for i, layer in enumerate(self.layers):
+            qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # [B, H, T, Dh]
+            a = self_attention(i, q, k, v)
+            x = x + layer.out_self(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i])
+            x = x + layer.out_cross(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            x = x + layer.ff2(self.activation(layer.ff1(layer.norm_ff(x))))
+        return x
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, ..., D] → logits [B, ..., K * card] in fp32."""
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        return self.head(x).float()
+
+    def forward(self, tokens: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
+        """tokens [2, K, T] at positions start..start+T-1 → logits [2, K, card] of the last one
+        (`last_only=False`: of every position, [2, K, T, card])."""
+        B, K, T = tokens.shape
+        end = start + T
+        x = self._embed(tokens, self.pos_emb[start:end])  # [B, T, D]
+        mask = None
+        if 1 < T < end:  # a later prefill chunk: causal against everything cached before it
+            mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
+
+        def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.cache.write(i, start, k, v)
+            if T == end:  # the first prefill chunk: causal within the fresh keys/values
+                return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            if mask is not None:
+                keys, values = self.cache.read(i, end, self.compute_dtype)
+                return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            return self.cache.attend(i, q, end)
+
+        x = self._layers(x, self_attention)
+        logits = self._logits(x[:, -1] if last_only else x)
+        if last_only:
+            return logits.view(B, K, self.card)
+        return logits.view(B, T, K, self.card).transpose(1, 2)
+
+    def _forward_static(self) -> torch.Tensor:
+        """The decode step of `_step_tokens` [2, K, 1] at position `_step_position` [1] (both
+        on the device), with no shape or Python value depending on the position, so that one
+        CUDA graph replays it at every position: keys/values go into the cache by index_copy_,
+        and the query attends over the whole cache under a mask (cached positions ≤ position;
+        later ones hold stale values and are masked out). → logits [2, K, card]."""
+        tokens, position = self._step_tokens, self._step_position
+        B, K, _ = tokens.shape
+        x = self._embed(tokens, self.pos_emb.index_select(0, position))  # [B, 1, D]
+        mask = (self._positions <= position).view(1, 1, 1, -1)  # [1, 1, 1, cached positions]
+
+        def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.cache.write_at(i, position, k, v)
+            return self.cache.attend_masked(i, q, mask)
+
+        return self._logits(self._layers(x, self_attention)[:, -1]).view(B, K, self.card)
+
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """tokens [K] at `position` → logits [2, K, card]. kernels="graph": the static step
+        (step_graph: replayed as a CUDA graph on CUDA, captured on first use and again after the
+        text condition changes shape; eager elsewhere); otherwise `forward`."""
+        if self.kernels != "graph":
+            return self.forward(tokens.view(1, -1, 1).expand(2, -1, -1), position)
+        self._step_tokens.copy_(tokens.view(1, -1, 1).expand(2, -1, -1))
+        self._step_position.fill_(position)
+        return self.step_graph()
+
+    def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """tokens [2, K, T] from position 0, in causal chunks of PREFILL_CHUNK_POSITIONS on CPU,
+        in one pass on CUDA → logits of the last position [2, K, card] (`last_only=False`: all,
+        [2, K, T, card])."""
+        chunk = PREFILL_CHUNK_POSITIONS if self.device.type == "cpu" else max(1, tokens.shape[-1])
+        with prefill_attention_backends(self.device):
+            chunks = [self.forward(tokens[..., a:a + chunk], a, last_only)
+                      for a in range(0, tokens.shape[-1], chunk)]
+        return chunks[-1] if last_only else torch.cat(chunks, dim=2)

@@ -1,0 +1,141 @@
+"""The token window: each stride continues from the last `context` seconds of generated codes.
+
+No audio is decoded or re-encoded between strides: the prompt of stride n+1 is the tail of the
+codes of strides ≤ n. Memory is bounded by the context length. The generator knows nothing of
+audio or time.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import typing as tp
+
+import torch
+
+from .generate import ProgressCallback, generate
+from .hardware import resolve_dtype
+from .model import FastLM
+from .weights import UnsupportedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How each next token is drawn (sampling.sample): temperature 0 is greedy."""
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_coef: float = 3.0
+
+
+class WindowGenerator:
+    """Generates codes [1, K, frames] stride after stride with a sliding token context.
+
+    `context_frames`: how many of the last emitted frames prompt the next stride.
+    `max_frames`: the longest context + stride that will be asked for (default: the model's
+    maximum duration).
+    `seed`: each stride n is sampled from a generator seeded with (seed, n), so a run is
+    reproducible stride by stride whatever else the process does between strides.
+    `dtype`: precision of the fast decoder (hardware.resolve_dtype: auto | fp32 | bf16 | fp16 | int8).
+    Models the fast decoder does not implement (e.g. melody conditioning) run through
+    audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
+    `kernels`: how the fast decoder's step runs (FastLM: auto | graph | native | compiled | eager).
+    `release_weights`: once the fast decoder holds its own copy, free audiocraft's (the model's
+    LM can no longer generate by itself: for a process that owns the model, like the server).
+    """
+
+    def __init__(self, model, context_frames: int, sampling: SamplingParams, seed: int,
+                 max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True,
+                 release_weights: bool = False, kernels: str = "auto"):
+        self.model = model
+        self.lm = model.lm
+        self.context_frames = int(context_frames)
+        self.sampling = sampling
+        self.seed = int(seed)
+        self.device = next(self.lm.parameters()).device
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.stride_index = 0
+        self.frames_emitted = 0
+        self.last_timings: tp.Dict[str, float] = {}
+        self._context: tp.Optional[torch.Tensor] = None  # [1, K, <= context_frames]
+        self.fast: tp.Optional[FastLM] = None
+        if max_frames is None:
+            max_frames = int(round(float(model.max_duration) * float(model.frame_rate)))
+        reason = "asked for"
+        if fast:
+            try:
+                self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device,
+                                   kernels=kernels)
+            except UnsupportedModel as err:
+                reason = str(err)
+        if self.fast is not None:
+            log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions, "
+                     "%s decode step", self.dtype, self.fast.parameter_bytes() / 1e6,
+                     self.fast.max_positions, self.fast.kernels)
+            if release_weights:
+                log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
+                         self.fast.release_source_weights() / 1e6)
+        else:
+            if self.dtype == "int8":
+                self.dtype = "fp32"
+            log.info("decoder: audiocraft's generate loop (%s), %s", reason, self.dtype)
+
+    @property
+    def context(self) -> tp.Optional[torch.Tensor]:
+        """The codes [1, K, T ≤ context_frames] that will prompt the next stride."""
+        return self._context
+
+    def set_context(self, codes: tp.Optional[torch.Tensor]) -> None:
+        """Continue from these codes [1, K, T] (their last `context_frames` are kept)."""
+        if codes is None or self.context_frames == 0:
+            self._context = None
+        else:
+            self._context = codes[..., -self.context_frames:].to(self.device).clone()
+
+    def _conditions(self, prompt: str):
+        attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None)
+        return attributes
+
+    def warm_up(self, prompt: str, frames: int = 10) -> torch.Tensor:
+        """Generate `frames` throwaway frames (no context) so that first-call costs (CUDA graph
+        capture, kernel loading, allocator growth) stay out of the first real stride. Leaves the
+        context, the stride count and the seeds as they were. Returns the codes [1, K, frames]."""
+        context, index, emitted = self._context, self.stride_index, self.frames_emitted
+        self._context = None
+        try:
+            return self.next_stride(prompt, frames)
+        finally:
+            self._context, self.stride_index, self.frames_emitted = context, index, emitted
+
+    def next_stride(self, prompt: str, frames: int,
+                    progress: tp.Optional[ProgressCallback] = None) -> torch.Tensor:
+        """Generate `frames` new frames of codes [1, K, frames] continuing the context."""
+        prompt_codes = self._context
+        prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
+        stride_seed = self.seed * 1_000_003 + self.stride_index
+        s = self.sampling
+        self.last_timings = {}
+        if self.fast is not None:
+            generator = torch.Generator(self.device).manual_seed(stride_seed)
+            codes = generate(
+                self.fast, prompt_codes, self._conditions(prompt)[0], frames, temperature=s.temperature,
+                top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef, generator=generator,
+                progress=progress, timings=self.last_timings)
+        else:
+            torch.manual_seed(stride_seed)
+            autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
+            autocast = (torch.autocast(self.device.type, dtype=autocast_dtype)
+                        if autocast_dtype is not None else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
+                codes = self.lm.generate(
+                    prompt_codes, self._conditions(prompt), max_gen_len=prompt_frames + frames,
+                    use_sampling=s.temperature > 0, temp=max(s.temperature, 1e-5), top_k=s.top_k,
+                    top_p=s.top_p, cfg_coef=s.cfg_coef, callback=progress)
+        new_codes = codes[..., prompt_frames:].clone()
+        keep = min(self.context_frames, codes.shape[-1])
+        self._context = codes[..., codes.shape[-1] - keep:].clone() if keep > 0 else None
+        self.stride_index += 1
+        self.frames_emitted += frames
+        return new_codes

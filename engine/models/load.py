@@ -1,0 +1,140 @@
+"""Model loading: real MusicGen checkpoints (hub name or local folder) and random models of real
+shape (random_musicgen.py).
+
+Every loader returns an audiocraft `MusicGen`, so the rest of the engine sees one interface:
+`.lm` (the token LM), `.compression_model` (the EnCodec codec), `.sample_rate`, `.frame_rate`,
+`.audio_channels`, `.max_duration`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+import urllib.parse
+import warnings
+
+import torch
+
+from .random_musicgen import RANDOM_SHAPES, TINY_SHAPE, build_random_musicgen
+
+log = logging.getLogger(__name__)
+
+#: Names of the published audiocraft MusicGen checkpoints on the Hugging Face hub.
+KNOWN_HUB_MODELS = tuple(
+    f"facebook/musicgen-{size}" for size in (
+        "small", "medium", "large", "melody", "melody-large",
+        "stereo-small", "stereo-medium", "stereo-large", "stereo-melody", "stereo-melody-large"))
+#: Random models built in-process (no download): `tiny` for demos and tests; `random-small`,
+#: `random-medium` and `random-large` with the LM shapes of musicgen-small/-medium/-large, for
+#: benchmarks.
+RANDOM_MODELS = ("tiny", "random-small", "random-medium", "random-large")
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says why and what to do instead."""
+
+
+def _quiet_audiocraft_import():
+    """Import audiocraft without its noisy xFormers notice (we use torch attention, not xFormers)."""
+    os.environ.setdefault("XFORMERS_MORE_DETAILS", "0")
+    logging.getLogger("xformers").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import audiocraft.models  # noqa: F401
+    from audiocraft.modules import transformer
+    transformer.set_efficient_attention_backend("torch")
+
+
+def resolve_device(device: str) -> str:
+    """Map `auto` to `cuda` when a GPU is present, else `cpu`; refuse `cuda` without one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast (before any loading) on a name that is none of: random model, hub id, local folder."""
+    if name in RANDOM_MODELS or os.path.isdir(name) or name in KNOWN_HUB_MODELS:
+        return
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(name):
+        return  # another hub id (a fine-tune): the hub decides
+    raise ModelLoadError(
+        f"unknown model {name!r}: use --model tiny (offline demo), one of "
+        f"{', '.join(KNOWN_HUB_MODELS[:4])}, ... or a local folder holding "
+        f"state_dict.bin and compression_state_dict.bin")
+
+
+def load_model(name: str, device: str = "cpu", seed: int = 0):
+    """Load `name` onto `device`: `tiny`, `random-small`, a hub id or a local checkpoint folder."""
+    check_model_name(name)
+    _quiet_audiocraft_import()
+    started = time.monotonic()
+    if name == "tiny":
+        log.info("model: building the tiny random MusicGen (seed %d) - it makes noise, not music; "
+                 "it is for the offline demo and the tests", seed)
+        model = build_random_musicgen(TINY_SHAPE, device=device, seed=seed)
+    elif name in RANDOM_SHAPES:
+        size = name.split("-")[1]
+        log.info("model: building a random MusicGen with musicgen-%s's shape (seed %d) - noise, "
+                 "for benchmarks", size, seed)
+        model = build_random_musicgen(RANDOM_SHAPES[name], device=device, seed=seed)
+    else:
+        model = _load_pretrained(name, device)
+    n_params = sum(p.numel() for p in model.lm.parameters())
+    log.info("model: %s ready on %s in %.1f s (LM %.1f M parameters, %d Hz, %d channel(s), "
+             "%d codebooks at %.0f frames/s)", name, device, time.monotonic() - started, n_params / 1e6,
+             model.sample_rate, model.audio_channels, model.lm.num_codebooks, model.frame_rate)
+    return model
+
+
+def _load_pretrained(name: str, device: str):
+    from audiocraft.models import MusicGen
+    from audiocraft.models.loaders import load_compression_model, load_lm_model
+
+    where = "local folder" if os.path.isdir(name) else "Hugging Face hub (or its cache)"
+    log.info("model: loading %s from the %s", name, where)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if not os.path.isdir(name) and not _hub_reachable():
+        # Offline: use the local cache only, so a missing checkpoint fails now, not after retries.
+        from huggingface_hub import constants
+        constants.HF_HUB_OFFLINE = True
+        log.info("model: huggingface.co is unreachable; looking in the local cache only")
+    try:
+        log.info("model: [1/2] language model weights ...")
+        lm = load_lm_model(name, device=device)
+        log.info("model: [2/2] compression model weights ...")
+        compression_model = load_compression_model(name, device=device)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelLoadError(_explain_load_failure(name, err)) from err
+    except Exception as err:  # huggingface_hub raises its own hierarchy (offline, 404, auth)
+        raise ModelLoadError(_explain_load_failure(name, err)) from err
+    if "self_wav" in lm.condition_provider.conditioners:
+        lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
+        lm.condition_provider.conditioners["self_wav"]._use_masking = False
+    return MusicGen(name, compression_model, lm)
+
+
+def _hub_reachable(timeout_seconds: float = 3.0) -> bool:
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_seconds).close()
+        return True
+    except OSError:
+        return False
+
+
+def _explain_load_failure(name: str, err: BaseException) -> str:
+    if os.path.isdir(name):
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return (f"cannot load the checkpoint folder {name!r} ({type(err).__name__}: {first_line}); it "
+                f"must hold audiocraft's state_dict.bin and compression_state_dict.bin")
+    return (f"cannot load {name!r}: not reachable on the Hugging Face hub and not in its local cache "
+            f"({type(err).__name__}). Download it on a connected machine (huggingface-cli download {name} "
+            f"--local-dir DIR; the text encoder t5-base too) and pass --model DIR, or use --model tiny")

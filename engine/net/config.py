@@ -1,0 +1,40 @@
+"""The network side's configuration record (`--host`, `--port`, `--burst`, `--max-lag`,
+`--icecast`, `--no-network`) and its validation."""
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+from ..station.config import ConfigError
+from .icecast import IcecastTarget, parse_icecast_url
+
+#: The most audio a new listener may be sent at once.
+MAX_BURST_SECONDS = 10.0
+
+
+@dataclasses.dataclass
+class NetworkConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port (logged)
+    burst_seconds: float = 2.0  # audio a new listener gets at once
+    max_lag_seconds: float = 10.0  # a listener this far behind the live point is dropped
+    icecast_urls: tp.Tuple[str, ...] = ()  # icecast://source:PASSWORD@HOST:PORT/mount.opus|.mp3
+
+    def icecast_targets(self) -> tp.List[IcecastTarget]:
+        """The parsed --icecast URLs (IcecastUrlError names a malformed one)."""
+        return [parse_icecast_url(url) for url in self.icecast_urls]
+
+    def validate(self) -> None:
+        """Raise ConfigError (or IcecastUrlError) for a setting the network side cannot honour."""
+        if not 0 <= self.burst_seconds <= MAX_BURST_SECONDS:
+            raise ConfigError(f"--burst must be between 0 and {MAX_BURST_SECONDS:g} seconds "
+                              f"(got {self.burst_seconds:g})")
+        if self.max_lag_seconds <= self.burst_seconds:
+            raise ConfigError(f"--max-lag ({self.max_lag_seconds:g} s) must be longer than --burst "
+                              f"({self.burst_seconds:g} s)")
+        targets = self.icecast_targets()
+        if targets and not self.enabled:
+            raise ConfigError("--icecast needs the network side: drop --no-network")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535 (got {self.port})")

@@ -1,0 +1,182 @@
+"""Encode once, fan out: one worker thread per codec reads the played program and publishes
+packets stamped with program time into its packet ring(s). Every listener of that codec gets the
+same bytes.
+
+Codecs (all through PyAV, whose wheels carry libopus and libmp3lame):
+* `pcm`  – s16le, 60 ms packets at the model's rate;
+* `opus` – libopus at 48 kHz (resampled by libswresample), 60 ms packets, plus the same packets as
+  Ogg pages for `/stream.opus`;
+* `mp3`  – libmp3lame at the model's rate, one frame per packet, no bit reservoir so that a
+  listener can start on any frame.
+"""
+from __future__ import annotations
+
+import fractions
+import logging
+import random
+import threading
+import typing as tp
+
+import numpy as np
+
+from ..rt.pcm import float_to_s16
+from ..rt.ring import PcmRing, RingReader
+from .ogg import ogg_page, opus_header_pages
+from .packets import PacketRing
+
+log = logging.getLogger(__name__)
+
+OPUS_RATE = 48000
+#: Packet length: 60 ms (Opus's longest usual frame) keeps messages per listener at ~17/s, which is
+#: what lets one process feed a thousand listeners; a radio does not need lower latency.
+PACKET_SECONDS = 0.06
+
+
+class Codec:
+    """Turns blocks of program frames into packets: (payload, start sample, duration samples)."""
+
+    name = "codec"
+
+    def __init__(self, sample_rate: int, channels: int):
+        self.sample_rate = sample_rate
+        self.channels = channels
+
+    def encode(self, frames: np.ndarray, start_sample: int) -> tp.List[tp.Tuple[bytes, int, int]]:
+        raise NotImplementedError
+
+
+class PcmCodec(Codec):
+    name = "pcm"
+
+    def __init__(self, sample_rate: int, channels: int):
+        super().__init__(sample_rate, channels)
+        self.frame_samples = int(sample_rate * PACKET_SECONDS)
+
+    def encode(self, frames, start_sample):
+        out = []
+        for at in range(0, frames.shape[0], self.frame_samples):
+            block = frames[at:at + self.frame_samples]
+            out.append((float_to_s16(block).tobytes(), start_sample + at, block.shape[0]))
+        return out
+
+
+class _AvCodec(Codec):
+    """A PyAV audio encoder fed with float frames at the model's rate."""
+
+    codec_name = ""
+    rate = 0
+    av_format = "s16"
+    bit_rate = 0
+
+    def __init__(self, sample_rate: int, channels: int, options: tp.Optional[dict] = None):
+        super().__init__(sample_rate, channels)
+        import av
+        self._av = av
+        self.layout = "mono" if channels == 1 else "stereo"
+        ctx = av.CodecContext.create(self.codec_name, "w")
+        ctx.sample_rate = self.rate or sample_rate
+        ctx.layout = self.layout
+        ctx.format = self.av_format
+        ctx.bit_rate = self.bit_rate * channels
+        ctx.time_base = fractions.Fraction(1, ctx.sample_rate)
+        if options:
+            ctx.options = options
+        ctx.open()
+        self.ctx = ctx
+        self.frame_samples_out = ctx.frame_size
+
+    def encode(self, frames, start_sample):
+        # PyAV resamples to the codec's rate and cuts frames to its frame size.
+        frame = self._av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(frames.reshape(1, -1)), format="flt", layout=self.layout)
+        frame.sample_rate = self.sample_rate
+        frame.time_base = fractions.Fraction(1, self.sample_rate)
+        frame.pts = start_sample
+        out = []
+        for packet in self.ctx.encode(frame):
+            rate = self.ctx.sample_rate
+            start = (packet.pts or 0) * self.sample_rate // rate
+            duration = (packet.duration or self.frame_samples_out) * self.sample_rate // rate
+            out.append((bytes(packet), start, duration))
+        return out
+
+
+class OpusCodec(_AvCodec):
+    name = "opus"
+    codec_name = "libopus"
+    rate = OPUS_RATE
+    av_format = "s16"
+    bit_rate = 64000
+
+    def __init__(self, sample_rate: int, channels: int):
+        super().__init__(sample_rate, channels,
+                         options={"frame_duration": str(int(PACKET_SECONDS * 1000)), "application": "audio"})
+
+    @property
+    def opus_head(self) -> bytes:
+        return bytes(self.ctx.extradata)
+
+
+class Mp3Codec(_AvCodec):
+    name = "mp3"
+    codec_name = "libmp3lame"
+    av_format = "s16p"
+    bit_rate = 96000
+
+    def __init__(self, sample_rate: int, channels: int):
+        super().__init__(sample_rate, channels, options={"reservoir": "0"})
+
+
+class EncoderWorker(threading.Thread):
+    """Reads the program ring from the live point and publishes packets of one codec."""
+
+    def __init__(self, codec: Codec, program: PcmRing, ring: PacketRing, *,
+                 ogg_ring: tp.Optional[PacketRing] = None, block_seconds: float = 0.1):
+        super().__init__(name=f"encoder-{codec.name}", daemon=True)
+        self.codec = codec
+        self.reader = RingReader(program)
+        self.start_sample = self.reader.cursor
+        self.ring = ring
+        self.ogg_ring = ogg_ring
+        self.ogg_serial = random.getrandbits(31)
+        self._ogg_page_seq = 2  # pages 0 and 1 are the headers
+        self._opus_pre_skip = (int.from_bytes(codec.opus_head[10:12], "little")
+                               if ogg_ring is not None else 0)
+        self.block_samples = int(block_seconds * codec.sample_rate)
+        self._stop_event = threading.Event()
+        self.error: tp.Optional[BaseException] = None
+
+    @property
+    def ogg_headers(self) -> bytes:
+        return opus_header_pages(self.ogg_serial, self.codec.opus_head)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        overruns = 0
+        try:
+            while not self._stop_event.is_set():
+                start = self.reader.cursor
+                frames = self.reader.read(self.block_samples)
+                if self.reader.overruns != overruns:
+                    overruns = self.reader.overruns
+                    log.warning("encoder %s fell behind the live stream and skipped ahead", self.codec.name)
+                if frames.shape[0] == 0:
+                    if self.reader.ring.closed:
+                        break
+                    self._stop_event.wait(0.01)
+                    continue
+                for payload, at, duration in self.codec.encode(frames, start):
+                    self.ring.publish(at, duration, payload)
+                    if self.ogg_ring is not None:
+                        self._publish_ogg(payload, at, duration)
+        except Exception as err:
+            self.error = err
+            log.exception("encoder %s failed; its listeners get no more audio", self.codec.name)
+
+    def _publish_ogg(self, payload: bytes, at: int, duration: int) -> None:
+        granule = self._opus_pre_skip + (at + duration - self.start_sample) * OPUS_RATE // self.codec.sample_rate
+        page = ogg_page(self.ogg_serial, self._ogg_page_seq, max(granule, 0), payload)
+        self._ogg_page_seq += 1
+        self.ogg_ring.publish(at, duration, page)

@@ -1,0 +1,133 @@
+"""`--icecast icecast://source:PASSWORD@HOST:PORT/mount.opus` (or `.mp3`): push the station to an
+Icecast server as a source. Icecast (and its relays) then do the fan-out to many listeners.
+
+The source is a listener of the broadcaster like any other (the same encoded bytes), sending with
+an HTTP PUT (Icecast ≥ 2.4). When the server goes away or refuses, it retries with backoff and
+says so in the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import urllib.parse
+
+from .broadcast import Broadcaster
+
+log = logging.getLogger(__name__)
+
+
+class IcecastUrlError(ValueError):
+    """The --icecast URL is malformed; the message says how it should look."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IcecastTarget:
+    host: str
+    port: int
+    mount: str
+    user: str
+    password: str
+    ring_key: str  # "ogg" or "mp3"
+    content_type: str
+
+    def __str__(self) -> str:
+        return f"icecast://{self.user}@{self.host}:{self.port}{self.mount}"
+
+
+def parse_icecast_url(url: str) -> IcecastTarget:
+    usage = "use icecast://source:PASSWORD@HOST:PORT/mount.opus (or .mp3)"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "icecast" or not parts.hostname or not parts.path or parts.path == "/":
+        raise IcecastUrlError(f"--icecast {url!r}: {usage}")
+    if parts.password is None:
+        raise IcecastUrlError(f"--icecast {url!r}: the source password is missing; {usage}")
+    if parts.path.endswith((".opus", ".ogg")):
+        key, mime = "ogg", "audio/ogg"
+    elif parts.path.endswith(".mp3"):
+        key, mime = "mp3", "audio/mpeg"
+    else:
+        raise IcecastUrlError(f"--icecast {url!r}: the mount must end in .opus, .ogg or .mp3")
+    try:
+        port = parts.port or 8000
+    except ValueError as err:
+        raise IcecastUrlError(f"--icecast {url!r}: bad port; {usage}") from err
+    return IcecastTarget(parts.hostname, port, parts.path, urllib.parse.unquote(parts.username or "source"),
+                         urllib.parse.unquote(parts.password), key, mime)
+
+
+class IcecastSource:
+    """Pushes one mount; `run()` is a coroutine on the network loop that never gives up."""
+
+    def __init__(self, target: IcecastTarget, broadcaster: Broadcaster, description: str,
+                 max_backoff_seconds: float = 30.0):
+        self.target = target
+        self.broadcaster = broadcaster
+        self.description = description
+        self.max_backoff_seconds = max_backoff_seconds
+        self.connected = False
+        self.connections = 0
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self._stream_once()
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except (OSError, ConnectionError, asyncio.TimeoutError) as err:
+                reason = getattr(err, "reason", None) or str(err) or type(err).__name__
+                log.warning("icecast %s: %s; retrying in %.0f s", self.target, reason, backoff)
+            self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(self.max_backoff_seconds, backoff * 2)
+
+    async def _stream_once(self) -> None:
+        t = self.target
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), timeout=10)
+        listener = None
+        try:
+            auth = base64.b64encode(f"{t.user}:{t.password}".encode()).decode()
+            request = (
+                f"PUT {t.mount} HTTP/1.1\r\nHost: {t.host}:{t.port}\r\n"
+                f"Authorization: Basic {auth}\r\nUser-Agent: musicgen-radio\r\n"
+                f"Content-Type: {t.content_type}\r\nIce-Public: 0\r\nIce-Name: MusicGen radio\r\n"
+                f"Ice-Description: {_header_safe(self.description)}\r\nExpect: 100-continue\r\n\r\n")
+            writer.write(request.encode())
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), timeout=10)
+            code = status.split(b" ")[1:2]
+            if code not in ([b"100"], [b"200"]):
+                raise IcecastRefused(f"refused: {status.decode(errors='replace').strip() or 'no answer'}")
+            self.connected = True
+            self.connections += 1
+            log.info("icecast %s: connected, streaming %s", t, t.content_type)
+            listener = self.broadcaster.join("icecast", t.ring_key)
+            listener.on_drop = lambda reason: writer.transport.abort()
+            if t.ring_key == "ogg":
+                writer.write(self.broadcaster.ogg_headers)
+
+            async def send(packet):
+                if reader.at_eof():
+                    raise ConnectionError("the server closed the connection")
+                writer.write(packet.payload)
+                await writer.drain()
+
+            await self.broadcaster.feed(listener, send)  # returns when dropped or disconnected
+            raise ConnectionError(listener.dropped or "the connection to the server ended")
+        finally:
+            if listener is not None:
+                self.broadcaster.leave(listener)
+            writer.close()
+
+
+class IcecastRefused(ConnectionError):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _header_safe(text: str) -> str:
+    return "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)[:200]

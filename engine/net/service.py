@@ -1,0 +1,86 @@
+"""The network side as one service: the broadcaster (encoders, listeners), the status publisher,
+the web app on one port and the Icecast sources, all on one asyncio loop in a thread of its own."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import typing as tp
+
+from aiohttp import web
+
+from .broadcast import Broadcaster
+from .config import NetworkConfig
+from .icecast import IcecastSource
+from .status import StatusPublisher
+from .webapp import RadioWeb
+
+log = logging.getLogger(__name__)
+
+
+class NetworkThread(threading.Thread):
+    """Runs the asyncio loop of the network side for one station (`station.program_ring` is
+    what it streams, `station.status()` what it reports)."""
+
+    def __init__(self, station, config: NetworkConfig):
+        super().__init__(name="network", daemon=True)
+        self.station = station
+        self.config = config
+        self.host = config.host
+        self.port = config.port  # the port actually bound, once `ready`
+        self.broadcaster = Broadcaster(station.program_ring, station.sample_rate, station.channels,
+                                       burst_seconds=config.burst_seconds,
+                                       max_lag_seconds=config.max_lag_seconds)
+        self.publisher = StatusPublisher(station, self.broadcaster)
+        self.icecast_sources = [IcecastSource(target, self.broadcaster, station.config.prompt)
+                                for target in config.icecast_targets()]
+        self.ready = threading.Event()
+        self.error: tp.Optional[BaseException] = None
+        self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
+        self._stop_requested: tp.Optional[asyncio.Event] = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:
+            self.error = err
+            self.ready.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        self.broadcaster.start()
+        app = RadioWeb(self.station, self.broadcaster, self.publisher).app()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        tasks = [asyncio.ensure_future(self.publisher.run())]
+        tasks += [asyncio.ensure_future(source.run()) for source in self.icecast_sources]
+        log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
+                 "/stream.mp3, /status", self.host, self.port, self.host, self.port)
+        self.ready.set()
+        await self._stop_requested.wait()
+        for task in tasks:
+            task.cancel()
+        await self.broadcaster.stop()
+        await runner.cleanup()
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop_requested is not None:
+            self.loop.call_soon_threadsafe(self._stop_requested.set)
+        self.join(timeout=10)
+
+
+def start_network(station, config: NetworkConfig, timeout_seconds: float = 30.0) -> tp.Optional[NetworkThread]:
+    """Start the network side; None (logged, with what to do) when it cannot serve, e.g. the
+    port is taken."""
+    network = NetworkThread(station, config)
+    network.start()
+    network.ready.wait(timeout_seconds)
+    if network.error is not None:
+        log.error("cannot serve on %s:%d: %s; pick another --port (0: any free port)",
+                  config.host, config.port, network.error)
+        return None
+    return network

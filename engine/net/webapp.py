@@ -1,0 +1,187 @@
+"""The station's one port (aiohttp): the listener page at `/`, the WebSocket at `/ws`, endless HTTP
+streams at `/stream.opus` and `/stream.mp3`, and `/status`.
+
+Each connection is a few small coroutines: a pump that copies packets from the listener's cursor
+to its socket, and for WebSockets a reader for client messages and a ticker that forwards the
+shared status message (status.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import protocol
+from .broadcast import Broadcaster
+from .encoders import OPUS_RATE, PACKET_SECONDS
+from .status import StatusPublisher
+
+log = logging.getLogger(__name__)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WEB_ROOT = os.path.join(ROOT, "clients", "web")
+
+
+class RadioWeb:
+    """Handlers bound to one station and its broadcaster."""
+
+    def __init__(self, station, broadcaster: Broadcaster, publisher: StatusPublisher,
+                 web_root: str = WEB_ROOT):
+        self.station = station
+        self.broadcaster = broadcaster
+        self.publisher = publisher
+        self.web_root = web_root
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.index)
+        app.router.add_get("/status", self.status)
+        app.router.add_get("/ws", self.websocket)
+        app.router.add_get("/stream.opus", self.http_stream)
+        app.router.add_get("/stream.mp3", self.http_stream)
+        app.router.add_static("/web/", self.web_root)
+        return app
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(os.path.join(self.web_root, "index.html"))
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.publisher.current())
+
+    # -- WebSocket -------------------------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        codec = request.query.get("codec", "opus")
+        if codec not in protocol.CODEC_IDS:
+            raise web.HTTPBadRequest(text=f"unknown codec {codec!r}: use pcm or opus\n")
+        ws = web.WebSocketResponse(max_msg_size=protocol.MAX_CLIENT_MESSAGE_BYTES, heartbeat=20.0,
+                                   compress=False)  # audio does not deflate; encode once
+        await ws.prepare(request)
+        _small_send_buffers(request)
+        b, station = self.broadcaster, self.station
+        rate = OPUS_RATE if codec == "opus" else station.sample_rate
+        hello = protocol.hello(
+            codec=codec, sample_rate=rate, stream_sample_rate=station.sample_rate,
+            channels=station.channels, frame_samples=int(rate * PACKET_SECONDS),
+            burst_seconds=b.burst_samples / station.sample_rate,
+            max_lag_seconds=b.max_lag_samples / station.sample_rate,
+            station={"model": station.config.model, "prompt": station.config.prompt,
+                     "seed": station.config.seed},
+            opus_head=b.opus_head if codec == "opus" else None)
+        await ws.send_str(json.dumps(hello))
+        listener = b.join(f"ws-{codec}", codec)
+        listener.on_drop = lambda reason: asyncio.ensure_future(
+            _close_ws(ws, request, protocol.CLOSE_TOO_SLOW, reason, timeout=1.0, always_cut=True))
+
+        async def send(packet):
+            await ws.send_bytes(packet.framed)
+
+        pump = asyncio.ensure_future(b.feed(listener, send))
+        listener.task = pump
+        ticker = asyncio.ensure_future(self._status_ticker(ws))
+        try:
+            await self._read_client(ws, request)
+        finally:
+            for task in (pump, ticker):
+                task.cancel()
+            await asyncio.gather(pump, ticker, return_exceptions=True)
+            b.leave(listener)
+            if not ws.closed:
+                await _close_ws(ws, request, WSCloseCode.GOING_AWAY, "station closing")
+            await _release_transport(request)
+        return ws
+
+    async def _status_ticker(self, ws) -> None:
+        while not ws.closed:
+            message = await self.publisher.next_message()
+            await ws.send_str(message)
+
+    async def _read_client(self, ws, request) -> None:
+        """Client messages: {"type": "ping"} is answered; anything else closes the connection."""
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    message = json.loads(msg.data)
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and message.get("type") == "ping":
+                    await ws.send_str(json.dumps({"type": "pong", "time": time.time()}))
+                    continue
+                await _close_ws(ws, request, WSCloseCode.POLICY_VIOLATION,
+                                'unknown message: only {"type": "ping"} is accepted')
+                break
+            if msg.type == WSMsgType.BINARY:
+                await _close_ws(ws, request, WSCloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
+                break
+            if msg.type == WSMsgType.ERROR:
+                break  # e.g. an oversized message: aiohttp has closed with 1009
+
+    # -- HTTP streams --------------------------------------------------------------------------
+    async def http_stream(self, request: web.Request) -> web.StreamResponse:
+        is_opus = request.path.endswith(".opus")
+        key, kind = ("ogg", "http-opus") if is_opus else ("mp3", "http-mp3")
+        response = web.StreamResponse(headers={
+            "Content-Type": "audio/ogg" if is_opus else "audio/mpeg",
+            "Cache-Control": "no-cache, no-store", "icy-name": "MusicGen radio",
+            "icy-description": self.station.config.prompt[:200]})
+        await response.prepare(request)
+        _small_send_buffers(request)
+        listener = self.broadcaster.join(kind, key)
+        listener.on_drop = lambda reason: request.transport and request.transport.abort()
+        if is_opus:
+            await response.write(self.broadcaster.ogg_headers)
+
+        async def send(packet):
+            await response.write(packet.payload)
+
+        listener.task = asyncio.current_task()
+        try:
+            await self.broadcaster.feed(listener, send)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.broadcaster.leave(listener)
+        return response
+
+
+def _small_send_buffers(request: web.Request) -> None:
+    """Keep socket buffering small so that a stalled listener shows up as lag quickly."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        except OSError:
+            pass
+    transport.set_write_buffer_limits(high=32 * 1024)
+
+
+async def _release_transport(request: web.Request, grace_seconds: float = 1.0) -> None:
+    """A peer that has gone but left audio unread in our send buffer must not hold the socket."""
+    transport = request.transport
+    deadline = time.monotonic() + grace_seconds
+    while transport is not None and not transport.is_closing() and transport.get_write_buffer_size():
+        if time.monotonic() > deadline:
+            transport.abort()
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _close_ws(ws, request, code: int, reason: str, timeout: float = 2.0,
+                    always_cut: bool = False) -> None:
+    """Send a close frame with `reason`; cut the connection if the peer does not answer within
+    `timeout` (a dropped, lagging listener is cut in any case: `always_cut`)."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), timeout=timeout)
+        if not always_cut:
+            return
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        pass
+    if request.transport is not None:
+        request.transport.abort()

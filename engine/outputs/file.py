@@ -1,0 +1,58 @@
+"""`--record FILE`: writes exactly what was played to a .wav or .flac file."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import soundfile
+
+from ..rt.ring import PcmRing
+from .base import RingSink
+
+#: File extension → libsndfile (format, subtype). WAV keeps the float samples bit-exact.
+RECORD_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+
+
+class RecordPathError(ValueError):
+    """The record path cannot be written; the message says why."""
+
+
+def check_record_path(path: str) -> None:
+    """Refuse, before anything is loaded, a path that could not be recorded to."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in RECORD_FORMATS:
+        raise RecordPathError(f"--record {path!r}: use a .wav or .flac file name")
+    if os.path.isdir(path):
+        raise RecordPathError(f"--record {path!r} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RecordPathError(f"--record {path!r}: the folder {folder!r} does not exist")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise RecordPathError(f"--record {path!r}: not writable ({err.strerror})") from err
+    if not existed:
+        os.remove(path)
+
+
+class FileRecorder(RingSink):
+    """Appends played frames to a sound file; closing it (on stop, Ctrl-C or SIGTERM) finalises
+    the header so the file is complete and valid."""
+
+    name_for_logs = "record"
+
+    def __init__(self, ring: PcmRing, path: str, sample_rate: int):
+        check_record_path(path)
+        super().__init__(ring)
+        file_format, subtype = RECORD_FORMATS[os.path.splitext(path)[1].lower()]
+        self.path = path
+        self.file = soundfile.SoundFile(path, mode="w", samplerate=sample_rate,
+                                        channels=ring.channels, format=file_format, subtype=subtype)
+
+    def consume(self, frames: np.ndarray) -> None:
+        self.file.write(frames)
+
+    def finish(self) -> None:
+        self.file.close()

@@ -1,0 +1,114 @@
+"""The radio: one station with its clock, its outputs and its network side, built from the
+config records and run until stopped. server.py turns flags into these records and calls
+`check`, `load` and `play`.
+
+    prompt → lm (tokens) → codec (PCM) → rt (ring, player, clock) → station → net / outputs
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import threading
+import typing as tp
+
+import torch
+
+from .lm.hardware import resolve_dtype
+from .models.load import ModelLoadError, check_model_name, load_model, resolve_device
+from .net.config import NetworkConfig
+from .net.icecast import IcecastUrlError
+from .net.service import start_network
+from .outputs.base import RingSink
+from .outputs.config import OutputConfig
+from .outputs.file import FileRecorder, RecordPathError
+from .outputs.stdout import PcmPipeSink
+from .rt.clock import PacedClock
+from .rt.device import AudioDeviceError, DeviceOutput
+from .station.config import ConfigError, EngineConfig
+from .station.station import Clock, Station
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: What `check` and `load` raise for input the user can fix (one line, exit code 2).
+INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError)
+
+
+def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -> str:
+    """Refuse, before anything loads, every setting that cannot work; return the device
+    ("cpu" | "cuda") the model will run on. Raises one of INPUT_ERRORS."""
+    engine.validate()
+    check_model_name(engine.model)
+    outputs.validate()
+    network.validate()
+    device = resolve_device(engine.device)
+    try:  # e.g. int8 asked for on CUDA: refused before the model loads
+        resolve_dtype(engine.dtype, torch.device(device))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return device
+
+
+def load(engine: EngineConfig, device: str):
+    """The model (ModelLoadError with what to do when it cannot be loaded)."""
+    return load_model(engine.model, device=device, seed=0)
+
+
+def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,
+         stop: threading.Event) -> int:
+    """Run the station until `stop`, its duration or a failure; return the exit code."""
+    _raise_open_file_limit()
+    station = Station(engine, model, release_lm_weights=True)  # the fast decoder holds its own
+    service = None
+    if network.enabled:
+        service = start_network(station, network)
+        if service is None:
+            return EXIT_BAD_INPUT
+    sinks = _sinks(station, outputs)
+    clock = _clock(station, outputs)
+    for sink in sinks:
+        sink.start()
+    try:
+        station.play(clock, stop)
+    finally:
+        for sink in sinks:
+            sink.stop()
+            sink.join()
+        if service is not None:
+            service.stop()
+    return EXIT_FAILED if station.producer.error is not None else EXIT_OK
+
+
+def _sinks(station: Station, outputs: OutputConfig) -> tp.List[RingSink]:
+    sinks: tp.List[RingSink] = []
+    if outputs.record_path:
+        sinks.append(FileRecorder(station.program_ring, outputs.record_path, station.sample_rate))
+        log.info("record: writing what is played to %s", outputs.record_path)
+    if outputs.stdout:
+        sinks.append(PcmPipeSink(station.program_ring, sys.stdout.buffer))
+        log.info("stdout: raw s16le PCM, %d Hz, %d channel(s)", station.sample_rate, station.channels)
+    return sinks
+
+
+def _clock(station: Station, outputs: OutputConfig) -> Clock:
+    """The sound device when asked for and present, else the system clock."""
+    if outputs.play:
+        try:
+            return DeviceOutput(station.player, device=outputs.audio_device)
+        except AudioDeviceError as err:
+            log.error("%s; the other outputs keep running", err)
+    log.info("clock: no sound device in use; playback paced by the system clock")
+    return PacedClock(station.player)
+
+
+def _raise_open_file_limit() -> None:
+    """Each listener is a socket: allow as many as the system lets this process have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass

@@ -1,1 +1,0 @@
-"""Sinks are readers of the program ring (what was played): sound device, stdout, file."""

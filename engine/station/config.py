@@ -1,0 +1,98 @@
+"""The station's configuration record (model, window, sampling, buffering) and its validation."""
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+from ..lm.hardware import DTYPE_CHOICES
+
+#: MusicGen checkpoints are trained on 30 s excerpts; no window may exceed this.
+MUSICGEN_MAX_DURATION_SECONDS = 30.0
+#: Longest text prompt accepted (characters); longer prompts are refused with an error.
+MAX_PROMPT_CHARS = 2000
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message says which and what to do."""
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    """Everything the engine needs to know, in the units its names say."""
+
+    prompt: str = "warm lofi hip hop with vinyl crackle"
+    model: str = "facebook/musicgen-small"
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
+    # Sliding window (seconds): each stride sees the last `context_seconds` of tokens.
+    window_seconds: float = 30.0
+    context_seconds: float = 20.0
+    stride_seconds: float = 10.0
+    # The first stride's length; each next one doubles up to the stride. None: 1 s on CUDA
+    # (first sound within about a second), the full stride on CPU (which pre-fills anyway).
+    first_stride_seconds: tp.Optional[float] = None
+    # Sampling.
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_coef: float = 3.0
+    seed: int = 0
+    # Buffering (seconds). None: derived from the stride (see `resolved_buffer_ahead_seconds`).
+    buffer_ahead_seconds: tp.Optional[float] = None
+    prefill_seconds: float = 0.0
+    history_seconds: float = 10.0
+    # Stop after this much audio has been played (None: endless).
+    duration_seconds: tp.Optional[float] = None
+
+    @property
+    def resolved_buffer_ahead_seconds(self) -> float:
+        """Default: two strides plus one second, so that a producer at real-time speed
+        starts the next stride with a whole stride still buffered."""
+        if self.buffer_ahead_seconds is not None:
+            return self.buffer_ahead_seconds
+        return 2.0 * self.stride_seconds + 1.0
+
+    def validate(self, max_duration_seconds: float = MUSICGEN_MAX_DURATION_SECONDS) -> None:
+        """Raise ConfigError for any setting a stride loop cannot honour."""
+        if self.stride_seconds <= 0:
+            raise ConfigError(f"--stride must be positive (got {self.stride_seconds:g} s)")
+        if self.context_seconds < 0:
+            raise ConfigError(f"--context must be zero or positive (got {self.context_seconds:g} s)")
+        if self.window_seconds <= 0:
+            raise ConfigError(f"--window must be positive (got {self.window_seconds:g} s)")
+        if self.window_seconds > max_duration_seconds:
+            raise ConfigError(
+                f"--window {self.window_seconds:g} s is longer than the model's maximum of "
+                f"{max_duration_seconds:g} s; use --window {max_duration_seconds:g} or less")
+        if self.context_seconds + self.stride_seconds > self.window_seconds:
+            raise ConfigError(
+                f"--context {self.context_seconds:g} s + --stride {self.stride_seconds:g} s must fit "
+                f"in --window {self.window_seconds:g} s")
+        if self.first_stride_seconds is not None and not 0 < self.first_stride_seconds <= self.stride_seconds:
+            raise ConfigError(f"--first-stride must be between 0 and --stride ({self.stride_seconds:g} s), "
+                              f"got {self.first_stride_seconds:g} s")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be zero or positive (got {self.temperature:g})")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k must be zero or positive (got {self.top_k})")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ConfigError(f"--top-p must be between 0 and 1 (got {self.top_p:g})")
+        if self.cfg_coef < 0:
+            raise ConfigError(f"--cfg must be zero or positive (got {self.cfg_coef:g})")
+        if self.resolved_buffer_ahead_seconds < self.stride_seconds:
+            raise ConfigError(
+                f"--buffer-ahead {self.resolved_buffer_ahead_seconds:g} s must hold at least one "
+                f"stride ({self.stride_seconds:g} s)")
+        if self.prefill_seconds < 0 or self.prefill_seconds > self.resolved_buffer_ahead_seconds:
+            raise ConfigError(
+                f"--prefill must be between 0 and --buffer-ahead "
+                f"({self.resolved_buffer_ahead_seconds:g} s), got {self.prefill_seconds:g} s")
+        if self.duration_seconds is not None and self.duration_seconds <= 0:
+            raise ConfigError(f"--duration must be positive (got {self.duration_seconds:g} s)")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(
+                f"--prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")

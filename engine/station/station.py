@@ -1,0 +1,170 @@
+"""The station: wires generator → stitcher → stream ring → player → program ring for one model
+and one configuration, and plays it from a clock (`play`). Outputs and the network read its
+program ring; they are attached by the caller (engine/radio.py)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import typing as tp
+
+from ..codec.stitcher import StitchingDecoder
+from ..lm.window import SamplingParams, WindowGenerator
+from ..rt.player import Player
+from ..rt.ring import PcmRing
+from .config import EngineConfig
+from .metrics import EngineMetrics
+from .producer import Producer
+
+log = logging.getLogger(__name__)
+
+
+class Clock(tp.Protocol):
+    """What drives the player: the sound device (rt/device.py) or the system clock (rt/clock.py)."""
+    underflows: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Station:
+    """One endless (or `duration_seconds` long) stream of generated music."""
+
+    def __init__(self, config: EngineConfig, model, *, program_seconds: float = 30.0,
+                 release_lm_weights: bool = False):
+        config.validate(max_duration_seconds=float(model.max_duration))
+        self.config = config
+        self.model = model
+        self.sample_rate = int(model.sample_rate)
+        self.channels = int(model.audio_channels)
+        frame_rate = float(model.frame_rate)
+        sr = self.sample_rate
+        self.stride_frames = max(1, round(config.stride_seconds * frame_rate))
+        context_frames = round(config.context_seconds * frame_rate)
+        self.buffer_ahead_samples = int(config.resolved_buffer_ahead_seconds * sr)
+        self.end_sample = None if config.duration_seconds is None else int(round(config.duration_seconds * sr))
+        self.metrics = EngineMetrics(sample_rate=sr, model=config.model, prompt=config.prompt,
+                                     seed=config.seed)
+        self.generator = WindowGenerator(model, context_frames, SamplingParams(
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+            cfg_coef=config.cfg_coef), seed=config.seed, dtype=config.dtype,
+            max_frames=context_frames + self.stride_frames, release_weights=release_lm_weights)
+        self.stitcher = StitchingDecoder(model.compression_model)
+        history = int(config.history_seconds * sr)
+        self.stream_ring = PcmRing(self.buffer_ahead_samples + history + sr, self.channels)
+        self.program_ring = PcmRing(int(program_seconds * sr), self.channels)
+        self.player = Player(self.stream_ring, self.program_ring, sr, end_sample=self.end_sample)
+        self.producer = Producer(
+            self.generator, self.stitcher, self.stream_ring, prompt=config.prompt,
+            stride_frames=self.stride_frames, buffer_ahead_samples=self.buffer_ahead_samples,
+            playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample,
+            first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)),
+            underruns=lambda: self.player.underruns)
+        self.clock: tp.Optional[Clock] = None
+        log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
+                 "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
+                 config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
+                 1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
+
+    @property
+    def first_stride_seconds(self) -> float:
+        """The ramp's first stride: as configured, else 1 s on CUDA and the full stride on CPU."""
+        if self.config.first_stride_seconds is not None:
+            return self.config.first_stride_seconds
+        if self.generator.device.type == "cuda":
+            return min(1.0, self.config.stride_seconds)
+        return self.config.stride_seconds
+
+    # -- running --------------------------------------------------------------------------------
+    def play(self, clock: Clock, stop: threading.Event, poll_seconds: float = 0.1) -> None:
+        """Generate in the calling thread and play from `clock` until `stop` is set, the
+        duration has been played or generation fails (`producer.error`).
+
+        Call it from the process's main thread: OpenMP's workers spin-wait only for the initial
+        thread; for any other thread on 2 cores every small parallel op pays a futex wake-up
+        (measured: 46 instead of 22 ms per decode step). The playback side (pre-fill wait, then
+        the clock) is supervised from a thread of its own."""
+        self.clock = clock
+        self.metrics.started_at = time.monotonic()
+        supervisor = threading.Thread(target=self._supervise, args=(clock, stop, poll_seconds),
+                                      name="station", daemon=True)
+        supervisor.start()
+        try:
+            self.producer.run()
+            while supervisor.is_alive():  # the last stride is written: play it out
+                supervisor.join(timeout=0.2)
+        finally:
+            stop.set()
+            supervisor.join(timeout=30)
+        status = self.status()
+        log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
+                 status["played_seconds"], status["strides"], status["underruns"],
+                 status["first_sound_seconds"])
+
+    def _supervise(self, clock: Clock, stop: threading.Event, poll_seconds: float) -> None:
+        """Pre-fill, then play until stopped, finished or failed; then stop the producer."""
+        try:
+            if self.wait_for_prefill(stop):
+                clock.start()
+                while not stop.is_set() and not self.finished and self.producer.error is None:
+                    stop.wait(poll_seconds)
+        finally:
+            if stop.is_set():
+                log.info("stopping: finishing the outputs")
+            clock.stop()
+            self.producer.stop()
+            self.program_ring.closed = True  # the outputs drain what was played and finish
+
+    def _prefill_target_samples(self) -> int:
+        target = max(1, int(self.config.prefill_seconds * self.sample_rate))
+        return target if self.end_sample is None else min(target, self.end_sample)
+
+    def wait_for_prefill(self, stop: threading.Event, poll_seconds: float = 0.05) -> bool:
+        """Block until enough audio is buffered to start playing. False if stopped or failed."""
+        target = self._prefill_target_samples()
+        log.info("pre-fill: generating the first %.1f s before playback starts",
+                 max(target / self.sample_rate, self.first_stride_seconds))
+        while not stop.is_set():
+            written = self.stream_ring.written_until
+            if written >= target or (written and self.producer.waiting_for_room) or self.producer.done.is_set():
+                break
+            stop.wait(poll_seconds)
+        if stop.is_set() or self.producer.error is not None or self.stream_ring.written_until == 0:
+            return False
+        self.metrics.first_sound_seconds = round(time.monotonic() - self.metrics.started_at, 3)
+        rtf = self.metrics.last_real_time_factor
+        log.info("pre-fill: done in %.1f s, %.1f s buffered; playback starts", self.metrics.first_sound_seconds,
+                 self.buffered_samples / self.sample_rate)
+        if rtf is not None and rtf < 1.0:
+            log.warning("generation runs at %.2fx real time: playback will pause in silence while "
+                        "it catches up; --prefill (with a larger --buffer-ahead) buffers more first",
+                        rtf)
+        return True
+
+    # -- figures -------------------------------------------------------------------------------
+    @property
+    def buffered_samples(self) -> int:
+        """Generated stream samples ahead of the playhead."""
+        return max(0, self.stream_ring.written_until - self.player.playhead)
+
+    def status(self) -> dict:
+        """The station's figures now, read from the parts that own them (the metrics record,
+        the player, the ring readers, the clock); nothing is written here."""
+        sr, player = self.sample_rate, self.player
+        status = self.metrics.snapshot()
+        status.update(
+            channels=self.channels,
+            buffered_seconds=round(self.buffered_samples / sr, 3),
+            played_seconds=round(player.playhead / sr, 3),
+            underruns=player.underruns,
+            underrun_seconds=round(player.underrun_samples / sr, 3),
+            reader_overruns=self.program_ring.reader_overruns,
+            output_underflows=self.clock.underflows if self.clock is not None else 0,
+        )
+        return status
+
+    @property
+    def finished(self) -> bool:
+        """Everything there is to play has been played."""
+        return self.player.finished

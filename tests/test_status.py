@@ -1,0 +1,60 @@
+"""One status snapshot per period, built once and shared by every listener."""
+import asyncio
+import json
+
+from engine.net.broadcast import Broadcaster
+from engine.net.status import StatusPublisher
+from engine.rt.ring import PcmRing
+
+
+class CountingStation:
+    def __init__(self):
+        self.builds = 0
+
+    def status(self) -> dict:
+        self.builds += 1
+        return {"strides": self.builds}
+
+
+def test_every_listener_gets_the_same_message_and_it_is_built_once_per_period():
+    station = CountingStation()
+    broadcaster = Broadcaster(PcmRing(32000, 1), 32000, 1)
+
+    async def scenario():
+        publisher = StatusPublisher(station, broadcaster, period_seconds=0.05)
+        publishing = asyncio.ensure_future(publisher.run())
+
+        async def ticker():
+            return [await publisher.next_message() for _ in range(3)]
+
+        received = await asyncio.gather(*[ticker() for _ in range(500)])
+        publishing.cancel()
+        return publisher, received
+
+    publisher, received = asyncio.run(scenario())
+    assert all(messages == received[0] for messages in received)
+    assert all(a is b for messages in received for a, b in zip(messages, received[0]))  # one string
+    assert [json.loads(m)["strides"] for m in received[0]] == [1, 2, 3]
+    assert station.builds == publisher.builds == 3  # not 3 × 500
+
+
+def test_status_answers_from_a_fresh_snapshot_and_counts_listeners_per_kind():
+    station = CountingStation()
+    broadcaster = Broadcaster(PcmRing(32000, 1), 32000, 1)
+
+    async def scenario():
+        publisher = StatusPublisher(station, broadcaster, max_age_seconds=60)
+        a = broadcaster.join("ws-opus", "opus")
+        broadcaster.join("ws-opus", "opus")
+        broadcaster.join("http-mp3", "mp3")
+        first = publisher.current()
+        again = publisher.current()  # within max_age: the same snapshot, not rebuilt
+        broadcaster.leave(a)
+        publisher.max_age_seconds = 0
+        later = publisher.current()
+        return first, again, later
+
+    first, again, later = asyncio.run(scenario())
+    assert first is again and station.builds == 2
+    assert first["listeners"] == {"ws-opus": 2, "http-mp3": 1} and first["listeners_total"] == 3
+    assert later["listeners"] == {"ws-opus": 1, "http-mp3": 1} and later["listeners_total"] == 2
