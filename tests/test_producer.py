@@ -107,19 +107,3 @@ def test_first_strides_ramp_up_to_the_stride(tiny_model):
     assert frames == [6, 12, 24, 40, 40, 28]
     assert ring.written_until == end
 
-
-def test_the_producer_runs_in_the_calling_thread(tiny_model):
-    """The server generates in its main thread (OpenMP's workers stay warm only there)."""
-    end = int(1.0 * SR)
-    producer, ring, _ = make_producer(tiny_model, lambda: ring.written_until, end_sample=end)
-    threads = set()
-    original = producer.generator.next_stride
-
-    def next_stride(*args, **kwargs):
-        threads.add(threading.get_ident())
-        return original(*args, **kwargs)
-
-    producer.generator.next_stride = next_stride
-    producer.run()
-    assert threads == {threading.get_ident()}
-    assert producer.done.is_set() and ring.written_until == end
