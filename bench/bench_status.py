@@ -44,7 +44,7 @@ async def measure(listeners: int, period_seconds: float, reps: int) -> tuple:
     await asyncio.sleep(0)
     started = time.process_time()
     for _ in range(reps):
-        json.dumps({"type": "status", **publisher._build()})
+        json.dumps({"type": "status", **publisher.snapshot()})
     per_build = (time.process_time() - started) / reps
     for task in idle:
         task.cancel()

@@ -38,23 +38,21 @@ def test_every_listener_gets_the_same_message_and_it_is_built_once_per_period():
     assert station.builds == publisher.builds == 3  # not 3 × 500
 
 
-def test_status_answers_from_a_fresh_snapshot_and_counts_listeners_per_kind():
+def test_status_counts_listeners_per_kind_without_visiting_them():
     station = CountingStation()
     broadcaster = Broadcaster(PcmRing(32000, 1), 32000, 1)
 
     async def scenario():
-        publisher = StatusPublisher(station, broadcaster, max_age_seconds=60)
+        publisher = StatusPublisher(station, broadcaster)
         a = broadcaster.join("ws-opus", "opus")
         broadcaster.join("ws-opus", "opus")
         broadcaster.join("http-mp3", "mp3")
-        first = publisher.current()
-        again = publisher.current()  # within max_age: the same snapshot, not rebuilt
+        first = publisher.snapshot()
         broadcaster.leave(a)
-        publisher.max_age_seconds = 0
-        later = publisher.current()
-        return first, again, later
+        broadcaster.leave(a)  # twice: counted once
+        return first, publisher.snapshot()
 
-    first, again, later = asyncio.run(scenario())
-    assert first is again and station.builds == 2
+    first, later = asyncio.run(scenario())
     assert first["listeners"] == {"ws-opus": 2, "http-mp3": 1} and first["listeners_total"] == 3
     assert later["listeners"] == {"ws-opus": 1, "http-mp3": 1} and later["listeners_total"] == 2
+    assert station.builds == 2

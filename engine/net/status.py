@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import typing as tp
 
 from .broadcast import Broadcaster
@@ -15,42 +14,32 @@ STATUS_PERIOD_SECONDS = 2.0
 
 class StatusPublisher:
     """`/status` and the WebSocket `status` messages, from `station.status()` plus the network
-    figures. Runs on the network loop: `run()` publishes every `period_seconds`; `current()`
-    answers `/status` from a snapshot at most `max_age_seconds` old."""
+    figures. Runs on the network loop: `run()` publishes one message every `period_seconds` for
+    all WebSocket listeners; `snapshot()` answers one `/status` request, fresh."""
 
-    def __init__(self, station, broadcaster: Broadcaster, period_seconds: float = STATUS_PERIOD_SECONDS,
-                 max_age_seconds: float = 0.25):
+    def __init__(self, station, broadcaster: Broadcaster, period_seconds: float = STATUS_PERIOD_SECONDS):
         self.station = station
         self.broadcaster = broadcaster
         self.period_seconds = period_seconds
-        self.max_age_seconds = max_age_seconds
         self.builds = 0  # snapshots built so far
-        self._snapshot: tp.Optional[dict] = None
-        self._built_at = float("-inf")
         self._message = ""  # the last published `status` message, serialised once
         self._published: tp.Optional[asyncio.Event] = None
 
-    def _build(self) -> dict:
+    def snapshot(self) -> dict:
+        """The station's and the network's figures now."""
         b = self.broadcaster
         snapshot = self.station.status()
         snapshot.update(listeners=b.counts(), listeners_total=len(b.listeners),
                         listeners_dropped=b.dropped_total, network_tasks=len(asyncio.all_tasks()))
-        self._snapshot, self._built_at = snapshot, time.monotonic()
         self.builds += 1
         return snapshot
-
-    def current(self) -> dict:
-        """The latest snapshot, rebuilt when older than `max_age_seconds`."""
-        if self._snapshot is None or time.monotonic() - self._built_at > self.max_age_seconds:
-            return self._build()
-        return self._snapshot
 
     async def run(self) -> None:
         """Publish a snapshot every period until cancelled."""
         self._published = self._published or asyncio.Event()
         while True:
             await asyncio.sleep(self.period_seconds)
-            self._message = json.dumps({"type": "status", **self._build()})
+            self._message = json.dumps({"type": "status", **self.snapshot()})
             published, self._published = self._published, asyncio.Event()
             published.set()
 

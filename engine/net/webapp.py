@@ -51,7 +51,7 @@ class RadioWeb:
         return web.FileResponse(os.path.join(self.web_root, "index.html"))
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.publisher.current())
+        return web.json_response(self.publisher.snapshot())
 
     # -- WebSocket -------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
