@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--icecast", action="append", default=[], metavar="URL",
                    help="push to an Icecast server: icecast://source:PASSWORD@HOST:PORT/mount.opus "
                         "(or .mp3); repeat for several mounts")
+    g.add_argument("--control-token", default=None, metavar="TOKEN",
+                   help="token that POST /control and WebSocket commands need (at least 8 characters); "
+                        "default: generated and printed once on a loopback address, control off on others")
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="(default: %(default)s)")
     return p
@@ -98,7 +101,7 @@ def configs_from_args(args):
                            record_path=args.record)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,
                             burst_seconds=args.burst, max_lag_seconds=args.max_lag,
-                            icecast_urls=tuple(args.icecast))
+                            icecast_urls=tuple(args.icecast), control_token=args.control_token)
     return engine, outputs, network
 
 

@@ -25,7 +25,7 @@ class FakeStation:
 
     def __init__(self):
         from engine.station.metrics import EngineMetrics
-        self.metrics = EngineMetrics(sample_rate=32000, model="tiny", prompt="lofi", seed=1)
+        self.metrics = EngineMetrics(sample_rate=32000, model="tiny", seed=1)
 
     def status(self) -> dict:
         return self.metrics.snapshot()

@@ -132,8 +132,19 @@ def test_malformed_client_messages_close_with_the_right_code(server):
                 if isinstance(message, str) and json.loads(message)["type"] == "pong":
                     return True
 
+    async def error_reply(payload):
+        async with websockets.connect(server.ws_url + "?codec=pcm", max_queue=None) as ws:
+            await ws.recv()
+            await ws.send(payload)
+            while True:
+                message = await asyncio.wait_for(ws.recv(), timeout=5)
+                if isinstance(message, str) and json.loads(message)["type"] == "error":
+                    return json.loads(message)
+
     assert run(send_and_wait("hello?")) == 1008
-    assert run(send_and_wait(json.dumps({"type": "skip"}))) == 1008
+    assert run(send_and_wait("[1, 2]")) == 1008
+    error = run(error_reply(json.dumps({"type": "skip", "id": 5})))  # answered, connection kept
+    assert error["id"] == 5 and "needs the station's token" in error["error"]  # asked first
     assert run(send_and_wait(b"\x00\x01")) == 1003
     assert run(send_and_wait("x" * 10000)) == 1009
     assert run(ping())

@@ -2,6 +2,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from engine.rt.ring import PcmRing, RingReader
 
@@ -129,3 +130,21 @@ def test_channels_stay_interleaved():
     out = np.empty((5, 2), np.float32)
     assert ring.read_into(9, out)
     assert np.array_equal(out[:, 1] - out[:, 0], np.full(5, 0.5, np.float32))
+
+
+def test_the_writer_takes_back_unread_samples_and_rewrites_them_in_place():
+    ring = PcmRing(100, 2)
+    reader = RingReader(ring, start=0)
+    ring.write(ramp(0, 90))
+    assert np.array_equal(reader.read(30), ramp(0, 30))
+    ring.take_back(50)  # samples 50..89 are replaced
+    replacement = ramp(50, 70) + 1000.0
+    ring.write(replacement)
+    assert ring.written_until == 120
+    got = reader.read(200)  # 30..119: the old samples up to 50, the new ones after
+    assert np.array_equal(got[:20], ramp(30, 20)) and np.array_equal(got[20:], replacement)
+    assert reader.overruns == 0
+    # Nothing before the oldest kept sample or beyond what was written can be taken back.
+    for bad in (ring.oldest_kept - 1, ring.written_until + 1):
+        with pytest.raises(ValueError, match="cannot take back"):
+            ring.take_back(bad)

@@ -82,6 +82,25 @@ class StitchingDecoder:
         """Frames of codes received but not yet decodable to final audio."""
         return self.pre_right_frames + self.post_right_frames
 
+    #: What `snapshot` keeps: every field that changes as codes are pushed. Tensors are replaced,
+    #: never written in place, so a shallow copy is a true snapshot.
+    _STATE_FIELDS = ("_codes", "_codes_start", "_codes_end", "_lstm_state", "_lstm_frames",
+                     "_feats", "_feats_start", "emitted_samples")
+
+    @property
+    def frames_pushed(self) -> int:
+        """Codes received so far (the stream's frame count)."""
+        return self._codes_end
+
+    def snapshot(self) -> tp.Dict[str, tp.Any]:
+        """The decoder's state now; `restore` returns to it, so that codes pushed from here can
+        be replaced by others (a cut-in) and the stream stays one one-shot decode."""
+        return {name: getattr(self, name) for name in self._STATE_FIELDS}
+
+    def restore(self, state: tp.Dict[str, tp.Any]) -> None:
+        for name in self._STATE_FIELDS:
+            setattr(self, name, state[name])
+
     def reset(self) -> None:
         """Forget the stream; the next push starts at sample 0."""
         self._codes: tp.Optional[torch.Tensor] = None  # [B, K, n] codes from frame `_codes_start`

@@ -94,6 +94,13 @@ class WindowGenerator:
         else:
             self._context = codes[..., -self.context_frames:].to(self.device).clone()
 
+    def restart_at(self, frame: int, context: tp.Optional[torch.Tensor]) -> None:
+        """Continue from stream frame `frame`, prompted by `context` codes [1, K, T] (their last
+        `context_frames`; None: from nothing, a new piece). A cut-in rewinds this way; the
+        stride count, and so the seeds, go on."""
+        self.set_context(context)
+        self.frames_emitted = int(frame)
+
     def _conditions(self, prompt: str):
         attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None)
         return attributes

@@ -20,6 +20,8 @@ class NetworkConfig:
     burst_seconds: float = 2.0  # audio a new listener gets at once
     max_lag_seconds: float = 10.0  # a listener this far behind the live point is dropped
     icecast_urls: tp.Tuple[str, ...] = ()  # icecast://source:PASSWORD@HOST:PORT/mount.opus|.mp3
+    # Control needs this token; None: generated on loopback, control off elsewhere (net/control.py).
+    control_token: tp.Optional[str] = None
 
     def icecast_targets(self) -> tp.List[IcecastTarget]:
         """The parsed --icecast URLs (IcecastUrlError names a malformed one)."""
@@ -36,5 +38,7 @@ class NetworkConfig:
         targets = self.icecast_targets()
         if targets and not self.enabled:
             raise ConfigError("--icecast needs the network side: drop --no-network")
+        if self.control_token is not None and len(self.control_token) < 8:
+            raise ConfigError("--control-token must be at least 8 characters")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535 (got {self.port})")

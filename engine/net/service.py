@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import typing as tp
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from .broadcast import Broadcaster
 from .config import NetworkConfig
+from .control import ControlAuth, Controller
 from .icecast import IcecastSource
 from .status import StatusPublisher
 from .webapp import RadioWeb
@@ -32,6 +34,8 @@ class NetworkThread(threading.Thread):
                                        burst_seconds=config.burst_seconds,
                                        max_lag_seconds=config.max_lag_seconds)
         self.publisher = StatusPublisher(station, self.broadcaster)
+        self.auth = ControlAuth(config.host, config.control_token)
+        self.controller = Controller(station, self.auth)
         self.icecast_sources = [IcecastSource(target, self.broadcaster, station.config.prompt)
                                 for target in config.icecast_targets()]
         self.ready = threading.Event()
@@ -50,7 +54,7 @@ class NetworkThread(threading.Thread):
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self.broadcaster.start()
-        app = RadioWeb(self.station, self.broadcaster, self.publisher).app()
+        app = RadioWeb(self.station, self.broadcaster, self.publisher, self.controller).app()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -59,13 +63,28 @@ class NetworkThread(threading.Thread):
         tasks = [asyncio.ensure_future(self.publisher.run())]
         tasks += [asyncio.ensure_future(source.run()) for source in self.icecast_sources]
         log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
-                 "/stream.mp3, /status", self.host, self.port, self.host, self.port)
+                 "/stream.mp3, /status, /control", self.host, self.port, self.host, self.port)
+        self._announce_control()
         self.ready.set()
         await self._stop_requested.wait()
         for task in tasks:
             task.cancel()
         await self.broadcaster.stop()
         await runner.cleanup()
+
+    def _announce_control(self) -> None:
+        """Say how control works; a generated token is printed once, with the page URL (to the
+        terminal, not through the log: it is a secret)."""
+        if not self.auth.enabled:
+            log.warning("control: off - serving %s without --control-token, so the station is "
+                        "listen-only; give --control-token TOKEN to steer it", self.host)
+        elif self.auth.generated:
+            log.info("control: a token was generated for this run (--control-token sets your own)")
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            print(f"\n    Steer the station at http://{host}:{self.port}/?token={self.auth.token}\n",
+                  file=sys.stderr, flush=True)
+        else:
+            log.info("control: on, with the token given by --control-token")
 
     def stop(self) -> None:
         if self.loop is not None and self._stop_requested is not None:

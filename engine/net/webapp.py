@@ -13,11 +13,13 @@ import logging
 import os
 import socket
 import time
+import typing as tp
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import protocol
 from .broadcast import Broadcaster
+from .control import Controller
 from .encoders import OPUS_RATE, PACKET_SECONDS
 from .status import StatusPublisher
 
@@ -31,16 +33,18 @@ class RadioWeb:
     """Handlers bound to one station and its broadcaster."""
 
     def __init__(self, station, broadcaster: Broadcaster, publisher: StatusPublisher,
-                 web_root: str = WEB_ROOT):
+                 controller: Controller, web_root: str = WEB_ROOT):
         self.station = station
         self.broadcaster = broadcaster
         self.publisher = publisher
+        self.controller = controller
         self.web_root = web_root
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/", self.index)
         app.router.add_get("/status", self.status)
+        app.router.add_post("/control", self.control)
         app.router.add_get("/ws", self.websocket)
         app.router.add_get("/stream.opus", self.http_stream)
         app.router.add_get("/stream.mp3", self.http_stream)
@@ -52,6 +56,19 @@ class RadioWeb:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.publisher.snapshot())
+
+    async def control(self, request: web.Request) -> web.Response:
+        """POST /control: one JSON command; the token as `Authorization: Bearer TOKEN`,
+        `?token=TOKEN` or a "token" field."""
+        if request.content_length is not None and request.content_length > protocol.MAX_CLIENT_MESSAGE_BYTES:
+            return web.json_response({"type": "error", "id": None, "error": (
+                f"a command is at most {protocol.MAX_CLIENT_MESSAGE_BYTES} bytes")}, status=413)
+        try:
+            message = json.loads(await request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1))
+        except ValueError:
+            message = None
+        result = self.controller.handle(message, _request_token(request))
+        return web.json_response(result, status=result.pop("http_status", 200))
 
     # -- WebSocket -------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
@@ -101,19 +118,26 @@ class RadioWeb:
             await ws.send_str(message)
 
     async def _read_client(self, ws, request) -> None:
-        """Client messages: {"type": "ping"} is answered; anything else closes the connection."""
+        """Client messages: {"type": "ping"} is answered with a pong and control commands with
+        their result or error; a message that is not a JSON object closes the connection."""
+        token = _request_token(request)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 try:
                     message = json.loads(msg.data)
                 except ValueError:
                     message = None
-                if isinstance(message, dict) and message.get("type") == "ping":
+                if not isinstance(message, dict):
+                    await _close_ws(ws, request, WSCloseCode.POLICY_VIOLATION,
+                                    "messages are JSON objects with a \"type\"")
+                    break
+                if message.get("type") == "ping":
                     await ws.send_str(json.dumps({"type": "pong", "time": time.time()}))
                     continue
-                await _close_ws(ws, request, WSCloseCode.POLICY_VIOLATION,
-                                'unknown message: only {"type": "ping"} is accepted')
-                break
+                result = self.controller.handle(message, token)
+                result.pop("http_status", None)
+                await ws.send_str(json.dumps(result))
+                continue
             if msg.type == WSMsgType.BINARY:
                 await _close_ws(ws, request, WSCloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
                 break
@@ -146,6 +170,14 @@ class RadioWeb:
         finally:
             self.broadcaster.leave(listener)
         return response
+
+
+def _request_token(request: web.Request) -> tp.Optional[str]:
+    """The control token a request offers: `Authorization: Bearer TOKEN` or `?token=TOKEN`."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer "):].strip()
+    return request.query.get("token")
 
 
 def _small_send_buffers(request: web.Request) -> None:

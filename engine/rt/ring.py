@@ -45,9 +45,20 @@ class PcmRing:
         if n > self.capacity_samples:
             raise ValueError(f"write of {n} samples exceeds the ring's {self.capacity_samples}")
         start = self.written_until
-        self._claimed_until = start + n
+        self._claimed_until = max(self._claimed_until, start + n)  # never back: see take_back
         self._copy_in(start, frames)
         self.written_until = start + n
+
+    def take_back(self, to_sample: int) -> None:
+        """The writer forgets its samples from `to_sample` on; the next write starts there (a
+        cut-in replaces buffered audio). Only for samples no reader has reached: the caller
+        keeps `to_sample` ahead of every reader's cursor (the player's playhead plus what one
+        render reads). The claim stays where it was, so `oldest_kept` never moves back over
+        slots already overwritten."""
+        if not self.oldest_kept <= to_sample <= self.written_until:
+            raise ValueError(f"cannot take back to sample {to_sample}: the ring holds "
+                             f"[{self.oldest_kept}, {self.written_until})")
+        self.written_until = int(to_sample)
 
     def _copy_in(self, start: int, frames: np.ndarray) -> None:
         at = start % self.capacity_samples

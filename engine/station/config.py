@@ -10,10 +10,33 @@ from ..lm.hardware import DTYPE_CHOICES
 MUSICGEN_MAX_DURATION_SECONDS = 30.0
 #: Longest text prompt accepted (characters); longer prompts are refused with an error.
 MAX_PROMPT_CHARS = 2000
+#: Upper bounds of the sampling settings (flags and control commands alike).
+MAX_TEMPERATURE = 10.0
+MAX_TOP_K = 2048  # MusicGen's codebook size
+MAX_CFG = 30.0
 
 
 class ConfigError(ValueError):
     """A setting is out of range; the message says which and what to do."""
+
+
+#: How the sampling settings are named on the command line and in control commands.
+FLAG_NAMES = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "cfg": "--cfg"}
+COMMAND_NAMES = {name: name for name in FLAG_NAMES}
+
+
+def validate_sampling(temperature: float, top_k: int, top_p: float, cfg: float,
+                      names: tp.Mapping[str, str] = FLAG_NAMES) -> None:
+    """Raise ConfigError for sampling settings out of range, naming them as `names` does.
+    temperature 0 is greedy; top_k 0 and top_p 0 disable those filters."""
+    if not 0 <= temperature <= MAX_TEMPERATURE:
+        raise ConfigError(f"{names['temperature']} must be between 0 and {MAX_TEMPERATURE:g} (got {temperature:g})")
+    if not 0 <= top_k <= MAX_TOP_K:
+        raise ConfigError(f"{names['top_k']} must be between 0 and {MAX_TOP_K} (got {top_k})")
+    if not 0.0 <= top_p <= 1.0:
+        raise ConfigError(f"{names['top_p']} must be between 0 and 1 (got {top_p:g})")
+    if not 0 <= cfg <= MAX_CFG:
+        raise ConfigError(f"{names['cfg']} must be between 0 and {MAX_CFG:g} (got {cfg:g})")
 
 
 @dataclasses.dataclass
@@ -71,14 +94,7 @@ class EngineConfig:
         if self.first_stride_seconds is not None and not 0 < self.first_stride_seconds <= self.stride_seconds:
             raise ConfigError(f"--first-stride must be between 0 and --stride ({self.stride_seconds:g} s), "
                               f"got {self.first_stride_seconds:g} s")
-        if self.temperature < 0:
-            raise ConfigError(f"--temperature must be zero or positive (got {self.temperature:g})")
-        if self.top_k < 0:
-            raise ConfigError(f"--top-k must be zero or positive (got {self.top_k})")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ConfigError(f"--top-p must be between 0 and 1 (got {self.top_p:g})")
-        if self.cfg_coef < 0:
-            raise ConfigError(f"--cfg must be zero or positive (got {self.cfg_coef:g})")
+        validate_sampling(self.temperature, self.top_k, self.top_p, self.cfg_coef)
         if self.resolved_buffer_ahead_seconds < self.stride_seconds:
             raise ConfigError(
                 f"--buffer-ahead {self.resolved_buffer_ahead_seconds:g} s must hold at least one "

@@ -27,7 +27,6 @@ class EngineMetrics:
 
     sample_rate: int
     model: str = ""
-    prompt: str = ""
     seed: int = 0
     started_at: float = dataclasses.field(default_factory=time.monotonic)  # station: play()
     strides: tp.List[StrideRecord] = dataclasses.field(default_factory=list)  # producer
@@ -47,7 +46,6 @@ class EngineMetrics:
         last = strides[-1] if strides else None
         return {
             "model": self.model,
-            "prompt": self.prompt,
             "seed": self.seed,
             "sample_rate": self.sample_rate,
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),

@@ -15,10 +15,12 @@ import typing as tp
 
 import numpy as np
 
+from ..codec.rewindable import RewindableDecoder
 from ..codec.stitcher import StitchingDecoder
 from ..lm.window import WindowGenerator
 from ..rt.ring import PcmRing
 from .metrics import EngineMetrics, StrideRecord
+from .steering import Change, Conditions, Steering
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +29,48 @@ class _Stopped(Exception):
     """Raised from the generation progress callback to abandon a stride on shutdown."""
 
 
+class _CutIn(Exception):
+    """Raised from the generation progress callback to abandon a stride for a cut-in."""
+
+
 class Producer:
     """Strides of `stride_frames` codes → seam-free PCM → `ring`, paced by `playhead()`.
     `run()` loops in the calling thread until `stop()`, the end or a failure.
 
     `first_stride_frames`: the first stride is this short and each next one doubles up to
     `stride_frames` (1, 2, 4, 8, 10 s…), so that the first sound comes after a short stride when
-    generation is fast enough to keep ahead of the ramp (a GPU); default: no ramp."""
+    generation is fast enough to keep ahead of the ramp (a GPU); default: no ramp.
+
+    Steering (`steering`): changes are taken before each stride. "next" ones condition the next
+    stride; "now" ones cut in (`_cut_in`): the stride in progress is abandoned, the buffered audio
+    from the earliest sample that can be regenerated in time is taken back, and generation
+    restarts from that frame with a short stride (`cut_stride_frames`, then the ramp again)."""
 
     def __init__(self, generator: WindowGenerator, stitcher: StitchingDecoder, ring: PcmRing, *,
                  prompt: str, stride_frames: int, buffer_ahead_samples: int,
                  playhead: tp.Callable[[], int], metrics: EngineMetrics,
                  end_sample: tp.Optional[int] = None, poll_seconds: float = 0.02,
                  first_stride_frames: tp.Optional[int] = None,
-                 underruns: tp.Callable[[], int] = lambda: 0):
+                 underruns: tp.Callable[[], int] = lambda: 0,
+                 steering: tp.Optional[Steering] = None, cut_stride_frames: int = 50,
+                 safety_seconds: float = 0.25, fade_seconds: float = 0.03):
         self.generator = generator
         self.stitcher = stitcher
         self.ring = ring
-        self.prompt = prompt
+        self.steering = steering or Steering(Conditions(prompt, generator.sampling))
         self.stride_frames = int(stride_frames)
         self.first_stride_frames = min(self.stride_frames, int(first_stride_frames or stride_frames))
+        self.cut_stride_frames = min(self.stride_frames, int(cut_stride_frames))
         self.buffer_ahead_samples = int(buffer_ahead_samples)
+        # Codes and decoder snapshots far enough back to cut in anywhere in the buffer.
+        buffer_frames = -(-self.buffer_ahead_samples // stitcher.hop_samples)
+        self.decoder = RewindableDecoder(stitcher, keep_frames=generator.context_frames + buffer_frames
+                                         + 2 * self.stride_frames + stitcher.holdback_frames,
+                                         chunk_frames=self.stride_frames)
+        self.safety_samples = int(safety_seconds * metrics.sample_rate)  # ahead of the playhead
+        self.fade_samples = max(1, int(fade_seconds * metrics.sample_rate))  # a new piece's dip
+        self._ramp_index = 0  # strides since the start or the last cut-in
+        self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
         self.playhead = playhead
         self.underruns = underruns  # the player's count, for the stride log
         self.metrics = metrics
@@ -66,10 +89,19 @@ class Producer:
     def stop(self) -> None:
         self._stop_event.set()
 
+    @property
+    def prompt(self) -> str:
+        return self.steering.latest.prompt
+
+    @property
+    def next_stride_sample(self) -> int:
+        """The stream sample from which the next stride's codes are heard."""
+        return max(0, self.generator.frames_emitted - self.stitcher.holdback_frames) * self.hop_samples
+
     def _next_stride(self) -> tp.Tuple[int, int, bool]:
         """(frames to generate, ring end after writing them, is this the last stride)."""
         emitted = self.generator.frames_emitted
-        index = min(self.generator.stride_index, 30)
+        index = min(self._ramp_index, 30)
         frames = min(self.stride_frames, self.first_stride_frames << index)
         if self.end_frames is not None and emitted + frames >= self.end_frames:
             return self.end_frames - emitted, self.end_sample, True
@@ -81,13 +113,14 @@ class Producer:
         stride's time (and the real-time factor the pre-fill judges by) is a steady one."""
         started = time.monotonic()
         self.stitcher.push(self.generator.warm_up(self.prompt))
-        self.stitcher.reset()
+        self.decoder.reset()
         log.info("warm-up: decoder and codec ready in %.2f s", time.monotonic() - started)
 
     def run(self) -> None:
         try:
             self._warm_up()
             while not self._stop_event.is_set():
+                self._apply_changes()
                 frames, written_after, last = self._next_stride()
                 if written_after - self.playhead() > self.buffer_ahead_samples:
                     self.waiting_for_room = True
@@ -95,7 +128,11 @@ class Producer:
                     self._stop_event.wait(self.poll_seconds)
                     continue
                 self.waiting_for_room = False
-                self._produce(frames, last)
+                try:
+                    self._produce(frames, last)
+                except _CutIn:
+                    log.info("producer: stride abandoned for a cut-in")
+                    continue
                 if last:
                     log.info("producer: all %.1f s of audio generated", self.end_sample / self.sample_rate)
                     break
@@ -112,24 +149,110 @@ class Producer:
         index = self.generator.stride_index
         started = time.monotonic()
         progress = _ProgressLog(index, started, stop_event=self._stop_event,
-                                in_prefill=lambda: self.metrics.first_sound_seconds is None)
+                                in_prefill=lambda: self.metrics.first_sound_seconds is None,
+                                cut_requested=self.steering.cut_requested)
         codes = self.generator.next_stride(self.prompt, frames, progress)
-        pcm = self.stitcher.push(codes)
+        pcm = self.decoder.push(codes)
         if last:
-            pcm = np.concatenate([pcm, self.stitcher.flush()])
+            pcm = np.concatenate([pcm, self.decoder.flush()])
             pcm = pcm[:max(0, self.end_sample - self.ring.written_until)]
         elapsed = time.monotonic() - started
-        for at in range(0, pcm.shape[0], self.ring.capacity_samples):
-            self.ring.write(pcm[at:at + self.ring.capacity_samples])
+        self._write(pcm)
+        self._ramp_index += 1
         ahead = self.ring.written_until - self.playhead()
         self.max_ahead_samples = max(self.max_ahead_samples, ahead)
         self.metrics.written_samples = self.ring.written_until
         record = StrideRecord(index=index, audio_seconds=frames * self.hop_samples / self.sample_rate,
                               generation_seconds=elapsed)
         self.metrics.add_stride(record)
+        self.steering.forget_before(self.playhead())
         log.info("stride %d: %.2f s of audio in %.2f s (real-time factor %.2fx), %.1f s buffered "
                  "ahead, %d underruns so far", index, record.audio_seconds, elapsed,
                  record.real_time_factor, ahead / self.sample_rate, self.underruns())
+
+    def _write(self, pcm: np.ndarray) -> None:
+        if self._fade_in_at is not None and self._fade_in_at == self.ring.written_until and len(pcm):
+            n = min(self.fade_samples, pcm.shape[0])
+            pcm = pcm.copy()
+            pcm[:n] *= np.linspace(0.0, 1.0, self.fade_samples, dtype=np.float32)[:n, None]
+            self._fade_in_at = None
+        for at in range(0, pcm.shape[0], self.ring.capacity_samples):
+            self.ring.write(pcm[at:at + self.ring.capacity_samples])
+
+    # -- steering -------------------------------------------------------------------------------
+    def _apply_changes(self) -> None:
+        """Take the pending changes: "now" ones cut in where they can, the rest condition the
+        next stride."""
+        changes = self.steering.take()
+        if not changes:
+            return
+        conditions = self.steering.latest
+        for change in changes:
+            conditions = change.apply_to(conditions)
+        new_piece = any(change.new_piece for change in changes)
+        cut = any(change.when == "now" for change in changes) and self._cut_in()
+        if new_piece:
+            self._start_new_piece()
+        self.generator.sampling = conditions.sampling
+        self.steering.record(self.next_stride_sample, conditions, changes)
+        log.info("control: %s from %.2f s of the stream (%s)%s",
+                 "; ".join(_summary(change) for change in changes), self.next_stride_sample / self.sample_rate,
+                 "cut in" if cut else "next stride", ", new piece" if new_piece else "")
+
+    def _cut_in(self) -> bool:
+        """Rewind to the earliest frame whose audio can still be regenerated before the playhead
+        reaches it (the playhead plus the safety margin plus the estimated time to generate the
+        first stride after the cut). False when that lies beyond what is buffered: the change
+        then simply conditions the next stride."""
+        hop, holdback = self.hop_samples, self.stitcher.holdback_frames
+        lead = self.safety_samples + int(self._estimate_seconds(self.cut_stride_frames) * self.sample_rate)
+        frame = -(-(self.playhead() + lead) // hop) + holdback  # its codes change samples ≥ (frame − holdback) · hop
+        frame = max(frame, self.decoder.earliest_rewind_frame)
+        if frame >= self.generator.frames_emitted or self.ring.closed:
+            return False
+        context_from = max(0, frame - self.generator.context_frames)
+        context = self.decoder.codes(context_from, frame) if frame > context_from else None
+        self.decoder.rewind(frame)
+        self.ring.take_back(self.decoder.emitted_samples)
+        self.steering.take_back(self.decoder.emitted_samples)
+        self.generator.restart_at(frame, context)
+        self.metrics.written_samples = self.ring.written_until
+        self._ramp_index = 0
+        self.first_stride_frames = self.cut_stride_frames
+        return True
+
+    def _estimate_seconds(self, frames: int) -> float:
+        """How long a stride of `frames` will take, from the last one (prefill + per frame)."""
+        if not self.metrics.strides:
+            return 0.0
+        last = self.metrics.strides[-1]
+        last_frames = max(1, round(last.audio_seconds * self.sample_rate / self.hop_samples))
+        prefill = float(self.generator.last_timings.get("prefill_seconds", 0.0))
+        per_frame = max(0.0, last.generation_seconds - prefill) / last_frames
+        return 1.25 * (prefill + per_frame * frames)
+
+    def _start_new_piece(self) -> None:
+        """Forget the token context; dip the audio around the join (fade out what is buffered
+        up to it, fade the new piece in), where the samples before it are not played yet."""
+        self.generator.set_context(None)
+        join = self.ring.written_until
+        start = join - self.fade_samples
+        if start >= self.playhead() + self.safety_samples and start >= self.ring.oldest_kept:
+            tail = np.empty((self.fade_samples, self.ring.channels), np.float32)
+            if self.ring.read_into(start, tail):
+                self.ring.take_back(start)
+                self.ring.write(tail * np.linspace(1.0, 0.0, self.fade_samples, dtype=np.float32)[:, None])
+        self._fade_in_at = join
+
+
+def _summary(change: Change) -> str:
+    parts = []
+    if change.prompt is not None:
+        parts.append(f"prompt {change.prompt[:80]!r}")
+    parts += [f"{name} {value:g}" for name, value in change.sampling.items()]
+    if change.new_piece:
+        parts.append("new piece")
+    return ", ".join(parts) or "no change"
 
 
 class ProducerThread(threading.Thread):
@@ -149,11 +272,13 @@ class ProducerThread(threading.Thread):
 
 
 class _ProgressLog:
-    """Percent lines while a stride is generated during pre-fill (INFO), quiet afterwards."""
+    """Percent lines while a stride is generated during pre-fill (INFO), quiet afterwards; it
+    abandons the stride on shutdown and for a cut-in."""
 
     def __init__(self, index: int, started: float, stop_event: threading.Event,
-                 in_prefill: tp.Callable[[], bool]):
+                 in_prefill: tp.Callable[[], bool], cut_requested: threading.Event):
         self.index = index
+        self.cut_requested = cut_requested
         self.started = started
         self.in_prefill = in_prefill
         self.stop_event = stop_event
@@ -162,6 +287,8 @@ class _ProgressLog:
     def __call__(self, step: int, total: int) -> None:
         if self.stop_event.is_set():
             raise _Stopped()
+        if self.cut_requested.is_set():
+            raise _CutIn()
         percent = 100 * step // max(total, 1)
         if percent < self.next_percent or not self.in_prefill():
             return

@@ -15,8 +15,12 @@ from ..rt.ring import PcmRing
 from .config import EngineConfig
 from .metrics import EngineMetrics
 from .producer import Producer
+from .steering import Conditions, Steering
 
 log = logging.getLogger(__name__)
+
+#: The first stride after a cut-in: short, so that the change is heard soon (then the ramp).
+CUT_STRIDE_SECONDS = 1.0
 
 
 class Clock(tp.Protocol):
@@ -44,12 +48,14 @@ class Station:
         context_frames = round(config.context_seconds * frame_rate)
         self.buffer_ahead_samples = int(config.resolved_buffer_ahead_seconds * sr)
         self.end_sample = None if config.duration_seconds is None else int(round(config.duration_seconds * sr))
-        self.metrics = EngineMetrics(sample_rate=sr, model=config.model, prompt=config.prompt,
+        self.metrics = EngineMetrics(sample_rate=sr, model=config.model,
                                      seed=config.seed)
-        self.generator = WindowGenerator(model, context_frames, SamplingParams(
-            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-            cfg_coef=config.cfg_coef), seed=config.seed, dtype=config.dtype,
-            max_frames=context_frames + self.stride_frames, release_weights=release_lm_weights)
+        sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
+                                  top_p=config.top_p, cfg_coef=config.cfg_coef)
+        self.steering = Steering(Conditions(config.prompt, sampling))
+        self.generator = WindowGenerator(model, context_frames, sampling, seed=config.seed,
+                                         dtype=config.dtype, max_frames=context_frames + self.stride_frames,
+                                         release_weights=release_lm_weights)
         self.stitcher = StitchingDecoder(model.compression_model)
         history = int(config.history_seconds * sr)
         self.stream_ring = PcmRing(self.buffer_ahead_samples + history + sr, self.channels)
@@ -60,7 +66,8 @@ class Station:
             stride_frames=self.stride_frames, buffer_ahead_samples=self.buffer_ahead_samples,
             playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample,
             first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)),
-            underruns=lambda: self.player.underruns)
+            underruns=lambda: self.player.underruns, steering=self.steering,
+            cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
         self.clock: tp.Optional[Clock] = None
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
@@ -153,7 +160,10 @@ class Station:
         the player, the ring readers, the clock); nothing is written here."""
         sr, player = self.sample_rate, self.player
         status = self.metrics.snapshot()
+        control = self.steering.status(player.playhead, self.producer.next_stride_sample, sr)
         status.update(
+            prompt=control["playing"]["prompt"],
+            control=control,
             channels=self.channels,
             buffered_seconds=round(self.buffered_samples / sr, 3),
             played_seconds=round(player.playhead / sr, 3),

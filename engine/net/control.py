@@ -1,0 +1,157 @@
+"""Control commands (the same over `POST /control` and the WebSocket): parsed, authorised,
+queued for the producer, answered with a JSON result or a clear error that changes nothing.
+
+    {"type": "set_prompt", "prompt": "...", "when": "now" | "next", "id": 7}
+    {"type": "set_params", "temperature": 0.9, "top_k": 200, "top_p": 0.0, "cfg": 3.5}
+    {"type": "new_piece", "when": "next"}
+    {"type": "status"}
+
+`when` defaults to "now" while generation runs faster than real time, else "next".
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import secrets
+import typing as tp
+
+from ..station.config import COMMAND_NAMES, MAX_PROMPT_CHARS, ConfigError, validate_sampling
+from ..station.steering import WHEN_CHOICES, Change
+
+log = logging.getLogger(__name__)
+
+#: Command type → the fields it accepts (besides "type", "id" and "token").
+COMMAND_FIELDS = {
+    "set_prompt": {"prompt", "when", "morph_seconds"},
+    "set_params": {"temperature", "top_k", "top_p", "cfg", "when"},
+    "new_piece": {"when"},
+    "status": set(),
+}
+#: Control command field → SamplingParams field.
+SAMPLING_FIELDS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "cfg": "cfg_coef"}
+
+
+class ControlError(ValueError):
+    """A command that cannot be carried out; the message says why. Nothing was changed."""
+
+    def __init__(self, message: str, http_status: int = 400):
+        super().__init__(message)
+        self.http_status = http_status
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ControlAuth:
+    """Who may steer: anyone with the token. `--control-token` sets it; on a loopback address
+    without it a token is generated (`generated`, printed once with the page URL); on any other
+    address without it control is off and the station is listen-only."""
+
+    def __init__(self, host: str, token: tp.Optional[str]):
+        self.generated = token is None and is_loopback(host)
+        self.token = secrets.token_urlsafe(16) if self.generated else token
+        self.host = host
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+    def check(self, offered: tp.Optional[str]) -> None:
+        if not self.enabled:
+            raise ControlError(f"control is off: this station serves {self.host} without --control-token, "
+                               f"so it is listen-only; restart it with --control-token TOKEN", 403)
+        if not offered or not hmac.compare_digest(offered.encode(), self.token.encode()):
+            raise ControlError("control needs the station's token: add ?token=TOKEN (the page URL "
+                               "printed at start) or the header 'Authorization: Bearer TOKEN'", 401)
+
+
+def _number(message: dict, name: str, kind: type) -> tp.Optional[float]:
+    if name not in message:
+        return None
+    value = message[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ControlError(f"{name} must be {'an integer' if kind is int else 'a number'} (got {value!r})")
+    return value
+
+
+def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Optional[Change]:
+    """A command message → the Change it asks for (None for "status"). Raises ControlError."""
+    if not isinstance(message, dict):
+        raise ControlError('a command is a JSON object such as {"type": "set_prompt", "prompt": "..."}')
+    kind = message.get("type")
+    if kind not in COMMAND_FIELDS:
+        raise ControlError(f"unknown command {kind!r}: use one of {', '.join(COMMAND_FIELDS)}")
+    unknown = set(message) - COMMAND_FIELDS[kind] - {"type", "id", "token"}
+    if unknown:
+        raise ControlError(f"{kind} does not take {', '.join(sorted(unknown))}; it takes "
+                           f"{', '.join(sorted(COMMAND_FIELDS[kind])) or 'nothing else'}")
+    if kind == "status":
+        return None
+    when = message.get("when", default_when)
+    if when not in WHEN_CHOICES:
+        raise ControlError(f"when must be \"now\" or \"next\" (got {when!r})")
+    morph = _number(message, "morph_seconds", float)
+    if morph:
+        raise ControlError("morph_seconds is not available yet: send the prompt without it")
+    if kind == "set_prompt":
+        return Change(prompt=_prompt(message.get("prompt")), when=when)
+    if kind == "new_piece":
+        return Change(new_piece=True, when=when)
+    values = {name: _number(message, name, int if name == "top_k" else float) for name in SAMPLING_FIELDS}
+    changes = {SAMPLING_FIELDS[name]: value for name, value in values.items() if value is not None}
+    if not changes:
+        raise ControlError(f"set_params needs at least one of {', '.join(SAMPLING_FIELDS)}")
+    merged = {name: values[name] if values[name] is not None else getattr(current_sampling, field)
+              for name, field in SAMPLING_FIELDS.items()}
+    try:
+        validate_sampling(merged["temperature"], merged["top_k"], merged["top_p"], merged["cfg"], COMMAND_NAMES)
+    except ConfigError as err:
+        raise ControlError(str(err)) from err
+    return Change(sampling=changes, when=when)
+
+
+def _prompt(prompt: tp.Any) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ControlError("prompt must be a non-empty text")
+    prompt = " ".join(prompt.split())  # newlines, tabs and runs of spaces become one space
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ControlError(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompt
+
+
+class Controller:
+    """Carries out commands for one station (on the network loop: it only queues changes for
+    the producer and reads the status, so it never waits on generation)."""
+
+    def __init__(self, station, auth: ControlAuth):
+        self.station = station
+        self.auth = auth
+
+    def handle(self, message: tp.Any, token: tp.Optional[str]) -> dict:
+        """The JSON result of one command, or {"type": "error", ...}; echoes its "id"."""
+        command_id = message.get("id") if isinstance(message, dict) else None
+        try:
+            offered = token or (message.get("token") if isinstance(message, dict) else None)
+            self.auth.check(offered if isinstance(offered, str) else None)
+            station = self.station
+            rtf = station.metrics.last_real_time_factor
+            default_when = "now" if rtf is not None and rtf >= 1.0 else "next"
+            change = parse_command(message, station.steering.latest.sampling, default_when)
+        except ControlError as err:
+            kind = message.get("type") if isinstance(message, dict) else None
+            log.info("control: refused %s: %s", kind or "a command", err)
+            return {"type": "error", "id": command_id, "error": str(err), "http_status": err.http_status}
+        result = {"type": "result", "id": command_id, "command": message["type"], "ok": True}
+        if change is not None:
+            station.steering.submit(change)
+            log.info("control: %s accepted (change %d, %s)", message["type"], change.number, change.when)
+            result.update(change=change.number, when=change.when)
+        result["status"] = station.status()["control"]
+        return result
