@@ -123,3 +123,65 @@ def test_a_new_piece_keeps_the_stream_playing(server):
     server.wait_for_log("new piece from", timeout=30)
     wait_for_status(server, lambda s: s["played_seconds"] > played + 2)
     assert server.status()["underruns"] == 0
+
+
+def test_the_command_line_client_steers_and_reports_refusals(server):
+    import subprocess
+    import sys
+    from netutil import ROOT
+    script = [sys.executable, f"{ROOT}/clients/control.py", "--url", server.url]
+    ok = subprocess.run(script + ["--token", token_of(server), "set-params", "--cfg", "4.5", "--when", "next"],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    answer = json.loads(ok.stdout)
+    assert answer["ok"] and answer["command"] == "set_params"
+    assert any(change.get("cfg") == 4.5 for change in answer["status"]["upcoming"])
+    refused = subprocess.run(script + ["status"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "needs the station's token" in refused.stdout
+    unreachable = subprocess.run([sys.executable, f"{ROOT}/clients/control.py", "--url", "http://127.0.0.1:9",
+                                  "status"], capture_output=True, text=True, timeout=30)
+    assert unreachable.returncode == 2 and "cannot reach the station" in unreachable.stderr
+
+
+def scrape(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_parse_and_their_counters_move(server):
+    before = scrape(server)
+    for name in ("radio_stride_generation_seconds_count", "radio_real_time_factor", "radio_buffered_seconds",
+                 "radio_underruns_total", "radio_listeners_dropped_total", "radio_generation_errors_total",
+                 "radio_prompt_change_latency_seconds_count"):
+        assert (name, ()) in before, name
+    assert post(server, {"type": "status"}, token_of(server))[0] == 200
+    assert post(server, {"type": "status"})[0] == 401
+
+    async def listen():  # a listener, so that bytes are sent
+        return await asyncio.wait_for(receive_some(f"{server.ws_url}?codec=pcm"), timeout=10)
+    asyncio.run(listen())
+    strides = server.log.count("(real-time factor")  # one line per stride
+    server.wait_for_log("(real-time factor", count=strides + 1, timeout=30)
+    after = scrape(server)
+
+    def value(metrics, name, **labels):
+        return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+    assert value(after, "radio_control_commands_total", command="status", result="ok") == \
+        value(before, "radio_control_commands_total", command="status", result="ok") + 1
+    assert value(after, "radio_control_commands_total", command="status", result="refused") >= 1
+    assert value(after, "radio_sent_bytes_total", stream="pcm") > value(before, "radio_sent_bytes_total", stream="pcm")
+    assert after[("radio_stride_generation_seconds_count", ())] > before[("radio_stride_generation_seconds_count", ())]
+    assert after[("radio_prompt_change_latency_seconds_count", ())] >= 1  # the changes made above were heard
+
+
+async def receive_some(url, packets=20):
+    async with websockets.connect(url, max_queue=None) as ws:
+        await ws.recv()
+        got = 0
+        while got < packets:
+            if isinstance(await ws.recv(), bytes):
+                got += 1

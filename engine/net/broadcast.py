@@ -66,6 +66,7 @@ class Broadcaster:
         ]
         self.listeners: tp.Set[Listener] = set()
         self._counts: tp.Counter[str] = collections.Counter()  # listeners per kind, kept on join/leave
+        self.sent_bytes: tp.Counter[str] = collections.Counter()  # per packet ring, on the loop only
         self.dropped_total = 0
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self._events: tp.Dict[str, asyncio.Event] = {}
@@ -150,6 +151,7 @@ class Broadcaster:
             async for packet in self.packets(listener):
                 await send(packet)
                 listener.sent_until = packet.stream_sample + packet.duration_samples
+                self.sent_bytes[listener.ring_key] += len(packet.framed or packet.payload)
         except ListenerDropped as dropped:
             self.drop(listener, dropped.reason)
         except (ConnectionError, RuntimeError):

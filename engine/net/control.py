@@ -10,6 +10,7 @@ queued for the producer, answered with a JSON result or a clear error that chang
 """
 from __future__ import annotations
 
+import collections
 import hmac
 import ipaddress
 import logging
@@ -133,6 +134,7 @@ class Controller:
     def __init__(self, station, auth: ControlAuth):
         self.station = station
         self.auth = auth
+        self.counts: tp.Counter[tp.Tuple[str, str]] = collections.Counter()  # (command, ok|refused)
 
     def handle(self, message: tp.Any, token: tp.Optional[str]) -> dict:
         """The JSON result of one command, or {"type": "error", ...}; echoes its "id"."""
@@ -147,7 +149,9 @@ class Controller:
         except ControlError as err:
             kind = message.get("type") if isinstance(message, dict) else None
             log.info("control: refused %s: %s", kind or "a command", err)
+            self.counts[(kind if kind in COMMAND_FIELDS else "unknown", "refused")] += 1
             return {"type": "error", "id": command_id, "error": str(err), "http_status": err.http_status}
+        self.counts[(message["type"], "ok")] += 1
         result = {"type": "result", "id": command_id, "command": message["type"], "ok": True}
         if change is not None:
             station.steering.submit(change)

@@ -21,6 +21,7 @@ from . import protocol
 from .broadcast import Broadcaster
 from .control import Controller
 from .encoders import OPUS_RATE, PACKET_SECONDS
+from .prometheus import MetricsExporter
 from .status import StatusPublisher
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class RadioWeb:
         self.broadcaster = broadcaster
         self.publisher = publisher
         self.controller = controller
+        self.exporter = MetricsExporter(station, broadcaster, controller)
         self.web_root = web_root
 
     def app(self) -> web.Application:
@@ -45,6 +47,7 @@ class RadioWeb:
         app.router.add_get("/", self.index)
         app.router.add_get("/status", self.status)
         app.router.add_post("/control", self.control)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/ws", self.websocket)
         app.router.add_get("/stream.opus", self.http_stream)
         app.router.add_get("/stream.mp3", self.http_stream)
@@ -56,6 +59,11 @@ class RadioWeb:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.publisher.snapshot())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics: Prometheus text format."""
+        return web.Response(body=self.exporter.exposition(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def control(self, request: web.Request) -> web.Response:
         """POST /control: one JSON command; the token as `Authorization: Bearer TOKEN`,

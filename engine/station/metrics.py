@@ -8,6 +8,12 @@ import dataclasses
 import time
 import typing as tp
 
+from prometheus_client import Histogram
+
+#: Buckets (seconds) of the stride generation time and of the prompt-change latency.
+STRIDE_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0)
+CHANGE_LATENCY_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 20.0, 40.0)
+
 
 @dataclasses.dataclass
 class StrideRecord:
@@ -32,10 +38,21 @@ class EngineMetrics:
     strides: tp.List[StrideRecord] = dataclasses.field(default_factory=list)  # producer
     first_sound_seconds: tp.Optional[float] = None  # station: start → playback began (pre-fill)
     written_samples: int = 0  # producer: stream samples in the ring
+    generation_errors: int = 0  # producer: strides that failed
+    # producer: every stride's generation time (not registered: /metrics collects it).
+    stride_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(
+        "radio_stride_generation_seconds", "Wall time to generate and decode one stride",
+        buckets=STRIDE_SECONDS_BUCKETS, registry=None))
+    # station supervisor: control command → the first changed sample played.
+    change_latency: Histogram = dataclasses.field(default_factory=lambda: Histogram(
+        "radio_prompt_change_latency_seconds", "Control command received → first changed sample played",
+        buckets=CHANGE_LATENCY_BUCKETS, registry=None))
+    last_change_latency_seconds: tp.Optional[float] = None  # station supervisor
 
     def add_stride(self, record: StrideRecord) -> None:
         self.strides.append(record)
         del self.strides[:-100]  # bounded
+        self.stride_seconds.observe(record.generation_seconds)
 
     @property
     def last_real_time_factor(self) -> tp.Optional[float]:
@@ -53,4 +70,6 @@ class EngineMetrics:
             "last_stride_seconds": round(last.generation_seconds, 3) if last else None,
             "real_time_factor": round(last.real_time_factor, 3) if last else None,
             "first_sound_seconds": self.first_sound_seconds,
+            "generation_errors": self.generation_errors,
+            "last_change_latency_seconds": self.last_change_latency_seconds,
         }

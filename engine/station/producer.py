@@ -20,7 +20,7 @@ from ..codec.stitcher import StitchingDecoder
 from ..lm.window import WindowGenerator
 from ..rt.ring import PcmRing
 from .metrics import EngineMetrics, StrideRecord
-from .steering import Change, Conditions, Steering
+from .steering import Conditions, Steering
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class Producer:
             pass
         except BaseException as err:  # reported to the station, which stops cleanly
             self.error = err
+            self.metrics.generation_errors += 1
             log.exception("producer: generation failed")
         finally:
             self.ring.closed = True
@@ -196,7 +197,7 @@ class Producer:
         self.generator.sampling = conditions.sampling
         self.steering.record(self.next_stride_sample, conditions, changes)
         log.info("control: %s from %.2f s of the stream (%s)%s",
-                 "; ".join(_summary(change) for change in changes), self.next_stride_sample / self.sample_rate,
+                 "; ".join(change.summary() for change in changes), self.next_stride_sample / self.sample_rate,
                  "cut in" if cut else "next stride", ", new piece" if new_piece else "")
 
     def _cut_in(self) -> bool:
@@ -243,16 +244,6 @@ class Producer:
                 self.ring.take_back(start)
                 self.ring.write(tail * np.linspace(1.0, 0.0, self.fade_samples, dtype=np.float32)[:, None])
         self._fade_in_at = join
-
-
-def _summary(change: Change) -> str:
-    parts = []
-    if change.prompt is not None:
-        parts.append(f"prompt {change.prompt[:80]!r}")
-    parts += [f"{name} {value:g}" for name, value in change.sampling.items()]
-    if change.new_piece:
-        parts.append("new piece")
-    return ", ".join(parts) or "no change"
 
 
 class ProducerThread(threading.Thread):

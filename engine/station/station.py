@@ -116,12 +116,20 @@ class Station:
                 clock.start()
                 while not stop.is_set() and not self.finished and self.producer.error is None:
                     stop.wait(poll_seconds)
+                    self._note_heard_changes()
         finally:
             if stop.is_set():
                 log.info("stopping: finishing the outputs")
             clock.stop()
             self.producer.stop()
             self.program_ring.closed = True  # the outputs drain what was played and finish
+
+    def _note_heard_changes(self) -> None:
+        """Measure each control change's latency once the playhead reaches it."""
+        for latency in self.steering.note_heard(self.player.playhead, self.sample_rate):
+            self.metrics.change_latency.observe(latency)
+            self.metrics.last_change_latency_seconds = round(latency, 3)
+            log.info("control: change heard %.2f s after the command", latency)
 
     def _prefill_target_samples(self) -> int:
         target = max(1, int(self.config.prefill_seconds * self.sample_rate))

@@ -20,6 +20,11 @@ from ..lm.window import SamplingParams
 WHEN_CHOICES = ("now", "next")
 
 
+def _public(sampling: tp.Mapping[str, float]) -> dict:
+    """SamplingParams field names → the names control commands and /status use."""
+    return {"cfg" if name == "cfg_coef" else name: value for name, value in sampling.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Conditions:
     """What the generator is asked for: the text prompt and the sampling settings."""
@@ -27,7 +32,7 @@ class Conditions:
     sampling: SamplingParams
 
     def describe(self) -> dict:
-        return {"prompt": self.prompt, **dataclasses.asdict(self.sampling)}
+        return {"prompt": self.prompt, **_public(dataclasses.asdict(self.sampling))}
 
 
 @dataclasses.dataclass
@@ -41,16 +46,25 @@ class Change:
     number: int = 0  # given by Steering.submit
     received_at: float = dataclasses.field(default_factory=time.monotonic)
     heard_from_sample: tp.Optional[int] = None  # set when the producer applies it
+    latency_seconds: tp.Optional[float] = None  # received → its first sample played
 
     def apply_to(self, conditions: Conditions) -> Conditions:
         return Conditions(prompt=self.prompt if self.prompt is not None else conditions.prompt,
                           sampling=dataclasses.replace(conditions.sampling, **self.sampling))
 
+    def summary(self) -> str:
+        """One line for the log (the prompt cut to 80 characters)."""
+        parts = [f"prompt {self.prompt[:80]!r}"] if self.prompt is not None else []
+        parts += [f"{name} {value:g}" for name, value in _public(self.sampling).items()]
+        if self.new_piece:
+            parts.append("new piece")
+        return ", ".join(parts) or "no change"
+
     def describe(self) -> dict:
         what = {"change": self.number, "when": self.when}
         if self.prompt is not None:
             what["prompt"] = self.prompt
-        what.update(self.sampling)
+        what.update(_public(self.sampling))
         if self.new_piece:
             what["new_piece"] = True
         return what
@@ -126,6 +140,20 @@ class Steering:
         with self._lock:
             kept = [(start, c) for start, c in self._segments if start < from_sample]
             self._segments = kept or self._segments[:1]
+
+    def note_heard(self, playhead_sample: int, sample_rate: int) -> tp.List[float]:
+        """The latencies (received → first sample played) of the changes the playhead has
+        reached since the last call; for the station's supervisor thread."""
+        now = time.monotonic()
+        latencies = []
+        with self._lock:
+            for change in self._applied:
+                if (change.latency_seconds is None and change.heard_from_sample is not None
+                        and change.heard_from_sample <= playhead_sample):
+                    reached_at = now - (playhead_sample - change.heard_from_sample) / sample_rate
+                    change.latency_seconds = max(0.0, reached_at - change.received_at)
+                    latencies.append(change.latency_seconds)
+        return latencies
 
     def forget_before(self, sample: int) -> None:
         """Drop segments that ended before `sample` (bounded memory; the one playing stays)."""
