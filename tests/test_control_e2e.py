@@ -115,6 +115,27 @@ def test_a_prompt_cut_in_over_the_websocket_is_heard_within_seconds(server):
     assert server.proc.poll() is None
 
 
+def test_weighted_prompts_morph_in_and_status_shows_the_weights(server):
+    token = token_of(server)
+    status, result = post(server, {"type": "set_prompts", "when": "now", "morph_seconds": 3,
+                                   "prompts": [{"text": "cello drone", "weight": 3},
+                                               {"text": "rain", "weight": 1}]}, token)
+    assert status == 200 and result["ok"], result
+    change = result["status"]["upcoming"][-1]
+    assert [(p["text"], p["weight"]) for p in change["prompts"]] == [("cello drone", 0.75), ("rain", 0.25)]
+    morphing = wait_for_status(server, lambda s: "morph_frames_left" in s["control"]["playing"]
+                               and len(s["control"]["playing"]["prompts"]) == 3, timeout=30)
+    assert "cello drone" in morphing["prompt"] and "%" in morphing["prompt"]
+    done = wait_for_status(server, lambda s: "morph_frames_left" not in s["control"]["playing"]
+                           and len(s["control"]["playing"]["prompts"]) == 2, timeout=30)
+    assert {p["text"]: p["weight"] for p in done["control"]["playing"]["prompts"]} == {"cello drone": 0.75, "rain": 0.25}
+    for bad, message in (([], "a list of 1 to 4"), ([{"text": "a", "weight": 0}], "above 0"),
+                         ([{"text": str(i)} for i in range(5)], "a list of 1 to 4"),
+                         ([{"text": "a", "loudness": 2}], "a list of 1 to 4")):
+        status, result = post(server, {"type": "set_prompts", "prompts": bad}, token)
+        assert status == 400 and message in result["error"], (bad, result)
+
+
 def test_a_new_piece_keeps_the_stream_playing(server):
     token = token_of(server)
     played = server.status()["played_seconds"]

@@ -79,7 +79,7 @@ def test_a_cut_in_replaces_the_buffer_and_the_stream_stays_one_one_shot_decode(t
         before_cut = np.empty((ring.written_until, 1), np.float32)
         assert ring.read_into(0, before_cut)
         strides_before = len(recorded.strides)
-        producer.steering.submit(Change(prompt="heavy metal", when="now"))
+        producer.steering.submit(Change(prompts=(("heavy metal", 1.0),), when="now"))
         recorded.wait_for(lambda s: len(s) > strides_before and s[-1][1] == "heavy metal")
         wait_until_full(producer)
     finally:
@@ -103,7 +103,7 @@ def test_a_cut_in_replaces_the_buffer_and_the_stream_stays_one_one_shot_decode(t
     near = slice(cut_sample - SR // 5, cut_sample + SR // 5)
     assert snr_db(stream[near], reference[near]) >= SEAM_SNR_DB
     # /status's view: the change is heard from the cut sample.
-    status = producer.steering.status(position["playhead"], producer.next_stride_sample, SR)
+    status = producer.steering.status(position["playhead"], producer.next_stride_sample, SR, HOP)
     assert status["playing"]["prompt"] == "ambient drone"
     assert status["upcoming"][0]["prompt"] == "heavy metal"
     assert status["upcoming"][0]["heard_in_seconds"] == round((cut_sample - position["playhead"]) / SR, 3)
@@ -120,8 +120,8 @@ def test_a_next_change_conditions_the_next_stride_after_the_buffer(tiny_model):
         before = np.empty((written, 1), np.float32)
         assert ring.read_into(0, before)
         n = len(recorded.strides)
-        change = producer.steering.submit(Change(prompt="jazz", sampling={"temperature": 0.5}, when="next"))
-        status = producer.steering.status(0, producer.next_stride_sample, SR)
+        change = producer.steering.submit(Change(prompts=(("jazz", 1.0),), sampling={"temperature": 0.5}, when="next"))
+        status = producer.steering.status(0, producer.next_stride_sample, SR, HOP)
         assert status["upcoming"][0]["taken"] is False
         assert status["upcoming"][0]["heard_in_seconds"] == round(written / SR, 3)
         position["playhead"] = int(1.5 * SR)  # room for one more stride

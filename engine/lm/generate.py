@@ -16,6 +16,9 @@ from .sampling import sample
 
 #: progress(step, total_steps), called after every decode step.
 ProgressCallback = tp.Callable[[int, int], None]
+#: weights_at(timestep) → the prompts' weights for that timestep (of this generation, prompt
+#: included), or None when they do not change there.
+WeightsCallback = tp.Callable[[int], tp.Optional[tp.Sequence[float]]]
 
 
 def pattern_sequence(model: FastLM, codes: torch.Tensor) -> torch.Tensor:
@@ -34,17 +37,21 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
              temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
              cfg_coef: float = 3.0, generator: tp.Optional[torch.Generator] = None,
              progress: tp.Optional[ProgressCallback] = None,
-             timings: tp.Optional[tp.Dict[str, float]] = None) -> torch.Tensor:
+             timings: tp.Optional[tp.Dict[str, float]] = None,
+             weights_at: tp.Optional[WeightsCallback] = None) -> torch.Tensor:
     """prompt codes [1, K, P] (or None) → codes [1, K, P + new_frames], like
     `LMModel.generate(prompt, [attributes], max_gen_len=P + new_frames, ...)`.
-    `timings`, when given, receives prefill_seconds, decode_seconds and decode_steps."""
+    `attributes`: one prompt, or a list of weighted prompts whose weights `weights_at` gives
+    per timestep (a morph: the step that samples timestep t of the first codebook reads the
+    weights of t). `timings`, when given, receives prefill_seconds, decode_seconds and
+    decode_steps."""
     K, delays = model.num_codebooks, model.delays
     P = 0 if prompt is None else prompt.shape[-1]
     total = P + int(new_frames)
     steps = total + max(delays) + 1  # pattern sequence length S
     if steps > model.max_positions:
         raise ValueError(f"{total} frames exceed the cache ({model.max_positions} positions)")
-    model.set_conditions(attributes)
+    model.set_conditions(attributes, None if weights_at is None else weights_at(P))
     codes = torch.full((K, total), -1, dtype=torch.long, device=model.device)
     if P:
         codes[:, :P] = prompt[0].to(model.device)
@@ -63,6 +70,10 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
         if progress is not None:
             progress(1 + offset - first, steps - first)
         if offset + 1 < steps:
+            # The step samples timestep `offset` of the first codebook (the last ones: of the
+            # delayed codebooks only, still within this generation's frames).
+            if weights_at is not None and (weights := weights_at(min(offset, total - 1))) is not None:
+                model.mix_conditions(weights)
             logits = model.step(sequence[:, offset], offset)
     if timings is not None:
         timings.update(prefill_seconds=prefill_done - started,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import KVCache, prefill_attention_backends
+from .conditions import CrossConditions
 from .graph import StepGraph
 from .hardware import compute_dtypes, resolve_dtype, resolve_kernels
 from .kernels import load_cpu_kernels
@@ -77,7 +78,7 @@ class FastLM:
         weights = convert(lm, self.mode, self.compute_dtype, native)
         self.layers, self.embeddings = weights.layers, weights.embeddings  # embeddings [K, card+1, D]
         self.out_norm, self.head = weights.out_norm, weights.head
-        self._cross: tp.Optional[tp.Tuple[str, tp.List[torch.Tensor], tp.List[torch.Tensor]]] = None
+        self.cross = CrossConditions(lm, self.layers, self.heads, self.head_dim, self.compute_dtype)
         self.cache = KVCache(len(self.layers), self.heads, cache_positions, self.head_dim,
                              self.cache_dtype, self.device, self.kernels, native)
         # Positional embeddings for every cached position, computed once: [positions, D].
@@ -112,33 +113,17 @@ class FastLM:
         return release_source_weights(self.lm)
 
     # -- conditions -------------------------------------------------------------------------
-    def set_conditions(self, attributes) -> None:
-        """Compute the cross-attention keys/values for [conditioned, unconditioned] once.
-        `attributes`: one audiocraft ConditioningAttributes (the text prompt)."""
-        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
-        key = repr(attributes)
-        if self._cross is not None and self._cross[0] == key:
-            return
-        lm = self.lm
-        conditions = [attributes] + ClassifierFreeGuidanceDropout(p=1.0)([attributes])
-        tensors = lm.condition_provider(lm.condition_provider.tokenize(conditions))
-        sources = [cond for name, (cond, _mask) in tensors.items()
-                   if name in lm.fuser.cond2fuse and lm.fuser.cond2fuse[name] == "cross"]
-        src = torch.cat(sources, dim=1).to(self.compute_dtype)  # [2, Tc, D]
-        keys, values = [], []
-        for layer in self.layers:
-            kv = layer.kv_cross(src)  # [2, Tc, 2D]
-            k, v = kv.view(2, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            keys.append(k.contiguous())
-            values.append(v.contiguous())
-        if self._cross is not None and self._cross[1][0].shape == keys[0].shape:
-            # Same shape: into the same tensors, which a captured CUDA graph reads.
-            for old, new in zip(self._cross[1] + self._cross[2], keys + values):
-                old.copy_(new)
-            self._cross = (key, self._cross[1], self._cross[2])
-        else:
-            self._cross = (key, keys, values)
+    def set_conditions(self, attributes, weights: tp.Optional[tp.Sequence[float]] = None) -> None:
+        """The text condition: one audiocraft ConditioningAttributes (a prompt), or a list of
+        them mixed with `weights` (conditions.py). Computed once per prompt set."""
+        if not isinstance(attributes, (list, tuple)):
+            attributes = [attributes]
+        if self.cross.set(attributes, weights):
             self.step_graph.invalidate()
+
+    def mix_conditions(self, weights: tp.Sequence[float]) -> None:
+        """New weights for the prompts of the last `set_conditions` (a morph step)."""
+        self.cross.mix(weights)
 
     # -- the transformer ----------------------------------------------------------------------
     def _embed(self, tokens: torch.Tensor, positional: torch.Tensor) -> torch.Tensor:
@@ -155,7 +140,7 @@ class FastLM:
         keys/values [B, H, T, Dh] in the cache and returns the attention output [B, H, T, Dh]."""
         B, T, D = x.shape
         H, Dh = self.heads, self.head_dim
-        _, cross_k, cross_v = self._cross
+        cross_k, cross_v = self.cross.keys, self.cross.values  # [L, 2, H, Tc, Dh]
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # [B, H, T, Dh]

@@ -30,6 +30,44 @@ class SamplingParams:
     cfg_coef: float = 3.0
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptMix:
+    """Weighted text prompts (weights > 0 summing to 1), optionally morphing: from
+    `start_weights` to `weights` over stream frames [morph_start_frame, + morph_frames), step by
+    step (lm/conditions.py mixes them inside each decode step)."""
+    texts: tp.Tuple[str, ...]
+    weights: tp.Tuple[float, ...]
+    start_weights: tp.Optional[tp.Tuple[float, ...]] = None
+    morph_start_frame: int = 0
+    morph_frames: int = 0
+
+    def weights_at(self, frame: int) -> tp.Tuple[float, ...]:
+        """The weights at stream frame `frame`."""
+        if self.start_weights is None or self.morph_frames <= 0:
+            return self.weights
+        a = min(1.0, max(0.0, (frame - self.morph_start_frame) / self.morph_frames))
+        return tuple((1.0 - a) * s + a * w for s, w in zip(self.start_weights, self.weights))
+
+    def settled(self, frame: int) -> "PromptMix":
+        """The same mix from `frame` on, without a finished morph and its zero-weight prompts."""
+        if self.start_weights is not None and frame < self.morph_start_frame + self.morph_frames:
+            return self
+        live = [(text, w) for text, w in zip(self.texts, self.weights) if w > 0]
+        return PromptMix(tuple(t for t, _ in live), tuple(w for _, w in live))
+
+    def single_from(self, frame: int) -> tp.Optional[str]:
+        """The one prompt heard alone from `frame` on (weight 1, no morph left), else None."""
+        settled = self.settled(frame)
+        return settled.texts[0] if len(settled.texts) == 1 and settled.start_weights is None else None
+
+    def dominant(self) -> str:
+        return max(zip(self.weights, self.texts))[1]
+
+
+#: What a stride is conditioned on: one prompt, or weighted prompts.
+Conditioning = tp.Union[str, PromptMix]
+
+
 class WindowGenerator:
     """Generates codes [1, K, frames] stride after stride with a sliding token context.
 
@@ -105,6 +143,27 @@ class WindowGenerator:
         attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None)
         return attributes
 
+    def _fast_conditioning(self, conditioning: Conditioning, prompt_frames: int):
+        """(attributes, weights_at) for the fast decoder: one prompt takes the unweighted path;
+        weighted prompts give the decoder their weights per timestep of this generation."""
+        if isinstance(conditioning, str):
+            return self._conditions(conditioning)[0], None
+        single = conditioning.single_from(self.frames_emitted)
+        if single is not None:
+            return self._conditions(single)[0], None
+        conditioning = conditioning.settled(self.frames_emitted)
+        attributes, _ = self.model._prepare_tokens_and_attributes(list(conditioning.texts), None)
+        first_frame = self.frames_emitted - prompt_frames  # the stream frame of timestep 0
+        last = {}
+
+        def weights_at(timestep: int):
+            weights = conditioning.weights_at(first_frame + timestep)
+            if last.get("weights") == weights:
+                return None
+            last["weights"] = weights
+            return weights
+        return attributes, weights_at
+
     def warm_up(self, prompt: str, frames: int = 10) -> torch.Tensor:
         """Generate `frames` throwaway frames (no context) so that first-call costs (CUDA graph
         capture, kernel loading, allocator growth) stay out of the first real stride. Leaves the
@@ -116,9 +175,10 @@ class WindowGenerator:
         finally:
             self._context, self.stride_index, self.frames_emitted = context, index, emitted
 
-    def next_stride(self, prompt: str, frames: int,
+    def next_stride(self, prompt: Conditioning, frames: int,
                     progress: tp.Optional[ProgressCallback] = None) -> torch.Tensor:
-        """Generate `frames` new frames of codes [1, K, frames] continuing the context."""
+        """Generate `frames` new frames of codes [1, K, frames] continuing the context,
+        conditioned on `prompt` (a text, or weighted texts: PromptMix)."""
         prompt_codes = self._context
         prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
         stride_seed = self.seed * 1_000_003 + self.stride_index
@@ -126,15 +186,18 @@ class WindowGenerator:
         self.last_timings = {}
         if self.fast is not None:
             generator = torch.Generator(self.device).manual_seed(stride_seed)
+            attributes, weights_at = self._fast_conditioning(prompt, prompt_frames)
             codes = generate(
-                self.fast, prompt_codes, self._conditions(prompt)[0], frames, temperature=s.temperature,
+                self.fast, prompt_codes, attributes, frames, temperature=s.temperature,
                 top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef, generator=generator,
-                progress=progress, timings=self.last_timings)
+                progress=progress, timings=self.last_timings, weights_at=weights_at)
         else:
             torch.manual_seed(stride_seed)
             autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
             autocast = (torch.autocast(self.device.type, dtype=autocast_dtype)
                         if autocast_dtype is not None else contextlib.nullcontext())
+            if not isinstance(prompt, str):  # audiocraft's loop takes one prompt: the strongest
+                prompt = prompt.dominant()
             with torch.inference_mode(), autocast:
                 codes = self.lm.generate(
                     prompt_codes, self._conditions(prompt), max_gen_len=prompt_frames + frames,

@@ -1,7 +1,8 @@
 """Control commands (the same over `POST /control` and the WebSocket): parsed, authorised,
 queued for the producer, answered with a JSON result or a clear error that changes nothing.
 
-    {"type": "set_prompt", "prompt": "...", "when": "now" | "next", "id": 7}
+    {"type": "set_prompt", "prompt": "...", "morph_seconds": 8, "when": "now" | "next", "id": 7}
+    {"type": "set_prompts", "prompts": [{"text": "...", "weight": 2}, ...], "morph_seconds": 8}
     {"type": "set_params", "temperature": 0.9, "top_k": 200, "top_p": 0.0, "cfg": 3.5}
     {"type": "new_piece", "when": "next"}
     {"type": "status"}
@@ -25,10 +26,14 @@ log = logging.getLogger(__name__)
 #: Command type → the fields it accepts (besides "type", "id" and "token").
 COMMAND_FIELDS = {
     "set_prompt": {"prompt", "when", "morph_seconds"},
+    "set_prompts": {"prompts", "when", "morph_seconds"},
     "set_params": {"temperature", "top_k", "top_p", "cfg", "when"},
     "new_piece": {"when"},
     "status": set(),
 }
+#: The most prompts one set_prompts may mix, and the longest morph.
+MAX_PROMPTS = 4
+MAX_MORPH_SECONDS = 600.0
 #: Control command field → SamplingParams field.
 SAMPLING_FIELDS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "cfg": "cfg_coef"}
 
@@ -98,11 +103,13 @@ def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Op
     when = message.get("when", default_when)
     if when not in WHEN_CHOICES:
         raise ControlError(f"when must be \"now\" or \"next\" (got {when!r})")
-    morph = _number(message, "morph_seconds", float)
-    if morph:
-        raise ControlError("morph_seconds is not available yet: send the prompt without it")
+    morph = _number(message, "morph_seconds", float) or 0.0
+    if not 0 <= morph <= MAX_MORPH_SECONDS:
+        raise ControlError(f"morph_seconds must be between 0 and {MAX_MORPH_SECONDS:g} (got {morph:g})")
     if kind == "set_prompt":
-        return Change(prompt=_prompt(message.get("prompt")), when=when)
+        return Change(prompts=((_prompt(message.get("prompt")), 1.0),), morph_seconds=morph, when=when)
+    if kind == "set_prompts":
+        return Change(prompts=_weighted_prompts(message.get("prompts")), morph_seconds=morph, when=when)
     if kind == "new_piece":
         return Change(new_piece=True, when=when)
     values = {name: _number(message, name, int if name == "top_k" else float) for name in SAMPLING_FIELDS}
@@ -116,6 +123,25 @@ def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Op
     except ConfigError as err:
         raise ControlError(str(err)) from err
     return Change(sampling=changes, when=when)
+
+
+def _weighted_prompts(prompts: tp.Any) -> tp.Tuple[tp.Tuple[str, float], ...]:
+    """[{text, weight}, ...] → ((text, weight / Σ weights), ...); the same text twice adds up."""
+    usage = 'prompts is a list of 1 to 4 {"text": "...", "weight": 1.0}'
+    if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_PROMPTS:
+        raise ControlError(f"{usage} (got {len(prompts) if isinstance(prompts, list) else type(prompts).__name__})")
+    weights: tp.Dict[str, float] = {}
+    for entry in prompts:
+        if not isinstance(entry, dict) or set(entry) - {"text", "weight"}:
+            raise ControlError(usage)
+        weight = _number(entry, "weight", float)
+        weight = 1.0 if weight is None else weight
+        if not 0 < weight <= 1000:
+            raise ControlError(f"each weight must be above 0 (and at most 1000); got {weight:g}")
+        text = _prompt(entry.get("text"))
+        weights[text] = weights.get(text, 0.0) + weight
+    total = sum(weights.values())
+    return tuple((text, weight / total) for text, weight in weights.items())
 
 
 def _prompt(prompt: tp.Any) -> str:

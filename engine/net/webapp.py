@@ -94,7 +94,7 @@ class RadioWeb:
             channels=station.channels, frame_samples=int(rate * PACKET_SECONDS),
             burst_seconds=b.burst_samples / station.sample_rate,
             max_lag_seconds=b.max_lag_samples / station.sample_rate,
-            station={"model": station.config.model, "prompt": station.config.prompt,
+            station={"model": station.config.model, "prompt": station.now_playing(),
                      "seed": station.config.seed},
             opus_head=b.opus_head if codec == "opus" else None)
         await ws.send_str(json.dumps(hello))
@@ -159,7 +159,7 @@ class RadioWeb:
         response = web.StreamResponse(headers={
             "Content-Type": "audio/ogg" if is_opus else "audio/mpeg",
             "Cache-Control": "no-cache, no-store", "icy-name": "MusicGen radio",
-            "icy-description": self.station.config.prompt[:200]})
+            "icy-description": _header_safe(self.station.now_playing())})
         await response.prepare(request)
         _small_send_buffers(request)
         listener = self.broadcaster.join(kind, key)
@@ -178,6 +178,11 @@ class RadioWeb:
         finally:
             self.broadcaster.leave(listener)
         return response
+
+
+def _header_safe(text: str, limit: int = 200) -> str:
+    """Any prompt text as an HTTP header value: printable ASCII, one line, at most `limit`."""
+    return "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)[:limit]
 
 
 def _request_token(request: web.Request) -> tp.Optional[str]:

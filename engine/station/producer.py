@@ -57,7 +57,7 @@ class Producer:
         self.generator = generator
         self.stitcher = stitcher
         self.ring = ring
-        self.steering = steering or Steering(Conditions(prompt, generator.sampling))
+        self.steering = steering or Steering(Conditions.single(prompt, generator.sampling))
         self.stride_frames = int(stride_frames)
         self.first_stride_frames = min(self.stride_frames, int(first_stride_frames or stride_frames))
         self.cut_stride_frames = min(self.stride_frames, int(cut_stride_frames))
@@ -90,8 +90,9 @@ class Producer:
         self._stop_event.set()
 
     @property
-    def prompt(self) -> str:
-        return self.steering.latest.prompt
+    def conditioning(self):
+        """What the next stride is conditioned on (a text, or weighted texts)."""
+        return self.steering.latest.conditioning()
 
     @property
     def next_stride_sample(self) -> int:
@@ -112,7 +113,7 @@ class Producer:
         """One throwaway short stride through the decoder and the codec, so that the first real
         stride's time (and the real-time factor the pre-fill judges by) is a steady one."""
         started = time.monotonic()
-        self.stitcher.push(self.generator.warm_up(self.prompt))
+        self.stitcher.push(self.generator.warm_up(self.conditioning))
         self.decoder.reset()
         log.info("warm-up: decoder and codec ready in %.2f s", time.monotonic() - started)
 
@@ -152,7 +153,7 @@ class Producer:
         progress = _ProgressLog(index, started, stop_event=self._stop_event,
                                 in_prefill=lambda: self.metrics.first_sound_seconds is None,
                                 cut_requested=self.steering.cut_requested)
-        codes = self.generator.next_stride(self.prompt, frames, progress)
+        codes = self.generator.next_stride(self.conditioning, frames, progress)
         pcm = self.decoder.push(codes)
         if last:
             pcm = np.concatenate([pcm, self.decoder.flush()])
@@ -187,13 +188,14 @@ class Producer:
         changes = self.steering.take()
         if not changes:
             return
-        conditions = self.steering.latest
-        for change in changes:
-            conditions = change.apply_to(conditions)
         new_piece = any(change.new_piece for change in changes)
         cut = any(change.when == "now" for change in changes) and self._cut_in()
         if new_piece:
             self._start_new_piece()
+        conditions = self.steering.latest
+        frame_rate = self.sample_rate / self.hop_samples
+        for change in changes:
+            conditions = change.apply_to(conditions, self.generator.frames_emitted, frame_rate)
         self.generator.sampling = conditions.sampling
         self.steering.record(self.next_stride_sample, conditions, changes)
         log.info("control: %s from %.2f s of the stream (%s)%s",

@@ -52,7 +52,7 @@ class Station:
                                      seed=config.seed)
         sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
                                   top_p=config.top_p, cfg_coef=config.cfg_coef)
-        self.steering = Steering(Conditions(config.prompt, sampling))
+        self.steering = Steering(Conditions.single(config.prompt, sampling))
         self.generator = WindowGenerator(model, context_frames, sampling, seed=config.seed,
                                          dtype=config.dtype, max_frames=context_frames + self.stride_frames,
                                          release_weights=release_lm_weights)
@@ -158,6 +158,11 @@ class Station:
         return True
 
     # -- figures -------------------------------------------------------------------------------
+    def now_playing(self) -> str:
+        """The prompt(s) heard at the playhead, as one line."""
+        return self.steering.status(self.player.playhead, self.producer.next_stride_sample,
+                                    self.sample_rate, self.stitcher.hop_samples)["playing"]["prompt"]
+
     @property
     def buffered_samples(self) -> int:
         """Generated stream samples ahead of the playhead."""
@@ -168,7 +173,8 @@ class Station:
         the player, the ring readers, the clock); nothing is written here."""
         sr, player = self.sample_rate, self.player
         status = self.metrics.snapshot()
-        control = self.steering.status(player.playhead, self.producer.next_stride_sample, sr)
+        control = self.steering.status(player.playhead, self.producer.next_stride_sample, sr,
+                                       self.stitcher.hop_samples)
         status.update(
             prompt=control["playing"]["prompt"],
             control=control,

@@ -15,7 +15,7 @@ import threading
 import time
 import typing as tp
 
-from ..lm.window import SamplingParams
+from ..lm.window import Conditioning, PromptMix, SamplingParams
 
 WHEN_CHOICES = ("now", "next")
 
@@ -27,19 +27,50 @@ def _public(sampling: tp.Mapping[str, float]) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Conditions:
-    """What the generator is asked for: the text prompt and the sampling settings."""
-    prompt: str
+    """What the generator is asked for: weighted prompts (maybe morphing) and sampling settings."""
+    mix: PromptMix
     sampling: SamplingParams
 
-    def describe(self) -> dict:
-        return {"prompt": self.prompt, **_public(dataclasses.asdict(self.sampling))}
+    @classmethod
+    def single(cls, prompt: str, sampling: SamplingParams) -> "Conditions":
+        return cls(PromptMix((prompt,), (1.0,)), sampling)
+
+    def conditioning(self) -> Conditioning:
+        """A text when one prompt alone is asked for (the unweighted path), else the mix."""
+        mix = self.mix
+        if len(mix.texts) == 1 and mix.start_weights is None:
+            return mix.texts[0]
+        return mix
+
+    def prompts_at(self, frame: int) -> tp.List[tp.Tuple[str, float]]:
+        """The prompts with their weights at stream frame `frame` (zero weights left out)."""
+        return [(text, w) for text, w in zip(self.mix.texts, self.mix.weights_at(frame)) if w > 0]
+
+    def describe(self, frame: int) -> dict:
+        prompts = self.prompts_at(frame)
+        what = {"prompt": prompt_text(prompts),
+                "prompts": [{"text": text, "weight": round(w, 4)} for text, w in prompts]}
+        mix = self.mix
+        if mix.start_weights is not None and frame < mix.morph_start_frame + mix.morph_frames:
+            what["morph_frames_left"] = mix.morph_start_frame + mix.morph_frames - frame
+        what.update(_public(dataclasses.asdict(self.sampling)))
+        return what
+
+
+def prompt_text(prompts: tp.Sequence[tp.Tuple[str, float]]) -> str:
+    """One prompt as itself; several as "a (60%) + b (40%)"."""
+    if len(prompts) == 1:
+        return prompts[0][0]
+    return " + ".join(f"{text} ({100 * w:.0f}%)" for text, w in prompts)
 
 
 @dataclasses.dataclass
 class Change:
-    """One validated control request. `sampling`: the settings to change (SamplingParams field
-    names); `new_piece`: continue without the old token context."""
-    prompt: tp.Optional[str] = None
+    """One validated control request. `prompts`: (text, weight) pairs with weights summing to 1
+    (one prompt: weight 1), reached over `morph_seconds`; `sampling`: the settings to change
+    (SamplingParams field names); `new_piece`: continue without the old token context."""
+    prompts: tp.Optional[tp.Tuple[tp.Tuple[str, float], ...]] = None
+    morph_seconds: float = 0.0
     sampling: tp.Dict[str, float] = dataclasses.field(default_factory=dict)
     new_piece: bool = False
     when: str = "next"
@@ -48,13 +79,31 @@ class Change:
     heard_from_sample: tp.Optional[int] = None  # set when the producer applies it
     latency_seconds: tp.Optional[float] = None  # received → its first sample played
 
-    def apply_to(self, conditions: Conditions) -> Conditions:
-        return Conditions(prompt=self.prompt if self.prompt is not None else conditions.prompt,
-                          sampling=dataclasses.replace(conditions.sampling, **self.sampling))
+    def apply_to(self, conditions: Conditions, frame: int, frame_rate: float) -> Conditions:
+        """The conditions from stream frame `frame` on: a morph starts there from the weights
+        then playing."""
+        mix = conditions.mix.settled(frame)
+        if self.prompts is not None:
+            target = dict(self.prompts)
+            morph_frames = round(self.morph_seconds * frame_rate)
+            if morph_frames > 0:
+                now = dict(conditions.prompts_at(frame))
+                texts = tuple(dict.fromkeys(list(now) + list(target)))
+                mix = PromptMix(texts, tuple(target.get(t, 0.0) for t in texts),
+                                start_weights=tuple(now.get(t, 0.0) for t in texts),
+                                morph_start_frame=frame, morph_frames=morph_frames)
+            else:
+                mix = PromptMix(tuple(target), tuple(target.values()))
+        return Conditions(mix, dataclasses.replace(conditions.sampling, **self.sampling))
 
     def summary(self) -> str:
-        """One line for the log (the prompt cut to 80 characters)."""
-        parts = [f"prompt {self.prompt[:80]!r}"] if self.prompt is not None else []
+        """One line for the log (each prompt cut to 80 characters)."""
+        parts = []
+        if self.prompts is not None:
+            parts.append("prompt " + " + ".join(
+                f"{text[:80]!r}" + ("" if len(self.prompts) == 1 else f" ({w:.2f})") for text, w in self.prompts))
+            if self.morph_seconds:
+                parts.append(f"morph {self.morph_seconds:g} s")
         parts += [f"{name} {value:g}" for name, value in _public(self.sampling).items()]
         if self.new_piece:
             parts.append("new piece")
@@ -62,8 +111,11 @@ class Change:
 
     def describe(self) -> dict:
         what = {"change": self.number, "when": self.when}
-        if self.prompt is not None:
-            what["prompt"] = self.prompt
+        if self.prompts is not None:
+            what["prompt"] = prompt_text(self.prompts)
+            what["prompts"] = [{"text": text, "weight": w} for text, w in self.prompts]
+            if self.morph_seconds:
+                what["morph_seconds"] = self.morph_seconds
         what.update(_public(self.sampling))
         if self.new_piece:
             what["new_piece"] = True
@@ -99,7 +151,8 @@ class Steering:
         with self._lock:
             return self._segments[-1][1]
 
-    def status(self, playhead_sample: int, next_stride_sample: int, sample_rate: int) -> dict:
+    def status(self, playhead_sample: int, next_stride_sample: int, sample_rate: int,
+               hop_samples: int) -> dict:
         """What is playing at `playhead_sample`, what comes next and when (seconds from now):
         changes already applied but not yet reached, and pending ones (heard from
         `next_stride_sample` at the earliest, sooner if a cut-in can take them)."""
@@ -116,7 +169,7 @@ class Steering:
                     for c in applied]
         upcoming += [dict(c.describe(), heard_in_seconds=seconds_until(next_stride_sample),
                           taken=False) for c in pending]
-        return {"playing": playing.describe(), "upcoming": upcoming}
+        return {"playing": playing.describe(playhead_sample // hop_samples), "upcoming": upcoming}
 
     # -- the producer's thread -----------------------------------------------------------------
     def take(self) -> tp.List[Change]:
