@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Endless MusicGen radio: generates music stride after stride and plays it.")
     g = p.add_argument_group("music")
     g.add_argument("--prompt", default=d.prompt, help="text description of the music (default: %(default)r)")
+    g.add_argument("--schedule", metavar="FILE", default=None,
+                   help="a programme of prompts (TOML or JSON: entries of prompt or prompts, seconds, "
+                        "morph_seconds; loop = true), played live; the file is watched and reloaded")
     g.add_argument("--model", default=d.model,
                    help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
                         "folder, 'tiny' (offline random model: noise) or 'random-small' "
@@ -89,7 +92,7 @@ def configs_from_args(args):
     from engine.outputs.config import OutputConfig
     from engine.station.config import EngineConfig
     engine = EngineConfig(
-        prompt=args.prompt, model=args.model, device=args.device, dtype=args.dtype,
+        prompt=args.prompt, schedule_path=args.schedule, model=args.model, device=args.device, dtype=args.dtype,
         window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride,
         first_stride_seconds=args.first_stride, temperature=args.temperature,

@@ -26,19 +26,22 @@ from .outputs.stdout import PcmPipeSink
 from .rt.clock import PacedClock
 from .rt.device import AudioDeviceError, DeviceOutput
 from .station.config import ConfigError, EngineConfig
+from .station.schedule import ScheduleError, ScheduleWatcher, load_schedule
 from .station.station import Clock, Station
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: What `check` and `load` raise for input the user can fix (one line, exit code 2).
-INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError)
+INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError, ScheduleError)
 
 
 def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -> str:
     """Refuse, before anything loads, every setting that cannot work; return the device
     ("cpu" | "cuda") the model will run on. Raises one of INPUT_ERRORS."""
     engine.validate()
+    if engine.schedule_path:
+        load_schedule(engine.schedule_path)
     check_model_name(engine.model)
     outputs.validate()
     network.validate()
@@ -69,9 +72,14 @@ def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkCon
     clock = _clock(station, outputs)
     for sink in sinks:
         sink.start()
+    watcher = ScheduleWatcher(engine.schedule_path, station.steering.set_schedule) if engine.schedule_path else None
+    if watcher is not None:
+        watcher.start()
     try:
         station.play(clock, stop)
     finally:
+        if watcher is not None:
+            watcher.stop()
         for sink in sinks:
             sink.stop()
             sink.join()

@@ -18,7 +18,8 @@ import logging
 import secrets
 import typing as tp
 
-from ..station.config import COMMAND_NAMES, MAX_PROMPT_CHARS, ConfigError, validate_sampling
+from ..station.config import COMMAND_NAMES, ConfigError, validate_sampling
+from ..station.prompts import PromptError, morph_seconds, number, prompt_text, weighted_prompts
 from ..station.steering import WHEN_CHOICES, Change
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,6 @@ COMMAND_FIELDS = {
     "new_piece": {"when"},
     "status": set(),
 }
-#: The most prompts one set_prompts may mix, and the longest morph.
-MAX_PROMPTS = 4
-MAX_MORPH_SECONDS = 600.0
 #: Control command field → SamplingParams field.
 SAMPLING_FIELDS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "cfg": "cfg_coef"}
 
@@ -81,10 +79,10 @@ class ControlAuth:
 def _number(message: dict, name: str, kind: type) -> tp.Optional[float]:
     if name not in message:
         return None
-    value = message[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ControlError(f"{name} must be {'an integer' if kind is int else 'a number'} (got {value!r})")
-    return value
+    try:
+        return number(message[name], name, integer=kind is int)
+    except PromptError as err:
+        raise ControlError(str(err)) from err
 
 
 def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Optional[Change]:
@@ -103,13 +101,14 @@ def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Op
     when = message.get("when", default_when)
     if when not in WHEN_CHOICES:
         raise ControlError(f"when must be \"now\" or \"next\" (got {when!r})")
-    morph = _number(message, "morph_seconds", float) or 0.0
-    if not 0 <= morph <= MAX_MORPH_SECONDS:
-        raise ControlError(f"morph_seconds must be between 0 and {MAX_MORPH_SECONDS:g} (got {morph:g})")
-    if kind == "set_prompt":
-        return Change(prompts=((_prompt(message.get("prompt")), 1.0),), morph_seconds=morph, when=when)
-    if kind == "set_prompts":
-        return Change(prompts=_weighted_prompts(message.get("prompts")), morph_seconds=morph, when=when)
+    try:
+        morph = morph_seconds(message.get("morph_seconds", 0.0))
+        if kind == "set_prompt":
+            return Change(prompts=((prompt_text(message.get("prompt")), 1.0),), morph_seconds=morph, when=when)
+        if kind == "set_prompts":
+            return Change(prompts=weighted_prompts(message.get("prompts")), morph_seconds=morph, when=when)
+    except PromptError as err:
+        raise ControlError(str(err)) from err
     if kind == "new_piece":
         return Change(new_piece=True, when=when)
     values = {name: _number(message, name, int if name == "top_k" else float) for name in SAMPLING_FIELDS}
@@ -123,34 +122,6 @@ def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Op
     except ConfigError as err:
         raise ControlError(str(err)) from err
     return Change(sampling=changes, when=when)
-
-
-def _weighted_prompts(prompts: tp.Any) -> tp.Tuple[tp.Tuple[str, float], ...]:
-    """[{text, weight}, ...] → ((text, weight / Σ weights), ...); the same text twice adds up."""
-    usage = 'prompts is a list of 1 to 4 {"text": "...", "weight": 1.0}'
-    if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_PROMPTS:
-        raise ControlError(f"{usage} (got {len(prompts) if isinstance(prompts, list) else type(prompts).__name__})")
-    weights: tp.Dict[str, float] = {}
-    for entry in prompts:
-        if not isinstance(entry, dict) or set(entry) - {"text", "weight"}:
-            raise ControlError(usage)
-        weight = _number(entry, "weight", float)
-        weight = 1.0 if weight is None else weight
-        if not 0 < weight <= 1000:
-            raise ControlError(f"each weight must be above 0 (and at most 1000); got {weight:g}")
-        text = _prompt(entry.get("text"))
-        weights[text] = weights.get(text, 0.0) + weight
-    total = sum(weights.values())
-    return tuple((text, weight / total) for text, weight in weights.items())
-
-
-def _prompt(prompt: tp.Any) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ControlError("prompt must be a non-empty text")
-    prompt = " ".join(prompt.split())  # newlines, tabs and runs of spaces become one space
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ControlError(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-    return prompt
 
 
 class Controller:

@@ -44,6 +44,7 @@ class EngineConfig:
     """Everything the engine needs to know, in the units its names say."""
 
     prompt: str = "warm lofi hip hop with vinyl crackle"
+    schedule_path: tp.Optional[str] = None  # a programme of prompts (station/schedule.py), watched
     model: str = "facebook/musicgen-small"
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)

@@ -104,6 +104,7 @@ class Producer:
         emitted = self.generator.frames_emitted
         index = min(self._ramp_index, 30)
         frames = min(self.stride_frames, self.first_stride_frames << index)
+        frames = self.steering.frames_to_second_entry(emitted, frames, self.sample_rate / self.hop_samples)
         if self.end_frames is not None and emitted + frames >= self.end_frames:
             return self.end_frames - emitted, self.end_sample, True
         written_after = (emitted + frames - self.stitcher.holdback_frames) * self.hop_samples
@@ -129,6 +130,7 @@ class Producer:
                     self._stop_event.wait(self.poll_seconds)
                     continue
                 self.waiting_for_room = False
+                self._apply_scheduled(frames)
                 try:
                     self._produce(frames, last)
                 except _CutIn:
@@ -202,6 +204,21 @@ class Producer:
                  "; ".join(change.summary() for change in changes), self.next_stride_sample / self.sample_rate,
                  "cut in" if cut else "next stride", ", new piece" if new_piece else "")
 
+    def _apply_scheduled(self, frames: int) -> None:
+        """The schedule entries starting in the coming stride, each at its own frame."""
+        first = self.generator.frames_emitted
+        changes = self.steering.scheduled(first, first + frames, self.sample_rate / self.hop_samples)
+        if not changes:
+            return
+        conditions = self.steering.latest
+        for change in changes:
+            conditions = change.apply_to(conditions, first, self.sample_rate / self.hop_samples)
+            start = max(0, change.at_frame - self.stitcher.holdback_frames) * self.hop_samples
+            self.steering.record(start, conditions, [change])
+            log.info("schedule: entry %d (%s) from %.2f s of the stream", change.entry + 1,
+                     change.summary(), change.at_frame * self.hop_samples / self.sample_rate)
+        self.generator.sampling = conditions.sampling
+
     def _cut_in(self) -> bool:
         """Rewind to the earliest frame whose audio can still be regenerated before the playhead
         reaches it (the playhead plus the safety margin plus the estimated time to generate the
@@ -217,7 +234,7 @@ class Producer:
         context = self.decoder.codes(context_from, frame) if frame > context_from else None
         self.decoder.rewind(frame)
         self.ring.take_back(self.decoder.emitted_samples)
-        self.steering.take_back(self.decoder.emitted_samples)
+        self.steering.take_back(self.decoder.emitted_samples, frame)
         self.generator.restart_at(frame, context)
         self.metrics.written_samples = self.ring.written_until
         self._ramp_index = 0

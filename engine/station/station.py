@@ -9,12 +9,13 @@ import time
 import typing as tp
 
 from ..codec.stitcher import StitchingDecoder
-from ..lm.window import SamplingParams, WindowGenerator
+from ..lm.window import PromptMix, SamplingParams, WindowGenerator
 from ..rt.player import Player
 from ..rt.ring import PcmRing
 from .config import EngineConfig
 from .metrics import EngineMetrics
 from .producer import Producer
+from .schedule import load_schedule
 from .steering import Conditions, Steering
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,14 @@ class Station:
         sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
                                   top_p=config.top_p, cfg_coef=config.cfg_coef)
         self.steering = Steering(Conditions.single(config.prompt, sampling))
+        if config.schedule_path:
+            schedule = load_schedule(config.schedule_path)
+            first = schedule.entries[0].prompts
+            self.steering = Steering(Conditions(PromptMix(tuple(t for t, _ in first), tuple(w for _, w in first)),
+                                                sampling))
+            self.steering.start_schedule(schedule)
+            log.info("schedule: %s, %d entries%s", config.schedule_path, len(schedule.entries),
+                     " (loop)" if schedule.loop else "")
         self.generator = WindowGenerator(model, context_frames, sampling, seed=config.seed,
                                          dtype=config.dtype, max_frames=context_frames + self.stride_frames,
                                          release_weights=release_lm_weights)

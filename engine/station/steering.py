@@ -16,6 +16,7 @@ import time
 import typing as tp
 
 from ..lm.window import Conditioning, PromptMix, SamplingParams
+from .schedule import Schedule
 
 WHEN_CHOICES = ("now", "next")
 
@@ -78,20 +79,26 @@ class Change:
     received_at: float = dataclasses.field(default_factory=time.monotonic)
     heard_from_sample: tp.Optional[int] = None  # set when the producer applies it
     latency_seconds: tp.Optional[float] = None  # received → its first sample played
+    at_frame: tp.Optional[int] = None  # a schedule entry: switch (or start its morph) exactly here
+    entry: tp.Optional[int] = None  # the schedule entry (0-based) it starts
 
     def apply_to(self, conditions: Conditions, frame: int, frame_rate: float) -> Conditions:
-        """The conditions from stream frame `frame` on: a morph starts there from the weights
-        then playing."""
+        """The conditions from stream frame `frame` (or `at_frame`) on: a morph starts there from
+        the weights then playing; a change at `at_frame` switches exactly there."""
+        frame = frame if self.at_frame is None else self.at_frame
         mix = conditions.mix.settled(frame)
         if self.prompts is not None:
             target = dict(self.prompts)
             morph_frames = round(self.morph_seconds * frame_rate)
+            start = frame
+            if self.at_frame is not None and morph_frames == 0:
+                start, morph_frames = frame - 1, 1  # a switch exactly at at_frame, even mid-stride
             if morph_frames > 0:
                 now = dict(conditions.prompts_at(frame))
                 texts = tuple(dict.fromkeys(list(now) + list(target)))
                 mix = PromptMix(texts, tuple(target.get(t, 0.0) for t in texts),
                                 start_weights=tuple(now.get(t, 0.0) for t in texts),
-                                morph_start_frame=frame, morph_frames=morph_frames)
+                                morph_start_frame=start, morph_frames=morph_frames)
             else:
                 mix = PromptMix(tuple(target), tuple(target.values()))
         return Conditions(mix, dataclasses.replace(conditions.sampling, **self.sampling))
@@ -111,6 +118,8 @@ class Change:
 
     def describe(self) -> dict:
         what = {"change": self.number, "when": self.when}
+        if self.entry is not None:
+            what["schedule_entry"] = self.entry + 1
         if self.prompts is not None:
             what["prompt"] = prompt_text(self.prompts)
             what["prompts"] = [{"text": text, "weight": w} for text, w in self.prompts]
@@ -134,6 +143,10 @@ class Steering:
         self.cut_requested = threading.Event()  # a "now" change waits: abandon the stride in progress
         self._segments: tp.List[tp.Tuple[int, Conditions]] = [(0, conditions)]  # (first sample, conditions)
         self._applied: tp.Deque[Change] = collections.deque(maxlen=history)
+        self._schedule: tp.Optional[Schedule] = None
+        self._new_schedule: tp.Optional[Schedule] = None  # starts at the next stride
+        self._schedule_origin = 0  # the stream frame of the programme's second 0
+        self._scheduled_until = 0  # entry starts before this frame have been handed out
 
     # -- any thread ---------------------------------------------------------------------------
     def submit(self, change: Change) -> Change:
@@ -145,11 +158,31 @@ class Steering:
             self.cut_requested.set()
         return change
 
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Play `schedule` from its first entry, from the next stride on (any thread)."""
+        with self._lock:
+            self._new_schedule = schedule
+
+    def start_schedule(self, schedule: Schedule) -> None:
+        """Play `schedule` from frame 0, its first entry being the conditions already set."""
+        with self._lock:
+            self._schedule, self._schedule_origin, self._scheduled_until = schedule, 0, 1
+
     @property
     def latest(self) -> Conditions:
         """The conditions the producer generates with now (changes still pending not included)."""
         with self._lock:
             return self._segments[-1][1]
+
+    def schedule_status(self, playhead_frame: int, frame_rate: float) -> tp.Optional[dict]:
+        """The schedule entry playing at `playhead_frame` and the seconds until the next one."""
+        with self._lock:
+            schedule, origin = self._schedule, self._schedule_origin
+        if schedule is None or playhead_frame < origin:
+            return None
+        index, left = schedule.entry_at((playhead_frame - origin) / frame_rate)
+        return {"entry": index + 1, "entries": len(schedule.entries), "loop": schedule.loop,
+                "seconds_to_next": None if left is None else round(left, 3)}
 
     def status(self, playhead_sample: int, next_stride_sample: int, sample_rate: int,
                hop_samples: int) -> dict:
@@ -169,7 +202,11 @@ class Steering:
                     for c in applied]
         upcoming += [dict(c.describe(), heard_in_seconds=seconds_until(next_stride_sample),
                           taken=False) for c in pending]
-        return {"playing": playing.describe(playhead_sample // hop_samples), "upcoming": upcoming}
+        status = {"playing": playing.describe(playhead_sample // hop_samples), "upcoming": upcoming}
+        schedule = self.schedule_status(playhead_sample // hop_samples, sample_rate / hop_samples)
+        if schedule is not None:
+            status["schedule"] = schedule
+        return status
 
     # -- the producer's thread -----------------------------------------------------------------
     def take(self) -> tp.List[Change]:
@@ -178,6 +215,39 @@ class Steering:
             changes, self._pending = self._pending, []
             self.cut_requested.clear()
         return changes
+
+    def scheduled(self, frame_from: int, frame_to: int, frame_rate: float) -> tp.List[Change]:
+        """The schedule's entries that start in stream frames [frame_from, frame_to), as
+        changes at their frame; a schedule set meanwhile starts at `frame_from`."""
+        with self._lock:
+            if self._new_schedule is not None:
+                self._schedule, self._new_schedule = self._new_schedule, None
+                self._schedule_origin = self._scheduled_until = frame_from
+            schedule, origin = self._schedule, self._schedule_origin
+            start = max(frame_from, self._scheduled_until)
+            if schedule is None or frame_to <= start:
+                return []
+            self._scheduled_until = frame_to
+        changes = []
+        for seconds, index in schedule.starts((start - origin) / frame_rate, (frame_to - origin) / frame_rate):
+            entry = schedule.entries[index]
+            changes.append(Change(prompts=entry.prompts, morph_seconds=entry.morph_seconds, when="next",
+                                  at_frame=origin + round(seconds * frame_rate), entry=index))
+        return changes
+
+    def frames_to_second_entry(self, frame_from: int, frames: int, frame_rate: float) -> int:
+        """`frames`, shortened so that at most one schedule entry starts inside the stride
+        [frame_from, frame_from + frames) (a stride holds one switch or morph)."""
+        with self._lock:
+            schedule, origin = self._schedule, self._schedule_origin
+            if self._new_schedule is not None:
+                schedule, origin = self._new_schedule, frame_from
+        if schedule is None:
+            return frames
+        starts = [origin + round(seconds * frame_rate) for seconds, _ in
+                  schedule.starts((frame_from - origin) / frame_rate, (frame_from + frames - origin) / frame_rate)]
+        starts = [f for f in starts if f > frame_from]  # one at the stride's first frame is fine
+        return frames if len(starts) < 2 else max(1, starts[1] - frame_from)
 
     def record(self, from_sample: int, conditions: Conditions, changes: tp.Sequence[Change] = ()) -> None:
         """The stream from `from_sample` on is made with `conditions` (by `changes`)."""
@@ -188,9 +258,11 @@ class Steering:
                 change.heard_from_sample = int(from_sample)
                 self._applied.append(change)
 
-    def take_back(self, from_sample: int) -> None:
-        """The stream from `from_sample` on is regenerated (a cut-in): forget what made it."""
+    def take_back(self, from_sample: int, from_frame: int) -> None:
+        """The stream from `from_sample` (codes from `from_frame`) on is regenerated (a
+        cut-in): forget what made it; schedule entries after it will be handed out again."""
         with self._lock:
+            self._scheduled_until = min(self._scheduled_until, from_frame)
             kept = [(start, c) for start, c in self._segments if start < from_sample]
             self._segments = kept or self._segments[:1]
 
@@ -201,8 +273,8 @@ class Steering:
         latencies = []
         with self._lock:
             for change in self._applied:
-                if (change.latency_seconds is None and change.heard_from_sample is not None
-                        and change.heard_from_sample <= playhead_sample):
+                if (change.latency_seconds is None and change.entry is None  # commands only
+                        and change.heard_from_sample is not None and change.heard_from_sample <= playhead_sample):
                     reached_at = now - (playhead_sample - change.heard_from_sample) / sample_rate
                     change.latency_seconds = max(0.0, reached_at - change.received_at)
                     latencies.append(change.latency_seconds)
