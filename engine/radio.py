@@ -6,6 +6,8 @@ config records and run until stopped. server.py turns flags into these records a
 """
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import resource
 import sys
@@ -22,6 +24,7 @@ from .net.service import start_network
 from .outputs.base import RingSink
 from .outputs.config import OutputConfig
 from .outputs.file import FileRecorder, RecordPathError
+from .outputs.sidecar import RecordingLog
 from .outputs.stdout import PcmPipeSink
 from .rt.clock import PacedClock
 from .rt.device import AudioDeviceError, DeviceOutput
@@ -91,12 +94,35 @@ def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkCon
 def _sinks(station: Station, outputs: OutputConfig) -> tp.List[RingSink]:
     sinks: tp.List[RingSink] = []
     if outputs.record_path:
-        sinks.append(FileRecorder(station.program_ring, outputs.record_path, station.sample_rate))
-        log.info("record: writing what is played to %s", outputs.record_path)
+        about = _recording_about(station)
+        sinks.append(FileRecorder(station.program_ring, outputs.record_path, station.sample_rate, tags={
+            "title": f"MusicGen radio: {about['prompt']}"[:500], "software": "musicgen-radio",
+            "date": about["started"], "comment": json.dumps(
+                {k: about[k] for k in ("model", "seed", "sampling", "window")}, ensure_ascii=False)}))
+        recording_log = RecordingLog(outputs.record_path, about)
+        station.add_heard_listener(lambda change, program_sample: recording_log.add(dict(
+            change.describe(), source="schedule" if change.entry is not None else "control",
+            program_seconds=round(program_sample / station.sample_rate, 3),
+            stream_seconds=round(change.heard_from_sample / station.sample_rate, 3))))
+        log.info("record: writing what is played to %s (how it was made: %s)", outputs.record_path,
+                 recording_log.path)
     if outputs.stdout:
         sinks.append(PcmPipeSink(station.program_ring, sys.stdout.buffer))
         log.info("stdout: raw s16le PCM, %d Hz, %d channel(s)", station.sample_rate, station.channels)
     return sinks
+
+
+def _recording_about(station: Station) -> dict:
+    """How the recording is made: model, seed, settings and the conditions it starts with."""
+    config = station.config
+    playing = station.steering.latest.describe(0)
+    sampling = {k: playing[k] for k in ("temperature", "top_k", "top_p", "cfg")}
+    return {"model": config.model, "seed": config.seed, "sample_rate": station.sample_rate,
+            "channels": station.channels, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "prompt": playing["prompt"], "prompts": playing["prompts"], "sampling": sampling,
+            "window": {"window_seconds": config.window_seconds, "context_seconds": config.context_seconds,
+                       "stride_seconds": config.stride_seconds},
+            "schedule": config.schedule_path}
 
 
 def _clock(station: Station, outputs: OutputConfig) -> Clock:

@@ -1,4 +1,5 @@
 """End-to-end: start server.py for real, as a user would."""
+import json
 import os
 import subprocess
 import sys
@@ -51,7 +52,11 @@ def test_other_seed_other_audio():
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])
 def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     path = tmp_path / f"radio{suffix}"
-    server = RunningServer("--record", str(path), "--seed", "4", "--stride", "3", "--context", "3")
+    programme = tmp_path / "programme.toml"
+    programme.write_text('[[entries]]\nprompt = "first entry"\nseconds = 1\n'
+                         '[[entries]]\nprompt = "second entry"\nseconds = 60\n')
+    server = RunningServer("--record", str(path), "--seed", "4", "--stride", "3", "--context", "3",
+                           "--schedule", str(programme))
     try:
         server.wait_for_program(int(2.5 * SR) * 2, timeout=30)  # 2.5 s played
         rc = server.terminate_and_wait()
@@ -66,6 +71,16 @@ def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     assert played.size == audio.shape[0]  # the file holds exactly what was played
     recorded_s16 = np.round(np.clip(audio[:, 0], -1, 1) * 32767).astype(np.int16)
     assert np.max(np.abs(recorded_s16.astype(int) - played)) <= 1  # flac is 24-bit
+    # The recording says how it was made: tags in the file, every change in FILE.json.
+    with soundfile.SoundFile(str(path)) as f:
+        assert f.title == "MusicGen radio: first entry" and f.software.startswith("musicgen-radio")
+        assert json.loads(f.comment)["seed"] == 4 and json.loads(f.comment)["model"] == "tiny"
+    with open(str(path) + ".json") as f:
+        about = json.load(f)
+    assert about["seed"] == 4 and about["prompt"] == "first entry" and about["sampling"]["cfg"] == 3.0
+    [change] = about["changes"]
+    assert change["source"] == "schedule" and change["prompt"] == "second entry"
+    assert abs(change["program_seconds"] - 1.0) < 0.05 and change["schedule_entry"] == 2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,7 +1,9 @@
-"""`--record FILE`: writes exactly what was played to a .wav or .flac file."""
+"""`--record FILE`: writes exactly what was played to a .wav or .flac file, tagged with how it
+was made (`tags`: title, comment, software, date: libsndfile's string fields)."""
 from __future__ import annotations
 
 import os
+import typing as tp
 
 import numpy as np
 import soundfile
@@ -43,13 +45,16 @@ class FileRecorder(RingSink):
 
     name_for_logs = "record"
 
-    def __init__(self, ring: PcmRing, path: str, sample_rate: int):
+    def __init__(self, ring: PcmRing, path: str, sample_rate: int,
+                 tags: tp.Optional[tp.Dict[str, str]] = None):
         check_record_path(path)
         super().__init__(ring)
         file_format, subtype = RECORD_FORMATS[os.path.splitext(path)[1].lower()]
         self.path = path
         self.file = soundfile.SoundFile(path, mode="w", samplerate=sample_rate,
                                         channels=ring.channels, format=file_format, subtype=subtype)
+        for name, value in (tags or {}).items():  # Vorbis comments in FLAC, an INFO chunk in WAV
+            setattr(self.file, name, value)
 
     def consume(self, frames: np.ndarray) -> None:
         self.file.write(frames)

@@ -213,8 +213,7 @@ class Producer:
         conditions = self.steering.latest
         for change in changes:
             conditions = change.apply_to(conditions, first, self.sample_rate / self.hop_samples)
-            start = max(0, change.at_frame - self.stitcher.holdback_frames) * self.hop_samples
-            self.steering.record(start, conditions, [change])
+            self.steering.record(change.at_frame * self.hop_samples, conditions, [change])  # its nominal start
             log.info("schedule: entry %d (%s) from %.2f s of the stream", change.entry + 1,
                      change.summary(), change.at_frame * self.hop_samples / self.sample_rate)
         self.generator.sampling = conditions.sampling

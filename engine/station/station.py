@@ -78,6 +78,7 @@ class Station:
             underruns=lambda: self.player.underruns, steering=self.steering,
             cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
         self.clock: tp.Optional[Clock] = None
+        self._heard_listeners: tp.List[tp.Callable[[tp.Any, int], None]] = []
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
@@ -133,12 +134,24 @@ class Station:
             self.producer.stop()
             self.program_ring.closed = True  # the outputs drain what was played and finish
 
+    def add_heard_listener(self, listener: tp.Callable[[tp.Any, int], None]) -> None:
+        """`listener(change, program_sample)` for every change once it is heard (the supervisor
+        thread calls it; `program_sample`: where it starts in what was played, underrun
+        silence included, as in a recording)."""
+        self._heard_listeners.append(listener)
+
     def _note_heard_changes(self) -> None:
-        """Measure each control change's latency once the playhead reaches it."""
-        for latency in self.steering.note_heard(self.player.playhead, self.sample_rate):
-            self.metrics.change_latency.observe(latency)
-            self.metrics.last_change_latency_seconds = round(latency, 3)
-            log.info("control: change heard %.2f s after the command", latency)
+        """Measure each command's latency once the playhead reaches it; tell the listeners."""
+        player = self.player
+        for change in self.steering.note_heard(player.playhead, self.sample_rate):
+            if change.latency_seconds is not None:
+                self.metrics.change_latency.observe(change.latency_seconds)
+                self.metrics.last_change_latency_seconds = round(change.latency_seconds, 3)
+                log.info("control: change %d heard %.2f s after the command", change.number,
+                         change.latency_seconds)
+            program_sample = max(0, player.played_samples - (player.playhead - change.heard_from_sample))
+            for listener in self._heard_listeners:
+                listener(change, program_sample)
 
     def _prefill_target_samples(self) -> int:
         target = max(1, int(self.config.prefill_seconds * self.sample_rate))

@@ -143,6 +143,7 @@ class Steering:
         self.cut_requested = threading.Event()  # a "now" change waits: abandon the stride in progress
         self._segments: tp.List[tp.Tuple[int, Conditions]] = [(0, conditions)]  # (first sample, conditions)
         self._applied: tp.Deque[Change] = collections.deque(maxlen=history)
+        self._heard: tp.Set[int] = set()  # numbers of applied changes the playhead has reached
         self._schedule: tp.Optional[Schedule] = None
         self._new_schedule: tp.Optional[Schedule] = None  # starts at the next stride
         self._schedule_origin = 0  # the stream frame of the programme's second 0
@@ -232,7 +233,8 @@ class Steering:
         for seconds, index in schedule.starts((start - origin) / frame_rate, (frame_to - origin) / frame_rate):
             entry = schedule.entries[index]
             changes.append(Change(prompts=entry.prompts, morph_seconds=entry.morph_seconds, when="next",
-                                  at_frame=origin + round(seconds * frame_rate), entry=index))
+                                  at_frame=origin + round(seconds * frame_rate), entry=index,
+                                  number=next(self._numbers)))
         return changes
 
     def frames_to_second_entry(self, frame_from: int, frames: int, frame_rate: float) -> int:
@@ -266,19 +268,23 @@ class Steering:
             kept = [(start, c) for start, c in self._segments if start < from_sample]
             self._segments = kept or self._segments[:1]
 
-    def note_heard(self, playhead_sample: int, sample_rate: int) -> tp.List[float]:
-        """The latencies (received → first sample played) of the changes the playhead has
-        reached since the last call; for the station's supervisor thread."""
+    def note_heard(self, playhead_sample: int, sample_rate: int) -> tp.List[Change]:
+        """The changes (commands and schedule entries) the playhead has reached since the last
+        call, with each command's latency (received → first sample played) measured; for the
+        station's supervisor thread."""
         now = time.monotonic()
-        latencies = []
+        heard = []
         with self._lock:
             for change in self._applied:
-                if (change.latency_seconds is None and change.entry is None  # commands only
-                        and change.heard_from_sample is not None and change.heard_from_sample <= playhead_sample):
-                    reached_at = now - (playhead_sample - change.heard_from_sample) / sample_rate
-                    change.latency_seconds = max(0.0, reached_at - change.received_at)
-                    latencies.append(change.latency_seconds)
-        return latencies
+                if (change.heard_from_sample is not None and change.heard_from_sample <= playhead_sample
+                        and change.number not in self._heard):
+                    self._heard.add(change.number)
+                    if change.entry is None:  # a command: how long until it was heard
+                        reached_at = now - (playhead_sample - change.heard_from_sample) / sample_rate
+                        change.latency_seconds = max(0.0, reached_at - change.received_at)
+                    heard.append(change)
+            self._heard &= {change.number for change in self._applied}
+        return heard
 
     def forget_before(self, sample: int) -> None:
         """Drop segments that ended before `sample` (bounded memory; the one playing stays)."""
