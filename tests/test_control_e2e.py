@@ -2,6 +2,7 @@
 import asyncio
 import json
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -112,6 +113,10 @@ def test_a_prompt_cut_in_over_the_websocket_is_heard_within_seconds(server):
     print(f"cut-in latency (tiny model, CPU, command → playing): {latency:.2f} s")
     assert "cut in" in server.log
     assert heard["control"]["playing"]["prompt"] == heard["prompt"]
+    # The MP3 stream's ICY title follows, quotes and Unicode intact (read by ffmpeg -icy 1).
+    probe = subprocess.run(["ffmpeg", "-hide_banner", "-icy", "1", "-i", server.url + "/stream.mp3",
+                            "-t", "1", "-f", "null", "-"], capture_output=True, text=True, timeout=60)
+    assert "StreamTitle     : Drum & bass \"live\" — ünïcödé" in probe.stderr, probe.stderr[-2000:]
     assert server.proc.poll() is None
 
 

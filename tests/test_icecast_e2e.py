@@ -1,4 +1,5 @@
 """The Icecast sink against a real Icecast server (Debian's icecast2) on loopback."""
+import json
 import os
 import shutil
 import signal
@@ -64,6 +65,13 @@ class Icecast:
             self.proc.wait(timeout=10)
 
 
+def mount_status(port, mount) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status-json.xsl", timeout=10) as r:
+        sources = json.loads(r.read())["icestats"].get("source", [])
+    sources = sources if isinstance(sources, list) else [sources]
+    return next((source for source in sources if source["listenurl"].endswith(mount)), {})
+
+
 def decoded_seconds(url, seconds=2.5):
     container = av.open(url, timeout=10)
     stream = container.streams.audio[0]
@@ -88,6 +96,12 @@ def test_icecast_mounts_play_and_the_source_reconnects(tmp_path):
         server.wait_for_log("radio.opus: connected", timeout=30)
         server.wait_for_log("radio.mp3: connected", timeout=30)
         server.wait_for_log("refused.mp3: refused", timeout=30)
+        # The MP3 mount's title is the prompt playing (Icecast's admin metadata update).
+        server.wait_for_log("radio.mp3: title updated", timeout=30)
+        deadline = time.monotonic() + 15
+        while "lofi" not in mount_status(icecast.port, "/radio.mp3").get("title", ""):
+            assert time.monotonic() < deadline, mount_status(icecast.port, "/radio.mp3")
+            time.sleep(0.2)  # Icecast publishes its statistics on its own schedule
         for mount, codec in (("/radio.opus", "opus"), ("/radio.mp3", "mp3")):
             seconds, name = decoded_seconds(f"http://127.0.0.1:{icecast.port}{mount}")
             assert name.startswith(codec)

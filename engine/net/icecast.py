@@ -11,9 +11,11 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import typing as tp
 import urllib.parse
 
 from .broadcast import Broadcaster
+from .icy import header_safe
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +62,44 @@ def parse_icecast_url(url: str) -> IcecastTarget:
 class IcecastSource:
     """Pushes one mount; `run()` is a coroutine on the network loop that never gives up."""
 
-    def __init__(self, target: IcecastTarget, broadcaster: Broadcaster, description: str,
+    def __init__(self, target: IcecastTarget, broadcaster: Broadcaster, title: tp.Callable[[], str],
                  max_backoff_seconds: float = 30.0):
         self.target = target
         self.broadcaster = broadcaster
-        self.description = description
+        self.title = title  # the prompt(s) heard now
         self.max_backoff_seconds = max_backoff_seconds
         self.connected = False
         self.connections = 0
+        self.titles_sent = 0
+
+    def title_changed(self) -> None:
+        """The prompt heard changed (called on the loop): update an MP3 mount's title. (Ogg
+        mounts carry their titles in the stream's own comments, which Icecast reads.)"""
+        if self.connected and self.target.ring_key == "mp3":
+            asyncio.ensure_future(self._send_title())
+
+    async def _send_title(self) -> None:
+        """Icecast's admin metadata update, with the source's credentials."""
+        t = self.target
+        query = urllib.parse.urlencode({"mount": t.mount, "mode": "updinfo", "song": " ".join(self.title().split())})
+        auth = base64.b64encode(f"{t.user}:{t.password}".encode()).decode()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), timeout=10)
+            try:
+                writer.write(f"GET /admin/metadata?{query} HTTP/1.0\r\nHost: {t.host}:{t.port}\r\n"
+                             f"Authorization: Basic {auth}\r\nUser-Agent: musicgen-radio\r\n\r\n".encode())
+                await writer.drain()
+                status = await asyncio.wait_for(reader.readline(), timeout=10)
+            finally:
+                writer.close()
+        except (OSError, asyncio.TimeoutError) as err:
+            log.warning("icecast %s: title not updated (%s)", t, err)
+            return
+        if status.split(b" ")[1:2] == [b"200"]:
+            self.titles_sent += 1
+            log.info("icecast %s: title updated", t)
+        else:
+            log.warning("icecast %s: title update refused: %s", t, status.decode(errors="replace").strip())
 
     async def run(self) -> None:
         backoff = 1.0
@@ -94,7 +126,7 @@ class IcecastSource:
                 f"PUT {t.mount} HTTP/1.1\r\nHost: {t.host}:{t.port}\r\n"
                 f"Authorization: Basic {auth}\r\nUser-Agent: musicgen-radio\r\n"
                 f"Content-Type: {t.content_type}\r\nIce-Public: 0\r\nIce-Name: MusicGen radio\r\n"
-                f"Ice-Description: {_header_safe(self.description)}\r\nExpect: 100-continue\r\n\r\n")
+                f"Ice-Description: {header_safe(self.title())}\r\nExpect: 100-continue\r\n\r\n")
             writer.write(request.encode())
             await writer.drain()
             status = await asyncio.wait_for(reader.readline(), timeout=10)
@@ -104,6 +136,7 @@ class IcecastSource:
             self.connected = True
             self.connections += 1
             log.info("icecast %s: connected, streaming %s", t, t.content_type)
+            self.title_changed()
             listener = self.broadcaster.join("icecast", t.ring_key)
             listener.on_drop = lambda reason: writer.transport.abort()
             if t.ring_key == "ogg":
@@ -127,7 +160,3 @@ class IcecastRefused(ConnectionError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def _header_safe(text: str) -> str:
-    return "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)[:200]

@@ -36,8 +36,10 @@ class NetworkThread(threading.Thread):
         self.publisher = StatusPublisher(station, self.broadcaster)
         self.auth = ControlAuth(config.host, config.control_token)
         self.controller = Controller(station, self.auth)
-        self.icecast_sources = [IcecastSource(target, self.broadcaster, station.config.prompt)
+        self.title = station.now_playing()  # the prompt(s) heard now: stream titles
+        self.icecast_sources = [IcecastSource(target, self.broadcaster, lambda: self.title)
                                 for target in config.icecast_targets()]
+        station.add_heard_listener(self._on_heard)
         self.ready = threading.Event()
         self.error: tp.Optional[BaseException] = None
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
@@ -54,7 +56,8 @@ class NetworkThread(threading.Thread):
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self.broadcaster.start()
-        app = RadioWeb(self.station, self.broadcaster, self.publisher, self.controller).app()
+        app = RadioWeb(self.station, self.broadcaster, self.publisher, self.controller,
+                       now_playing=lambda: self.title).app()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -71,6 +74,15 @@ class NetworkThread(threading.Thread):
             task.cancel()
         await self.broadcaster.stop()
         await runner.cleanup()
+
+    def _on_heard(self, change, program_sample: int) -> None:
+        """A change is heard (the station's supervisor thread): new stream titles."""
+        title = self.station.now_playing()
+        if title != self.title:
+            self.title = title
+            if self.loop is not None:
+                for source in self.icecast_sources:
+                    self.loop.call_soon_threadsafe(source.title_changed)
 
     def _announce_control(self) -> None:
         """Say how control works; a generated token is printed once, with the page URL (to the

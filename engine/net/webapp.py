@@ -21,6 +21,7 @@ from . import protocol
 from .broadcast import Broadcaster
 from .control import Controller
 from .encoders import OPUS_RATE, PACKET_SECONDS
+from .icy import IcyInterleaver, header_safe
 from .prometheus import MetricsExporter
 from .status import StatusPublisher
 
@@ -34,8 +35,9 @@ class RadioWeb:
     """Handlers bound to one station and its broadcaster."""
 
     def __init__(self, station, broadcaster: Broadcaster, publisher: StatusPublisher,
-                 controller: Controller, web_root: str = WEB_ROOT):
+                 controller: Controller, now_playing: tp.Callable[[], str], web_root: str = WEB_ROOT):
         self.station = station
+        self.now_playing = now_playing  # the stream title: the prompt(s) heard now
         self.broadcaster = broadcaster
         self.publisher = publisher
         self.controller = controller
@@ -94,7 +96,7 @@ class RadioWeb:
             channels=station.channels, frame_samples=int(rate * PACKET_SECONDS),
             burst_seconds=b.burst_samples / station.sample_rate,
             max_lag_seconds=b.max_lag_samples / station.sample_rate,
-            station={"model": station.config.model, "prompt": station.now_playing(),
+            station={"model": station.config.model, "prompt": self.now_playing(),
                      "seed": station.config.seed},
             opus_head=b.opus_head if codec == "opus" else None)
         await ws.send_str(json.dumps(hello))
@@ -156,10 +158,13 @@ class RadioWeb:
     async def http_stream(self, request: web.Request) -> web.StreamResponse:
         is_opus = request.path.endswith(".opus")
         key, kind = ("ogg", "http-opus") if is_opus else ("mp3", "http-mp3")
-        response = web.StreamResponse(headers={
-            "Content-Type": "audio/ogg" if is_opus else "audio/mpeg",
-            "Cache-Control": "no-cache, no-store", "icy-name": "MusicGen radio",
-            "icy-description": _header_safe(self.station.now_playing())})
+        icy = IcyInterleaver() if not is_opus and request.headers.get("Icy-MetaData") == "1" else None
+        headers = {"Content-Type": "audio/ogg" if is_opus else "audio/mpeg",
+                   "Cache-Control": "no-cache, no-store", "icy-name": "MusicGen radio",
+                   "icy-description": header_safe(self.now_playing())}
+        if icy is not None:
+            headers["icy-metaint"] = str(icy.metaint)
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         _small_send_buffers(request)
         listener = self.broadcaster.join(kind, key)
@@ -168,7 +173,7 @@ class RadioWeb:
             await response.write(self.broadcaster.ogg_headers)
 
         async def send(packet):
-            await response.write(packet.payload)
+            await response.write(packet.payload if icy is None else icy.wrap(packet.payload, self.now_playing()))
 
         listener.task = asyncio.current_task()
         try:
@@ -178,11 +183,6 @@ class RadioWeb:
         finally:
             self.broadcaster.leave(listener)
         return response
-
-
-def _header_safe(text: str, limit: int = 200) -> str:
-    """Any prompt text as an HTTP header value: printable ASCII, one line, at most `limit`."""
-    return "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)[:limit]
 
 
 def _request_token(request: web.Request) -> tp.Optional[str]:
