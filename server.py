@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA and int8 weights on x86 CPUs; fp32 is the reference")
     g.add_argument("--seed", type=int, default=None,
                    help="sampling seed; the same seed and flags give the same audio (default: random, logged)")
+    g.add_argument("--from-audio", metavar="FILE", default=None,
+                   help="continue this music: the clip (wav, flac, ogg, mp3) is encoded to tokens once "
+                        "and is the first context")
+    g.add_argument("--trim-start", type=float, default=0.0, help="seconds cut from the clip's start (default: 0)")
+    g.add_argument("--trim-end", type=float, default=None, help="where the clip ends, in seconds (default: its end)")
+    g.add_argument("--play-intro", action="store_true",
+                   help="play the clip first (decoded from its tokens) and join the continuation seam-free")
     g = p.add_argument_group("sliding window (seconds)")
     g.add_argument("--window", type=float, default=d.window_seconds, help="window the model sees, ≤ 30 (default: %(default)s)")
     g.add_argument("--context", type=float, default=d.context_seconds,
@@ -92,7 +99,8 @@ def configs_from_args(args):
     from engine.outputs.config import OutputConfig
     from engine.station.config import EngineConfig
     engine = EngineConfig(
-        prompt=args.prompt, schedule_path=args.schedule, model=args.model, device=args.device, dtype=args.dtype,
+        prompt=args.prompt, schedule_path=args.schedule, from_audio_path=args.from_audio,
+        trim_start_seconds=args.trim_start, trim_end_seconds=args.trim_end, play_intro=args.play_intro, model=args.model, device=args.device, dtype=args.dtype,
         window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride,
         first_stride_seconds=args.first_stride, temperature=args.temperature,

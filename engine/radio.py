@@ -16,6 +16,7 @@ import typing as tp
 
 import torch
 
+from .codec.clip import ClipError, read_clip
 from .lm.hardware import resolve_dtype
 from .models.load import ModelLoadError, check_model_name, load_model, resolve_device
 from .net.config import NetworkConfig
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: What `check` and `load` raise for input the user can fix (one line, exit code 2).
-INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError, ScheduleError)
+INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError, ScheduleError, ClipError)
 
 
 def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -> str:
@@ -45,6 +46,8 @@ def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -
     engine.validate()
     if engine.schedule_path:
         load_schedule(engine.schedule_path)
+    if engine.from_audio_path:  # readable, long enough, not silent: before the model loads
+        read_clip(engine.from_audio_path, None, None, engine.trim_start_seconds, engine.trim_end_seconds)
     check_model_name(engine.model)
     outputs.validate()
     network.validate()

@@ -96,6 +96,9 @@ def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     (("--model", "tiny", "--max-lag", "1", "--burst", "2"), "--max-lag"),
     (("--model", "tiny", "--dtype", "fp8"), "invalid choice: 'fp8'"),
     (("--model", "tiny", "--stride", "3", "--first-stride", "5"), "--first-stride must be between"),
+    (("--model", "tiny", "--play-intro"), "give --from-audio FILE"),
+    (("--model", "tiny", "--control-token", "short"), "at least 8 characters"),
+    (("--model", "tiny", "--temperature", "50"), "--temperature must be between 0 and 10"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(args, message):
     result = run_server(*args, "--no-play", timeout=60)

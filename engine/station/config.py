@@ -45,6 +45,11 @@ class EngineConfig:
 
     prompt: str = "warm lofi hip hop with vinyl crackle"
     schedule_path: tp.Optional[str] = None  # a programme of prompts (station/schedule.py), watched
+    # Continue this clip (codec/clip.py): its tokens are the first context; play_intro plays it first.
+    from_audio_path: tp.Optional[str] = None
+    trim_start_seconds: float = 0.0
+    trim_end_seconds: tp.Optional[float] = None
+    play_intro: bool = False
     model: str = "facebook/musicgen-small"
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
@@ -109,6 +114,13 @@ class EngineConfig:
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ConfigError(
                 f"--prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.play_intro and not self.from_audio_path:
+            raise ConfigError("--play-intro plays the --from-audio clip first: give --from-audio FILE")
+        if self.trim_start_seconds < 0:
+            raise ConfigError(f"--trim-start must be zero or positive (got {self.trim_start_seconds:g} s)")
+        if self.trim_end_seconds is not None and self.trim_end_seconds <= self.trim_start_seconds:
+            raise ConfigError(f"--trim-end ({self.trim_end_seconds:g} s) must be after --trim-start "
+                              f"({self.trim_start_seconds:g} s)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
         if self.dtype not in DTYPE_CHOICES:

@@ -70,6 +70,7 @@ class Producer:
         self.safety_samples = int(safety_seconds * metrics.sample_rate)  # ahead of the playhead
         self.fade_samples = max(1, int(fade_seconds * metrics.sample_rate))  # a new piece's dip
         self._ramp_index = 0  # strides since the start or the last cut-in
+        self.intro_codes: tp.Optional["torch.Tensor"] = None  # [1, K, frames] played first (--play-intro)
         self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
         self.playhead = playhead
         self.underruns = underruns  # the player's count, for the stride log
@@ -121,6 +122,8 @@ class Producer:
     def run(self) -> None:
         try:
             self._warm_up()
+            if self.intro_codes is not None:
+                self._play_intro(self.intro_codes)
             while not self._stop_event.is_set():
                 self._apply_changes()
                 frames, written_after, last = self._next_stride()
@@ -173,6 +176,13 @@ class Producer:
         log.info("stride %d: %.2f s of audio in %.2f s (real-time factor %.2fx), %.1f s buffered "
                  "ahead, %d underruns so far", index, record.audio_seconds, elapsed,
                  record.real_time_factor, ahead / self.sample_rate, self.underruns())
+
+    def _play_intro(self, codes) -> None:
+        """The clip's own tokens, decoded, start the stream; generation continues from them."""
+        self._write(self.decoder.push(codes))
+        self.generator.restart_at(codes.shape[-1], codes)
+        self.metrics.written_samples = self.ring.written_until
+        log.info("from-audio: the clip's %.1f s start the stream", codes.shape[-1] * self.hop_samples / self.sample_rate)
 
     def _write(self, pcm: np.ndarray) -> None:
         if self._fade_in_at is not None and self._fade_in_at == self.ring.written_until and len(pcm):

@@ -8,6 +8,7 @@ import threading
 import time
 import typing as tp
 
+from ..codec.clip import encode_clip, read_clip
 from ..codec.stitcher import StitchingDecoder
 from ..lm.window import PromptMix, SamplingParams, WindowGenerator
 from ..rt.player import Player
@@ -77,12 +78,28 @@ class Station:
             first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)),
             underruns=lambda: self.player.underruns, steering=self.steering,
             cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
+        if config.from_audio_path:
+            self._continue_clip(config)
         self.clock: tp.Optional[Clock] = None
         self._heard_listeners: tp.List[tp.Callable[[tp.Any, int], None]] = []
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
+
+    def _continue_clip(self, config: EngineConfig) -> None:
+        """The clip's tokens become the first context; with play_intro the clip (decoded from
+        those tokens, so that the join is seam-exact) is the start of the stream."""
+        audio = read_clip(config.from_audio_path, self.sample_rate, self.channels,
+                          config.trim_start_seconds, config.trim_end_seconds)
+        clip = encode_clip(self.model.compression_model, audio, config.context_seconds, float(self.model.frame_rate))
+        if config.play_intro:
+            self.producer.intro_codes = clip.codes
+        else:
+            self.generator.set_context(clip.codes)
+        log.info("from-audio: %s, %.1f s encoded to %d frames of tokens: the first context%s",
+                 config.from_audio_path, clip.seconds, clip.codes.shape[-1],
+                 "; played first" if config.play_intro else "")
 
     @property
     def first_stride_seconds(self) -> float:
