@@ -48,6 +48,48 @@ async def play_in_chromium(url: str, screenshot: str) -> dict:
             await browser.close()
 
 
+async def steer_in_chromium(url: str, prompt: str, screenshot: str) -> dict:
+    from playwright.async_api import async_playwright
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = await browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(url)
+            await page.wait_for_function("window.radio && window.radio.hello", timeout=15000)
+            hidden = await page.evaluate("document.getElementById('steer').hidden")
+            if not hidden:
+                await page.fill(".prompt-text", prompt)
+                await page.click("#apply")
+                await page.wait_for_function("window.radio.lastControl", timeout=10000)
+                await page.wait_for_function(
+                    f"document.getElementById('prompt').textContent === {prompt!r}", timeout=30000)
+            result = await page.evaluate("window.radio.lastControl || null")
+            message = await page.inner_text("#steer-message")
+            await page.screenshot(path=screenshot)
+            return {"hidden": hidden, "result": result, "message": message, "errors": errors}
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (.ci/run installs it)")
+def test_the_page_steers_with_the_printed_token_and_is_listen_only_without(server):
+    import re
+    token = re.findall(r"\?token=(\S+)", server.log)[0]
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    steered = asyncio.run(steer_in_chromium(f"{server.url}/?codec=pcm&token={token}", "chromium jazz",
+                                            os.path.join(ARTIFACTS, "page-steer.png")))
+    assert not steered["errors"], steered["errors"]
+    assert not steered["hidden"] and steered["result"]["type"] == "result", steered
+    assert "accepted" in steered["message"]
+    assert server.status()["prompt"] == "chromium jazz"
+    listening = asyncio.run(steer_in_chromium(f"{server.url}/?codec=pcm", "x", os.path.join(ARTIFACTS, "page-listen.png")))
+    assert listening["hidden"] and listening["result"] is None
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (.ci/run installs it)")
 @pytest.mark.parametrize("codec", ["opus", "pcm"])
 def test_page_plays_non_silent_audio_in_chromium(server, codec):
@@ -59,7 +101,7 @@ def test_page_plays_non_silent_audio_in_chromium(server, codec):
     assert stats["codec"] == codec and stats["packets"] > 20
     assert stats["audible"] > 48000 and stats["peak"] > 0.01  # the worklet played real samples
     assert figures["connection"] == "live"
-    assert figures["prompt"] == "dusty boom bap" and "tiny" in figures["model"]
+    assert figures["prompt"] == server.status()["prompt"] and "tiny" in figures["model"]
     assert figures["codec"].startswith(codec)
     assert figures["rtf"].endswith("×") and figures["buffered"].endswith("s")
     assert int(figures["listeners"]) >= 1

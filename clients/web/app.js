@@ -2,6 +2,8 @@
 // Protocol (see README): a JSON `hello`, then binary audio messages with a 16-byte header
 // (version u8, codec u8, reserved u16, sequence u32, program sample index i64), and JSON `status`.
 
+import { setupSteering } from './steer.js';
+
 const HEADER_BYTES = 16;
 const TARGET_SECONDS = 0.4;
 const $ = (id) => document.getElementById(id);
@@ -31,7 +33,7 @@ async function connect() {
   const forced = new URLSearchParams(location.search).get('codec');
   const codec = forced || ((await opusSupported()) ? 'opus' : 'pcm');
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${scheme}://${location.host}/ws?codec=${codec}`);
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?codec=${codec}`);  // commands carry the token
   ws.binaryType = 'arraybuffer';
   radio.ws = ws;
   setState('connecting', 'connecting…');
@@ -61,8 +63,14 @@ function onJson(msg) {
     $('model').textContent = `${msg.station.model} · seed ${msg.station.seed}`;
     $('codec').textContent = `${msg.codec} · ${msg.sample_rate / 1000} kHz · ${msg.channels === 2 ? 'stereo' : 'mono'}`;
     if (radio.playing) startAudio().catch(showError);
+  } else if (msg.type === 'result' || msg.type === 'error') {
+    if (radio.onControl) radio.onControl(msg);
   } else if (msg.type === 'status') {
     radio.status = msg;
+    $('prompt').textContent = msg.prompt;
+    $('strides').textContent = String(msg.strides);
+    $('latency').textContent = msg.last_change_latency_seconds == null ? '—' : `${msg.last_change_latency_seconds.toFixed(2)} s`;
+    if (radio.onStatus) radio.onStatus(msg);
     $('buffered').textContent = `${msg.buffered_seconds.toFixed(1)} s`;
     $('rtf').textContent = msg.real_time_factor == null ? '—' : `${msg.real_time_factor.toFixed(2)}×`;
     $('listeners').textContent = String(msg.listeners_total);
@@ -192,4 +200,5 @@ $('volume').addEventListener('input', (e) => {
   if (radio.gain) radio.gain.gain.setTargetAtTime(Number(e.target.value), radio.ctx.currentTime, 0.02);
 });
 requestAnimationFrame(draw);
+setupSteering(radio);
 connect();
