@@ -70,6 +70,7 @@ class Producer:
         self.safety_samples = int(safety_seconds * metrics.sample_rate)  # ahead of the playhead
         self.fade_samples = max(1, int(fade_seconds * metrics.sample_rate))  # a new piece's dip
         self._ramp_index = 0  # strides since the start or the last cut-in
+        self._decode_seconds_per_frame = 0.0  # the codec's cost, measured on the last stride
         self.intro_codes: tp.Optional["torch.Tensor"] = None  # [1, K, frames] played first (--play-intro)
         self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
         self.playhead = playhead
@@ -159,7 +160,9 @@ class Producer:
                                 in_prefill=lambda: self.metrics.first_sound_seconds is None,
                                 cut_requested=self.steering.cut_requested)
         codes = self.generator.next_stride(self.conditioning, frames, progress)
+        decode_started = time.monotonic()
         pcm = self.decoder.push(codes)
+        self._decode_seconds_per_frame = (time.monotonic() - decode_started) / max(1, frames)
         if last:
             pcm = np.concatenate([pcm, self.decoder.flush()])
             pcm = pcm[:max(0, self.end_sample - self.ring.written_until)]
@@ -251,14 +254,17 @@ class Producer:
         return True
 
     def _estimate_seconds(self, frames: int) -> float:
-        """How long a stride of `frames` will take, from the last one (prefill + per frame)."""
+        """How long a cut-in takes until its first stride of `frames` is written, from the last
+        stride (prefill + per frame) and the codec's cost of decoding again up to one stride of
+        kept codes, with half as much again for a busy machine."""
         if not self.metrics.strides:
             return 0.0
         last = self.metrics.strides[-1]
         last_frames = max(1, round(last.audio_seconds * self.sample_rate / self.hop_samples))
         prefill = float(self.generator.last_timings.get("prefill_seconds", 0.0))
         per_frame = max(0.0, last.generation_seconds - prefill) / last_frames
-        return 1.25 * (prefill + per_frame * frames)
+        replay = self.decoder.chunk_frames * self._decode_seconds_per_frame
+        return 1.5 * (prefill + per_frame * frames + replay)
 
     def _start_new_piece(self) -> None:
         """Forget the token context; dip the audio around the join (fade out what is buffered
