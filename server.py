@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds kept generated ahead of playback (default: 2 × stride + 1)")
     g.add_argument("--prefill", type=float, default=d.prefill_seconds,
                    help="seconds buffered before playback starts (default 0: as soon as the first stride is ready)")
+    g.add_argument("--loudness", default="-16", metavar="LUFS",
+                   help="loudness target of what is played (a slow gain, ITU-R BS.1770) with a true-peak "
+                        "limiter at -1 dBTP; 'off' disables both (default: %(default)s)")
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
     g.add_argument("--no-play", action="store_true", help="do not use the local sound device")
     g.add_argument("--audio-device", default=None, help="sound device number or name (see --list-devices)")
@@ -107,13 +110,23 @@ def configs_from_args(args):
         top_k=args.top_k, top_p=args.top_p, cfg_coef=args.cfg,
         seed=args.seed if args.seed is not None else random.randrange(2**31),
         buffer_ahead_seconds=args.buffer_ahead, prefill_seconds=args.prefill,
-        duration_seconds=args.duration)
+        duration_seconds=args.duration, loudness_lufs=_loudness(args.loudness))
     outputs = OutputConfig(play=not args.no_play, audio_device=args.audio_device, stdout=args.stdout,
                            record_path=args.record)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,
                             burst_seconds=args.burst, max_lag_seconds=args.max_lag,
                             icecast_urls=tuple(args.icecast), control_token=args.control_token)
     return engine, outputs, network
+
+
+def _loudness(value: str):
+    """--loudness: a number of LUFS or "off" (None); anything else is left for validation to refuse."""
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,7 @@ def test_the_first_context_is_the_clips_last_context_seconds_of_tokens(tiny_mode
 
 def test_play_intro_starts_with_the_clip_and_joins_seam_free(tiny_model, tmp_path):
     path = write_clip(tmp_path, seconds=1.5, rate=SR, channels=1)
-    station = Station(EngineConfig(model="tiny", from_audio_path=path, play_intro=True, context_seconds=2,
+    station = Station(EngineConfig(model="tiny", from_audio_path=path, play_intro=True, context_seconds=2, loudness_lufs=None,
                                    stride_seconds=1, duration_seconds=3.0, seed=1), tiny_model)
     clip_codes = station.producer.intro_codes
     generated = []

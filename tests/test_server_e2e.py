@@ -35,6 +35,11 @@ def test_stdout_gives_exactly_the_duration_and_the_same_bytes_twice():
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300  # non-silent
     assert np.mean(np.abs(pcm) < 3) < 0.05  # no stretch of silence inside
     assert first.stdout == second.stdout
+    # Levelled to --loudness (-16 LUFS by default) with the true-peak ceiling.
+    import pyloudnorm
+    tail = pcm[-3 * SR:].astype(np.float64) / 32768
+    assert abs(pyloudnorm.Meter(SR).integrated_loudness(tail) + 16.0) <= 1.0
+    assert np.abs(pcm).max() / 32768 <= 10 ** (-1 / 20) + 1e-4
     log = first.stderr.decode()
     assert "stride 0:" in log and "real-time factor" in log and "buffered ahead" in log
     assert "pre-fill" in log and "noise, not music" in log
@@ -97,6 +102,7 @@ def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     (("--model", "tiny", "--dtype", "fp8"), "invalid choice: 'fp8'"),
     (("--model", "tiny", "--stride", "3", "--first-stride", "5"), "--first-stride must be between"),
     (("--model", "tiny", "--play-intro"), "give --from-audio FILE"),
+    (("--model", "tiny", "--loudness", "loud"), "--loudness must be between -40 and -5 LUFS, or off"),
     (("--model", "tiny", "--control-token", "short"), "at least 8 characters"),
     (("--model", "tiny", "--temperature", "50"), "--temperature must be between 0 and 10"),
 ])

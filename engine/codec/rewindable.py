@@ -1,6 +1,6 @@
-"""A stitcher that can go back: the codes of the last strides and snapshots of the decoder, so
-that the codes from any recent frame on can be replaced (a cut-in) and the stream stays one
-one-shot decode of the codes actually played.
+"""A stitcher that can go back: the codes of the last strides and snapshots of the decoder (and
+of the loudness leveler after it), so that the codes from any recent frame on can be replaced (a
+cut-in) and the stream stays one one-shot decode of the codes actually played.
 
 Shapes: codes [1, K, frames]; PCM [samples, channels].
 """
@@ -11,6 +11,7 @@ import typing as tp
 import numpy as np
 import torch
 
+from .loudness import LoudnessLeveler
 from .stitcher import StitchingDecoder
 
 
@@ -19,8 +20,10 @@ class RewindableDecoder:
     and keeps the last `keep_frames` frames of codes. `rewind(frame)` returns to the stream as it
     was after `frame` frames (codes from `frame` on forgotten)."""
 
-    def __init__(self, stitcher: StitchingDecoder, keep_frames: int, chunk_frames: int = 50):
+    def __init__(self, stitcher: StitchingDecoder, keep_frames: int, chunk_frames: int = 50,
+                 leveler: tp.Optional[LoudnessLeveler] = None):
         self.stitcher = stitcher
+        self.leveler = leveler  # applied to everything decoded, and rewound with it
         self.keep_frames = int(keep_frames)
         self.chunk_frames = max(1, int(chunk_frames))
         self.reset()
@@ -29,7 +32,19 @@ class RewindableDecoder:
         self.stitcher.reset()
         self._codes: tp.Optional[torch.Tensor] = None  # [1, K, n] from frame `_codes_start`
         self._codes_start = 0
-        self._snapshots: tp.List[tp.Tuple[int, dict]] = [(0, self.stitcher.snapshot())]
+        self._snapshots: tp.List[tp.Tuple[int, dict]] = [(0, self._snapshot())]
+
+    def _snapshot(self) -> dict:
+        return {"stitcher": self.stitcher.snapshot(),
+                "leveler": None if self.leveler is None else self.leveler.snapshot()}
+
+    def _restore(self, state: dict) -> None:
+        self.stitcher.restore(state["stitcher"])
+        if self.leveler is not None:
+            self.leveler.restore(state["leveler"])
+
+    def _level(self, pcm: np.ndarray) -> np.ndarray:
+        return pcm if self.leveler is None else self.leveler.process(pcm)
 
     @property
     def frames_pushed(self) -> int:
@@ -44,14 +59,14 @@ class RewindableDecoder:
         codes = codes.to(self.stitcher.device)
         pieces = []
         for at in range(0, codes.shape[-1], self.chunk_frames):
-            pieces.append(self.stitcher.push(codes[..., at:at + self.chunk_frames]))
-            self._snapshots.append((self.stitcher.frames_pushed, self.stitcher.snapshot()))
+            pieces.append(self._level(self.stitcher.push(codes[..., at:at + self.chunk_frames])))
+            self._snapshots.append((self.stitcher.frames_pushed, self._snapshot()))
         self._codes = codes if self._codes is None else torch.cat([self._codes, codes], dim=-1)
         self._trim()
         return np.concatenate(pieces) if pieces else np.zeros((0, self.stitcher.channels), np.float32)
 
     def flush(self) -> np.ndarray:
-        return self.stitcher.flush()
+        return self._level(self.stitcher.flush())
 
     def codes(self, start: int, end: int) -> torch.Tensor:
         """The kept codes of frames [start, end) as [1, K, end - start]."""
@@ -74,11 +89,12 @@ class RewindableDecoder:
                              f"[{self.earliest_rewind_frame}, {self.frames_pushed}] can be")
         at, state = [(f, s) for f, s in self._snapshots if f <= frame][-1]
         replay = self.codes(at, frame)
-        self.stitcher.restore(state)
+        self._restore(state)
         self._snapshots = [(f, s) for f, s in self._snapshots if f <= at]
         self._codes = self._codes[..., :frame - self._codes_start]
-        pcm = self.stitcher.push(replay) if replay.shape[-1] else np.zeros((0, self.stitcher.channels), np.float32)
-        self._snapshots.append((frame, self.stitcher.snapshot()))
+        pcm = (self._level(self.stitcher.push(replay)) if replay.shape[-1]
+               else np.zeros((0, self.stitcher.channels), np.float32))
+        self._snapshots.append((frame, self._snapshot()))
         return pcm
 
     def _trim(self) -> None:

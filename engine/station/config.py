@@ -50,6 +50,8 @@ class EngineConfig:
     trim_start_seconds: float = 0.0
     trim_end_seconds: tp.Optional[float] = None
     play_intro: bool = False
+    # Loudness target of everything played (codec/loudness.py); None: off. True peak ≤ −1 dBTP.
+    loudness_lufs: tp.Optional[float] = -16.0
     model: str = "facebook/musicgen-small"
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
@@ -114,6 +116,8 @@ class EngineConfig:
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ConfigError(
                 f"--prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.loudness_lufs is not None and not -40.0 <= self.loudness_lufs <= -5.0:
+            raise ConfigError(f"--loudness must be between -40 and -5 LUFS, or off (got {self.loudness_lufs:g})")
         if self.play_intro and not self.from_audio_path:
             raise ConfigError("--play-intro plays the --from-audio clip first: give --from-audio FILE")
         if self.trim_start_seconds < 0:

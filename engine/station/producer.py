@@ -15,6 +15,7 @@ import typing as tp
 
 import numpy as np
 
+from ..codec.loudness import LoudnessLeveler
 from ..codec.rewindable import RewindableDecoder
 from ..codec.stitcher import StitchingDecoder
 from ..lm.window import WindowGenerator
@@ -53,7 +54,8 @@ class Producer:
                  first_stride_frames: tp.Optional[int] = None,
                  underruns: tp.Callable[[], int] = lambda: 0,
                  steering: tp.Optional[Steering] = None, cut_stride_frames: int = 50,
-                 safety_seconds: float = 0.25, fade_seconds: float = 0.03):
+                 safety_seconds: float = 0.3, fade_seconds: float = 0.03,
+                 leveler: tp.Optional[LoudnessLeveler] = None):
         self.generator = generator
         self.stitcher = stitcher
         self.ring = ring
@@ -66,7 +68,7 @@ class Producer:
         buffer_frames = -(-self.buffer_ahead_samples // stitcher.hop_samples)
         self.decoder = RewindableDecoder(stitcher, keep_frames=generator.context_frames + buffer_frames
                                          + 2 * self.stride_frames + stitcher.holdback_frames,
-                                         chunk_frames=self.stride_frames)
+                                         chunk_frames=self.stride_frames, leveler=leveler)
         self.safety_samples = int(safety_seconds * metrics.sample_rate)  # ahead of the playhead
         self.fade_samples = max(1, int(fade_seconds * metrics.sample_rate))  # a new piece's dip
         self._ramp_index = 0  # strides since the start or the last cut-in
@@ -256,7 +258,7 @@ class Producer:
     def _estimate_seconds(self, frames: int) -> float:
         """How long a cut-in takes until its first stride of `frames` is written, from the last
         stride (prefill + per frame) and the codec's cost of decoding again up to one stride of
-        kept codes, with half as much again for a busy machine."""
+        kept codes, doubled for a busy machine."""
         if not self.metrics.strides:
             return 0.0
         last = self.metrics.strides[-1]
@@ -264,7 +266,7 @@ class Producer:
         prefill = float(self.generator.last_timings.get("prefill_seconds", 0.0))
         per_frame = max(0.0, last.generation_seconds - prefill) / last_frames
         replay = self.decoder.chunk_frames * self._decode_seconds_per_frame
-        return 1.5 * (prefill + per_frame * frames + replay)
+        return 2.0 * (prefill + per_frame * frames + replay)
 
     def _start_new_piece(self) -> None:
         """Forget the token context; dip the audio around the join (fade out what is buffered

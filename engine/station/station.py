@@ -9,6 +9,7 @@ import time
 import typing as tp
 
 from ..codec.clip import encode_clip, read_clip
+from ..codec.loudness import LoudnessLeveler
 from ..codec.stitcher import StitchingDecoder
 from ..lm.window import PromptMix, SamplingParams, WindowGenerator
 from ..rt.player import Player
@@ -77,6 +78,7 @@ class Station:
             playhead=lambda: self.player.playhead, metrics=self.metrics, end_sample=self.end_sample,
             first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)),
             underruns=lambda: self.player.underruns, steering=self.steering,
+            leveler=None if config.loudness_lufs is None else LoudnessLeveler(sr, self.channels, config.loudness_lufs),
             cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
         if config.from_audio_path:
             self._continue_clip(config)
