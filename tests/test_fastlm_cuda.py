@@ -77,3 +77,21 @@ def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model):
     assert torch.equal(runs[0], runs[1])
     other = generate(graph, None, attributes, 40, generator=torch.Generator("cuda").manual_seed(6))
     assert not torch.equal(runs[0], other)
+
+
+def test_graph_follows_a_morph_without_capturing_again(cuda_model):
+    """Weighted prompts mixed in place before each step: the replayed graph reads the new mix
+    (greedy tokens equal the eager step's), and it is captured once for the whole morph."""
+    eager = FastLM(cuda_model.lm, max_frames=80, dtype="fp32", kernels="eager")
+    graph = FastLM(cuda_model.lm, max_frames=80, dtype="fp32", kernels="graph")
+    attributes, _ = cuda_model._prepare_tokens_and_attributes(["jazz", "slow ambient drone with rain"], None)
+
+    def weights_at(timestep):
+        a = min(1.0, timestep / 40)
+        return (1.0 - a, a)
+    expected = generate(eager, None, attributes, 60, temperature=0, weights_at=weights_at)
+    got = generate(graph, None, attributes, 60, temperature=0, weights_at=weights_at)
+    captured = graph.step_graph.graph
+    assert torch.equal(got, expected)
+    generate(graph, None, attributes, 60, temperature=0, weights_at=weights_at)
+    assert graph.step_graph.graph is captured  # same prompts, new weights: no new capture

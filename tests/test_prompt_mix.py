@@ -69,3 +69,20 @@ def test_a_morph_moves_the_weights_step_by_step_and_monotonically(tiny_model, mo
     status = conditions.describe(55)
     assert [p["text"] for p in status["prompts"]] == ["jazz", "heavy metal drums"]
     assert abs(status["prompts"][1]["weight"] - 0.5) < 1e-9 and status["morph_frames_left"] == 25
+
+
+def test_the_static_step_reads_the_mix_written_in_place(tiny_model):
+    """kernels="graph" (replayed as a CUDA graph on CUDA, run eagerly here) reads the cross
+    attention from fixed tensors: the per-step mix must land in them."""
+    from engine.lm.generate import generate
+    attributes = tiny_model._prepare_tokens_and_attributes(["jazz", "slow ambient drone with rain"], None)[0]
+
+    def weights_at(timestep):
+        a = min(1.0, timestep / 40)
+        return (1.0 - a, a)
+    runs = [generate(FastLM(tiny_model.lm, max_frames=80, dtype="fp32", kernels=kernels), None, attributes, 60,
+                     temperature=0, weights_at=weights_at) for kernels in ("eager", "graph")]
+    assert torch.equal(runs[0], runs[1])
+    still = generate(FastLM(tiny_model.lm, max_frames=80, dtype="fp32"), None, attributes, 60, temperature=0,
+                     weights_at=lambda t: (1.0, 0.0))
+    assert not torch.equal(runs[0], still)  # the morph changed the tokens

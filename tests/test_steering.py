@@ -162,3 +162,26 @@ def test_a_new_piece_starts_without_context_and_dips_instead_of_clicking(tiny_mo
     w = fade // 4  # the level falls into the join and rises out of it
     assert rms(join - fade, join - fade + w) > 2 * rms(join - w, join)
     assert rms(join + fade - w, join + fade) > 2 * rms(join, join + w)
+
+
+def test_a_cut_in_keeps_a_next_change_asked_for_before_it(tiny_model):
+    position = {"playhead": 0}
+    producer, ring, recorded = make(tiny_model, lambda: position["playhead"])
+    thread = ProducerThread(producer)
+    thread.start()
+    try:
+        wait_until_full(producer)
+        n = len(recorded.strides)
+        producer.steering.submit(Change(sampling={"top_k": 7}, when="next"))
+        deadline = time.monotonic() + 30
+        while producer.generator.sampling.top_k != 7:  # taken: it waits for the next stride
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        position["playhead"] = int(0.5 * SR)
+        producer.steering.submit(Change(prompts=(("dub", 1.0),), when="now"))
+        recorded.wait_for(lambda s: len(s) > n and s[-1][1] == "dub")
+    finally:
+        thread.stop()
+    assert producer.generator.sampling.top_k == 7  # the earlier "next" change still holds
+    playing = producer.steering.status(producer.next_stride_sample, producer.next_stride_sample, SR, HOP)["playing"]
+    assert playing["prompt"] == "dub" and playing["top_k"] == 7

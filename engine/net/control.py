@@ -91,7 +91,7 @@ def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Op
         raise ControlError('a command is a JSON object such as {"type": "set_prompt", "prompt": "..."}')
     kind = message.get("type")
     if kind not in COMMAND_FIELDS:
-        raise ControlError(f"unknown command {kind!r}: use one of {', '.join(COMMAND_FIELDS)}")
+        raise ControlError(f"unknown command {str(kind)[:40]!r}: use one of {', '.join(COMMAND_FIELDS)}")
     unknown = set(message) - COMMAND_FIELDS[kind] - {"type", "id", "token"}
     if unknown:
         raise ControlError(f"{kind} does not take {', '.join(sorted(unknown))}; it takes "
@@ -145,7 +145,7 @@ class Controller:
             change = parse_command(message, station.steering.latest.sampling, default_when)
         except ControlError as err:
             kind = message.get("type") if isinstance(message, dict) else None
-            log.info("control: refused %s: %s", kind or "a command", err)
+            log.info("control: refused %s: %s", str(kind)[:40] if kind else "a command", err)
             self.counts[(kind if kind in COMMAND_FIELDS else "unknown", "refused")] += 1
             return {"type": "error", "id": command_id, "error": str(err), "http_status": err.http_status}
         self.counts[(message["type"], "ok")] += 1

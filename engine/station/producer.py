@@ -72,6 +72,7 @@ class Producer:
         self.safety_samples = int(safety_seconds * metrics.sample_rate)  # ahead of the playhead
         self.fade_samples = max(1, int(fade_seconds * metrics.sample_rate))  # a new piece's dip
         self._ramp_index = 0  # strides since the start or the last cut-in
+        self._ramp_first_frames = self.first_stride_frames  # the ramp's first stride: at start, after a cut
         self._decode_seconds_per_frame = 0.0  # the codec's cost, measured on the last stride
         self.intro_codes: tp.Optional["torch.Tensor"] = None  # [1, K, frames] played first (--play-intro)
         self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
@@ -107,7 +108,7 @@ class Producer:
         """(frames to generate, ring end after writing them, is this the last stride)."""
         emitted = self.generator.frames_emitted
         index = min(self._ramp_index, 30)
-        frames = min(self.stride_frames, self.first_stride_frames << index)
+        frames = min(self.stride_frames, self._ramp_first_frames << index)
         frames = self.steering.frames_to_second_entry(emitted, frames, self.sample_rate / self.hop_samples)
         if self.end_frames is not None and emitted + frames >= self.end_frames:
             return self.end_frames - emitted, self.end_sample, True
@@ -252,7 +253,7 @@ class Producer:
         self.generator.restart_at(frame, context)
         self.metrics.written_samples = self.ring.written_until
         self._ramp_index = 0
-        self.first_stride_frames = self.cut_stride_frames
+        self._ramp_first_frames = self.cut_stride_frames
         return True
 
     def _estimate_seconds(self, frames: int) -> float:

@@ -265,8 +265,13 @@ class Steering:
         cut-in): forget what made it; schedule entries after it will be handed out again."""
         with self._lock:
             self._scheduled_until = min(self._scheduled_until, from_frame)
-            kept = [(start, c) for start, c in self._segments if start < from_sample]
-            self._segments = kept or self._segments[:1]
+            newest = self._segments[-1][1]  # what was asked for last still holds, from the cut on
+            self._segments = [(start, c) for start, c in self._segments if start < from_sample] or self._segments[:1]
+            if self._segments[-1][1] != newest:
+                self._segments.append((int(from_sample), newest))
+            for change in self._applied:
+                if change.heard_from_sample is not None and change.heard_from_sample > from_sample:
+                    change.heard_from_sample = int(from_sample)
 
     def note_heard(self, playhead_sample: int, sample_rate: int) -> tp.List[Change]:
         """The changes (commands and schedule entries) the playhead has reached since the last
