@@ -64,11 +64,12 @@ class Producer:
         self.first_stride_frames = min(self.stride_frames, int(first_stride_frames or stride_frames))
         self.cut_stride_frames = min(self.stride_frames, int(cut_stride_frames))
         self.buffer_ahead_samples = int(buffer_ahead_samples)
-        # Codes and decoder snapshots far enough back to cut in anywhere in the buffer.
+        # Codes and decoder snapshots far enough back to cut in anywhere in the buffer; a snapshot
+        # every cut stride, so that a cut-in decodes again at most that much.
         buffer_frames = -(-self.buffer_ahead_samples // stitcher.hop_samples)
         self.decoder = RewindableDecoder(stitcher, keep_frames=generator.context_frames + buffer_frames
                                          + 2 * self.stride_frames + stitcher.holdback_frames,
-                                         chunk_frames=self.stride_frames, leveler=leveler)
+                                         chunk_frames=self.cut_stride_frames, leveler=leveler)
         self.safety_samples = int(safety_seconds * metrics.sample_rate)  # ahead of the playhead
         self.fade_samples = max(1, int(fade_seconds * metrics.sample_rate))  # a new piece's dip
         self._ramp_index = 0  # strides since the start or the last cut-in
