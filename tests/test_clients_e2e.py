@@ -22,13 +22,17 @@ def server():
     s.stop()
 
 
+async def launch(playwright, *extra_args: str):
+    """Debian's headless Chromium, kept off the (closed) network except for the station."""
+    return await playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        *extra_args, "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
 async def play_in_chromium(url: str, screenshot: str) -> dict:
     from playwright.async_api import async_playwright
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run"])
+        browser = await launch(p, "--autoplay-policy=no-user-gesture-required")
         try:
             page = await browser.new_page()
             errors = []
@@ -51,9 +55,7 @@ async def play_in_chromium(url: str, screenshot: str) -> dict:
 async def steer_in_chromium(url: str, prompt: str, screenshot: str) -> dict:
     from playwright.async_api import async_playwright
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = await launch(p)
         try:
             page = await browser.new_page()
             errors = []

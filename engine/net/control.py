@@ -154,5 +154,5 @@ class Controller:
             station.steering.submit(change)
             log.info("control: %s accepted (change %d, %s)", message["type"], change.number, change.when)
             result.update(change=change.number, when=change.when)
-        result["status"] = station.status()["control"]
+        result["status"] = station.control_status()
         return result

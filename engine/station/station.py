@@ -199,10 +199,14 @@ class Station:
         return True
 
     # -- figures -------------------------------------------------------------------------------
+    def control_status(self) -> dict:
+        """What is playing at the playhead and what comes next (Steering.status)."""
+        return self.steering.status(self.player.playhead, self.producer.next_stride_sample,
+                                    self.sample_rate, self.stitcher.hop_samples)
+
     def now_playing(self) -> str:
         """The prompt(s) heard at the playhead, as one line."""
-        return self.steering.status(self.player.playhead, self.producer.next_stride_sample,
-                                    self.sample_rate, self.stitcher.hop_samples)["playing"]["prompt"]
+        return self.control_status()["playing"]["prompt"]
 
     @property
     def buffered_samples(self) -> int:
@@ -214,8 +218,7 @@ class Station:
         the player, the ring readers, the clock); nothing is written here."""
         sr, player = self.sample_rate, self.player
         status = self.metrics.snapshot()
-        control = self.steering.status(player.playhead, self.producer.next_stride_sample, sr,
-                                       self.stitcher.hop_samples)
+        control = self.control_status()
         status.update(
             prompt=control["playing"]["prompt"],
             control=control,
