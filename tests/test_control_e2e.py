@@ -134,6 +134,7 @@ def test_weighted_prompts_morph_in_and_status_shows_the_weights(server):
     morphing = wait_for_status(server, lambda s: "morph_frames_left" in s["control"]["playing"]
                                and len(s["control"]["playing"]["prompts"]) == 3, timeout=30)
     assert "cello drone" in morphing["prompt"] and "%" in morphing["prompt"]
+    assert morphing["control"]["playing"]["title"] == "cello drone (75%) + rain (25%)"  # the stream title
     done = wait_for_status(server, lambda s: "morph_frames_left" not in s["control"]["playing"]
                            and len(s["control"]["playing"]["prompts"]) == 2, timeout=30)
     assert {p["text"]: p["weight"] for p in done["control"]["playing"]["prompts"]} == {"cello drone": 0.75, "rain": 0.25}

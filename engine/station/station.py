@@ -205,8 +205,8 @@ class Station:
                                     self.sample_rate, self.stitcher.hop_samples)
 
     def now_playing(self) -> str:
-        """The prompt(s) heard at the playhead, as one line."""
-        return self.control_status()["playing"]["prompt"]
+        """The prompt(s) heard at the playhead, as one line (where a morph is going: the title)."""
+        return self.control_status()["playing"]["title"]
 
     @property
     def buffered_samples(self) -> int:

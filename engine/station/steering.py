@@ -49,7 +49,8 @@ class Conditions:
 
     def describe(self, frame: int) -> dict:
         prompts = self.prompts_at(frame)
-        what = {"prompt": prompt_text(prompts),
+        target = [(text, w) for text, w in zip(self.mix.texts, self.mix.weights) if w > 0]
+        what = {"prompt": prompt_text(prompts), "title": prompt_text(target),  # title: where a morph goes
                 "prompts": [{"text": text, "weight": round(w, 4)} for text, w in prompts]}
         mix = self.mix
         if mix.start_weights is not None and frame < mix.morph_start_frame + mix.morph_frames:
