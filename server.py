@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import signal
 import sys
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loudness", default="-16", metavar="LUFS",
                    help="loudness target of what is played (a slow gain, ITU-R BS.1770) with a true-peak "
                         "limiter at -1 dBTP; 'off' disables both (default: %(default)s)")
+    g.add_argument("--give-up-after", type=float, default=d.give_up_after_seconds, metavar="S",
+                   help="failing strides are retried (with backoff; a new piece every 3 failures); the "
+                        "station exits with code 1 when they keep failing this long (default: %(default)s)")
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
     g.add_argument("--no-play", action="store_true", help="do not use the local sound device")
     g.add_argument("--audio-device", default=None, help="sound device number or name (see --list-devices)")
@@ -110,7 +114,8 @@ def configs_from_args(args):
         top_k=args.top_k, top_p=args.top_p, cfg_coef=args.cfg,
         seed=args.seed if args.seed is not None else random.randrange(2**31),
         buffer_ahead_seconds=args.buffer_ahead, prefill_seconds=args.prefill,
-        duration_seconds=args.duration, loudness_lufs=_loudness(args.loudness))
+        duration_seconds=args.duration, loudness_lufs=_loudness(args.loudness),
+        give_up_after_seconds=args.give_up_after, fault_spec=os.environ.get("RADIO_FAULTS"))
     outputs = OutputConfig(play=not args.no_play, audio_device=args.audio_device, stdout=args.stdout,
                            record_path=args.record)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,

@@ -69,6 +69,8 @@ function onJson(msg) {
     radio.status = msg;
     $('prompt').textContent = msg.prompt;
     $('strides').textContent = String(msg.strides);
+    $('errors').textContent = msg.failing_seconds > 0
+      ? `${msg.generation_errors} (retrying for ${msg.failing_seconds.toFixed(0)} s)` : String(msg.generation_errors);
     $('latency').textContent = msg.last_change_latency_seconds == null ? '—' : `${msg.last_change_latency_seconds.toFixed(2)} s`;
     if (radio.onStatus) radio.onStatus(msg);
     $('buffered').textContent = `${msg.buffered_seconds.toFixed(1)} s`;

@@ -38,9 +38,12 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
              cfg_coef: float = 3.0, generator: tp.Optional[torch.Generator] = None,
              progress: tp.Optional[ProgressCallback] = None,
              timings: tp.Optional[tp.Dict[str, float]] = None,
-             weights_at: tp.Optional[WeightsCallback] = None) -> torch.Tensor:
+             weights_at: tp.Optional[WeightsCallback] = None,
+             logits_hook: tp.Optional[tp.Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """prompt codes [1, K, P] (or None) → codes [1, K, P + new_frames], like
     `LMModel.generate(prompt, [attributes], max_gen_len=P + new_frames, ...)`.
+    NaN or inf logits (a broken checkpoint or device; `logits_hook`, applied to the prefill's
+    logits, lets fault drills make them) raise FloatingPointError before anything is sampled.
     `attributes`: one prompt, or a list of weighted prompts whose weights `weights_at` gives
     per timestep (a morph: the step that samples timestep t of the first codebook reads the
     weights of t). `timings`, when given, receives prefill_seconds, decode_seconds and
@@ -63,6 +66,10 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
     generated = ((timesteps >= P) & (timesteps < total)).to(model.device)  # [S, K]
     started = time.perf_counter()
     logits = model.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+    if logits_hook is not None:
+        logits = logits_hook(logits)
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the language model gave NaN or inf logits")
     prefill_done = time.perf_counter()
     for offset in range(first, steps):
         tokens = sample(logits, cfg_coef, temperature, top_k, top_p, generator)

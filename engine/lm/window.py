@@ -168,17 +168,27 @@ class WindowGenerator:
         """Generate `frames` throwaway frames (no context) so that first-call costs (CUDA graph
         capture, kernel loading, allocator growth) stay out of the first real stride. Leaves the
         context, the stride count and the seeds as they were. Returns the codes [1, K, frames]."""
-        context, index, emitted = self._context, self.stride_index, self.frames_emitted
+        state = self.state()
         self._context = None
         try:
             return self.next_stride(prompt, frames)
         finally:
-            self._context, self.stride_index, self.frames_emitted = context, index, emitted
+            self.restore(state)
+
+    def state(self) -> tuple:
+        """What a stride changes (context, stride count, frames emitted): `restore` undoes a
+        stride that failed half-way, so that it is retried from the same context."""
+        return self._context, self.stride_index, self.frames_emitted
+
+    def restore(self, state: tuple) -> None:
+        self._context, self.stride_index, self.frames_emitted = state
 
     def next_stride(self, prompt: Conditioning, frames: int,
-                    progress: tp.Optional[ProgressCallback] = None) -> torch.Tensor:
+                    progress: tp.Optional[ProgressCallback] = None,
+                    logits_hook: tp.Optional[tp.Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
         """Generate `frames` new frames of codes [1, K, frames] continuing the context,
-        conditioned on `prompt` (a text, or weighted texts: PromptMix)."""
+        conditioned on `prompt` (a text, or weighted texts: PromptMix). `logits_hook`: fault
+        drills only (lm/generate.py)."""
         prompt_codes = self._context
         prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
         stride_seed = self.seed * 1_000_003 + self.stride_index
@@ -190,7 +200,7 @@ class WindowGenerator:
             codes = generate(
                 self.fast, prompt_codes, attributes, frames, temperature=s.temperature,
                 top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef, generator=generator,
-                progress=progress, timings=self.last_timings, weights_at=weights_at)
+                progress=progress, timings=self.last_timings, weights_at=weights_at, logits_hook=logits_hook)
         else:
             torch.manual_seed(stride_seed)
             autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)

@@ -5,6 +5,7 @@ import dataclasses
 import typing as tp
 
 from ..lm.hardware import DTYPE_CHOICES
+from .faults import FaultPlan, FaultSpecError
 
 #: MusicGen checkpoints are trained on 30 s excerpts; no window may exceed this.
 MUSICGEN_MAX_DURATION_SECONDS = 30.0
@@ -52,6 +53,10 @@ class EngineConfig:
     play_intro: bool = False
     # Loudness target of everything played (codec/loudness.py); None: off. True peak ≤ −1 dBTP.
     loudness_lufs: tp.Optional[float] = -16.0
+    # Failing strides are retried; generation ends when failures last this long (station/faults.py).
+    give_up_after_seconds: float = 300.0
+    # RADIO_FAULTS: fault drills for tests (station/faults.py); None: none.
+    fault_spec: tp.Optional[str] = None
     model: str = "facebook/musicgen-small"
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
@@ -118,6 +123,12 @@ class EngineConfig:
                 f"--prompt is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if self.loudness_lufs is not None and not -40.0 <= self.loudness_lufs <= -5.0:
             raise ConfigError(f"--loudness must be between -40 and -5 LUFS, or off (got {self.loudness_lufs:g})")
+        if self.give_up_after_seconds <= 0:
+            raise ConfigError(f"--give-up-after must be positive (got {self.give_up_after_seconds:g} s)")
+        try:
+            FaultPlan.parse(self.fault_spec)
+        except FaultSpecError as err:
+            raise ConfigError(str(err)) from err
         if self.play_intro and not self.from_audio_path:
             raise ConfigError("--play-intro plays the --from-audio clip first: give --from-audio FILE")
         if self.trim_start_seconds < 0:

@@ -20,6 +20,7 @@ from ..codec.rewindable import RewindableDecoder
 from ..codec.stitcher import StitchingDecoder
 from ..lm.window import WindowGenerator
 from ..rt.ring import PcmRing
+from .faults import FailurePolicy, FaultPlan
 from .metrics import EngineMetrics, StrideRecord
 from .steering import Conditions, Steering
 
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 class _Stopped(Exception):
     """Raised from the generation progress callback to abandon a stride on shutdown."""
+
+
+class GenerationFailed(RuntimeError):
+    """Strides kept failing for longer than the station waits; the cause is chained."""
 
 
 class _CutIn(Exception):
@@ -55,7 +60,8 @@ class Producer:
                  underruns: tp.Callable[[], int] = lambda: 0,
                  steering: tp.Optional[Steering] = None, cut_stride_frames: int = 50,
                  safety_seconds: float = 0.3, fade_seconds: float = 0.03,
-                 leveler: tp.Optional[LoudnessLeveler] = None):
+                 leveler: tp.Optional[LoudnessLeveler] = None, faults: tp.Optional[FaultPlan] = None,
+                 failures: tp.Optional[FailurePolicy] = None):
         self.generator = generator
         self.stitcher = stitcher
         self.ring = ring
@@ -75,6 +81,8 @@ class Producer:
         self._ramp_index = 0  # strides since the start or the last cut-in
         self._ramp_first_frames = self.first_stride_frames  # the ramp's first stride: at start, after a cut
         self._decode_seconds_per_frame = 0.0  # the codec's cost, measured on the last stride
+        self.faults = faults or FaultPlan()  # RADIO_FAULTS drills
+        self.failures = failures or FailurePolicy()  # retries, new piece, giving up
         self.intro_codes: tp.Optional["torch.Tensor"] = None  # [1, K, frames] played first (--play-intro)
         self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
         self.playhead = playhead
@@ -139,11 +147,19 @@ class Producer:
                     continue
                 self.waiting_for_room = False
                 self._apply_scheduled(frames)
+                state, pushed = self.generator.state(), self.decoder.frames_pushed
                 try:
                     self._produce(frames, last)
                 except _CutIn:
                     log.info("producer: stride abandoned for a cut-in")
                     continue
+                except Exception as err:  # noqa: BLE001 - any failure of a stride is retried
+                    self.generator.restore(state)
+                    if self.decoder.frames_pushed != pushed:
+                        self.decoder.rewind(pushed)
+                    self._stride_failed(err)
+                    continue
+                self.failures.succeeded()
                 if last:
                     log.info("producer: all %.1f s of audio generated", self.end_sample / self.sample_rate)
                     break
@@ -151,19 +167,43 @@ class Producer:
             pass
         except BaseException as err:  # reported to the station, which stops cleanly
             self.error = err
-            self.metrics.generation_errors += 1
-            log.exception("producer: generation failed")
+            if not isinstance(err, GenerationFailed):  # (those were counted one by one)
+                self.metrics.generation_errors += 1
+                log.exception("producer: generation failed")
         finally:
             self.ring.closed = True
             self.done.set()
 
+    def _stride_failed(self, err: Exception) -> None:
+        """A stride failed (and was undone): log its cause, back off, then retry from the same
+        context, or from nothing every few failures (FailurePolicy); re-raise once failures
+        have lasted too long (generation ends with `error`)."""
+        self.metrics.generation_errors += 1
+        give_up, backoff, new_piece = self.failures.failed()
+        cause = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        if give_up:
+            log.error("producer: stride %d failed (%s); failing for %.0f s, giving up",
+                      self.generator.stride_index, cause, self.failures.failing_seconds)
+            raise GenerationFailed(f"strides failed for {self.failures.failing_seconds:.0f} s: {cause}") from err
+        log.error("producer: stride %d failed (%s); %s in %.1f s (failure %d in a row)",
+                  self.generator.stride_index, cause,
+                  "starting a new piece from the prompt" if new_piece else "retrying from the same context",
+                  backoff, self.failures.consecutive)
+        if new_piece:
+            self.generator.set_context(None)
+        if self._stop_event.wait(backoff):
+            raise _Stopped()
+
     def _produce(self, frames: int, last: bool) -> None:
         index = self.generator.stride_index
         started = time.monotonic()
+        drill = self.faults.drill(index, self._stop_event)
+        if self._stop_event.is_set():
+            raise _Stopped()
         progress = _ProgressLog(index, started, stop_event=self._stop_event,
                                 in_prefill=lambda: self.metrics.first_sound_seconds is None,
                                 cut_requested=self.steering.cut_requested)
-        codes = self.generator.next_stride(self.conditioning, frames, progress)
+        codes = self.generator.next_stride(self.conditioning, frames, progress, **drill)
         decode_started = time.monotonic()
         pcm = self.decoder.push(codes)
         self._decode_seconds_per_frame = (time.monotonic() - decode_started) / max(1, frames)

@@ -16,6 +16,7 @@ from ..rt.player import Player
 from ..rt.ring import PcmRing
 from .config import EngineConfig
 from .metrics import EngineMetrics
+from .faults import FailurePolicy, FaultPlan
 from .producer import Producer
 from .schedule import load_schedule
 from .steering import Conditions, Steering
@@ -79,6 +80,8 @@ class Station:
             first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)),
             underruns=lambda: self.player.underruns, steering=self.steering,
             leveler=None if config.loudness_lufs is None else LoudnessLeveler(sr, self.channels, config.loudness_lufs),
+            faults=FaultPlan.parse(config.fault_spec),
+            failures=FailurePolicy(give_up_after_seconds=config.give_up_after_seconds),
             cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
         if config.from_audio_path:
             self._continue_clip(config)
@@ -226,6 +229,7 @@ class Station:
             buffered_seconds=round(self.buffered_samples / sr, 3),
             played_seconds=round(player.playhead / sr, 3),
             underruns=player.underruns,
+            failing_seconds=round(self.producer.failures.failing_seconds, 3),
             underrun_seconds=round(player.underrun_samples / sr, 3),
             reader_overruns=self.program_ring.reader_overruns,
             output_underflows=self.clock.underflows if self.clock is not None else 0,
