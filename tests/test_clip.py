@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import torch
 
-from engine.codec.clip import encode_clip, read_clip
+from engine.codec.clip import read_clip
 from engine.station.config import EngineConfig
 from engine.station.station import Station
 from netutil import ROOT

@@ -14,6 +14,7 @@ import time
 import typing as tp
 
 import numpy as np
+import torch
 
 from ..codec.loudness import LoudnessLeveler
 from ..codec.rewindable import RewindableDecoder
@@ -83,7 +84,7 @@ class Producer:
         self._decode_seconds_per_frame = 0.0  # the codec's cost, measured on the last stride
         self.faults = faults or FaultPlan()  # RADIO_FAULTS drills
         self.failures = failures or FailurePolicy()  # retries, new piece, giving up
-        self.intro_codes: tp.Optional["torch.Tensor"] = None  # [1, K, frames] played first (--play-intro)
+        self.intro_codes: tp.Optional[torch.Tensor] = None  # [1, K, frames] played first (--play-intro)
         self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
         self.playhead = playhead
         self.underruns = underruns  # the player's count, for the stride log
