@@ -100,6 +100,10 @@ def test_listeners_stay_connected_through_injected_faults():
         assert "fault drill: slow at stride 5" in server.log
         status = server.status()
         assert status["generation_errors"] == 2 and status["failing_seconds"] == 0.0
+        import json
+        import urllib.request
+        with urllib.request.urlopen(server.url + "/healthz", timeout=10) as response:
+            assert response.status == 200 and json.loads(response.read())["state"] == "playing"
         assert server.proc.poll() is None
     finally:
         server.stop()

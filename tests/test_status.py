@@ -56,3 +56,13 @@ def test_status_counts_listeners_per_kind_without_visiting_them():
     assert first["listeners"] == {"ws-opus": 2, "http-mp3": 1} and first["listeners_total"] == 3
     assert later["listeners"] == {"ws-opus": 1, "http-mp3": 1} and later["listeners_total"] == 2
     assert station.builds == 2
+
+
+def test_health_is_200_while_playing_and_503_when_generation_failed():
+    from engine.net.status import health
+    assert health({"first_sound_seconds": None, "failing_seconds": 0.0}, 300) == (
+        200, {"ok": True, "state": "starting", "failing_seconds": 0.0})
+    assert health({"first_sound_seconds": 1.2, "failing_seconds": 4.0}, 300)[0] == 200  # retrying
+    assert health({"first_sound_seconds": 1.2, "failing_seconds": 300.0}, 300)[0] == 503
+    code, body = health({"first_sound_seconds": 1.2, "failing_seconds": 0.0, "failed": True}, 300)
+    assert code == 503 and body["state"] == "failed"

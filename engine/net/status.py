@@ -48,3 +48,15 @@ class StatusPublisher:
         self._published = self._published or asyncio.Event()
         await self._published.wait()
         return self._message
+
+
+def health(status: dict, give_up_after_seconds: float) -> tp.Tuple[int, dict]:
+    """`/healthz` for supervisors and proxies: 200 while the station plays (or pre-fills), 503
+    once generation has failed for good or has been failing for the whole retry window."""
+    failing = status.get("failing_seconds", 0.0)
+    if status.get("failed"):
+        return 503, {"ok": False, "state": "failed", "failing_seconds": failing}
+    if failing >= give_up_after_seconds:
+        return 503, {"ok": False, "state": "failing", "failing_seconds": failing}
+    state = "playing" if status.get("first_sound_seconds") is not None else "starting"
+    return 200, {"ok": True, "state": state, "failing_seconds": failing}

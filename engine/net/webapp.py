@@ -23,7 +23,7 @@ from .control import Controller
 from .encoders import OPUS_RATE, PACKET_SECONDS
 from .icy import IcyInterleaver, header_safe
 from .prometheus import MetricsExporter
-from .status import StatusPublisher
+from .status import StatusPublisher, health
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class RadioWeb:
         app = web.Application()
         app.router.add_get("/", self.index)
         app.router.add_get("/status", self.status)
+        app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/control", self.control)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/ws", self.websocket)
@@ -61,6 +62,10 @@ class RadioWeb:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.publisher.snapshot())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        code, body = health(self.station.status(), self.station.config.give_up_after_seconds)
+        return web.json_response(body, status=code)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """GET /metrics: Prometheus text format."""

@@ -230,6 +230,7 @@ class Station:
             played_seconds=round(player.playhead / sr, 3),
             underruns=player.underruns,
             failing_seconds=round(self.producer.failures.failing_seconds, 3),
+            failed=self.producer.error is not None,
             underrun_seconds=round(player.underrun_samples / sr, 3),
             reader_overruns=self.program_ring.reader_overruns,
             output_underflows=self.clock.underflows if self.clock is not None else 0,
