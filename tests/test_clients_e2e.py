@@ -1,5 +1,6 @@
 """The listener page in real headless Chromium, and the Python listener, against a real station."""
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,59 +23,52 @@ def server():
     s.stop()
 
 
-async def launch(playwright, *extra_args: str):
-    """Debian's headless Chromium, kept off the (closed) network except for the station."""
-    return await playwright.chromium.launch(executable_path=CHROMIUM, args=[
-        *extra_args, "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"])
+@contextlib.asynccontextmanager
+async def tuned_in_page(url: str, *extra_args: str):
+    """Debian's headless Chromium (kept off the closed network but for the station) on the page,
+    once it has the station's hello; yields (page, errors the page raised)."""
+    from playwright.async_api import async_playwright
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
+            *extra_args, "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = await browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(url)
+            await page.wait_for_function("window.radio && window.radio.hello", timeout=15000)
+            yield page, errors
+        finally:
+            await browser.close()
 
 
 async def play_in_chromium(url: str, screenshot: str) -> dict:
-    from playwright.async_api import async_playwright
-    async with async_playwright() as p:
-        browser = await launch(p, "--autoplay-policy=no-user-gesture-required")
-        try:
-            page = await browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(url)
-            await page.wait_for_function("window.radio && window.radio.hello", timeout=15000)
-            await page.click("#play")
-            await page.wait_for_function("window.radio.stats.audible > 48000", timeout=20000)
-            await page.wait_for_function("window.radio.status !== null", timeout=10000)
-            figures = {k: await page.inner_text(f"#{k}") for k in
-                       ("connection", "prompt", "model", "codec", "buffered", "rtf", "listeners", "jitter")}
-            stats = await page.evaluate("({...window.radio.stats, packets: window.radio.packets,"
-                                        " codec: window.radio.hello.codec})")
-            await page.screenshot(path=screenshot)
-            return {"figures": figures, "stats": stats, "errors": errors}
-        finally:
-            await browser.close()
+    async with tuned_in_page(url, "--autoplay-policy=no-user-gesture-required") as (page, errors):
+        await page.click("#play")
+        await page.wait_for_function("window.radio.stats.audible > 48000", timeout=20000)
+        await page.wait_for_function("window.radio.status !== null", timeout=10000)
+        figures = {k: await page.inner_text(f"#{k}") for k in
+                   ("connection", "prompt", "model", "codec", "buffered", "rtf", "listeners", "jitter")}
+        stats = await page.evaluate("({...window.radio.stats, packets: window.radio.packets,"
+                                    " codec: window.radio.hello.codec})")
+        await page.screenshot(path=screenshot)
+        return {"figures": figures, "stats": stats, "errors": errors}
 
 
 async def steer_in_chromium(url: str, prompt: str, screenshot: str) -> dict:
-    from playwright.async_api import async_playwright
-    async with async_playwright() as p:
-        browser = await launch(p)
-        try:
-            page = await browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(url)
-            await page.wait_for_function("window.radio && window.radio.hello", timeout=15000)
-            hidden = await page.evaluate("document.getElementById('steer').hidden")
-            if not hidden:
-                await page.fill(".prompt-text", prompt)
-                await page.click("#apply")
-                await page.wait_for_function("window.radio.lastControl", timeout=10000)
-                await page.wait_for_function(
-                    f"document.getElementById('prompt').textContent === {prompt!r}", timeout=30000)
-            result = await page.evaluate("window.radio.lastControl || null")
-            message = await page.inner_text("#steer-message")
-            await page.screenshot(path=screenshot)
-            return {"hidden": hidden, "result": result, "message": message, "errors": errors}
-        finally:
-            await browser.close()
+    async with tuned_in_page(url) as (page, errors):
+        hidden = await page.evaluate("document.getElementById('steer').hidden")
+        if not hidden:
+            await page.fill(".prompt-text", prompt)
+            await page.click("#apply")
+            await page.wait_for_function("window.radio.lastControl", timeout=10000)
+            await page.wait_for_function(
+                f"document.getElementById('prompt').textContent === {prompt!r}", timeout=30000)
+        result = await page.evaluate("window.radio.lastControl || null")
+        message = await page.inner_text("#steer-message")
+        await page.screenshot(path=screenshot)
+        return {"hidden": hidden, "result": result, "message": message, "errors": errors}
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (.ci/run installs it)")
