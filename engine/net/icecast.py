@@ -70,7 +70,6 @@ class IcecastSource:
         self.max_backoff_seconds = max_backoff_seconds
         self.connected = False
         self.connections = 0
-        self.titles_sent = 0
 
     def title_changed(self) -> None:
         """The prompt heard changed (called on the loop): update an MP3 mount's title. (Ogg
@@ -96,7 +95,6 @@ class IcecastSource:
             log.warning("icecast %s: title not updated (%s)", t, err)
             return
         if status.split(b" ")[1:2] == [b"200"]:
-            self.titles_sent += 1
             log.info("icecast %s: title updated", t)
         else:
             log.warning("icecast %s: title update refused: %s", t, status.decode(errors="replace").strip())
