@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--give-up-after", type=float, default=d.give_up_after_seconds, metavar="S",
                    help="failing strides are retried (with backoff; a new piece every 3 failures); the "
                         "station exits with code 1 when they keep failing this long (default: %(default)s)")
+    g.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="save what the station needs to continue (context tokens, prompts, schedule "
+                        "position, sampling, seed, counts) in DIR after every stride, and resume from "
+                        "it at start; a state from another model or a damaged file is refused and the "
+                        "station starts fresh")
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
     g.add_argument("--no-play", action="store_true", help="do not use the local sound device")
     g.add_argument("--audio-device", default=None, help="sound device number or name (see --list-devices)")
@@ -115,7 +120,8 @@ def configs_from_args(args):
         seed=args.seed if args.seed is not None else random.randrange(2**31),
         buffer_ahead_seconds=args.buffer_ahead, prefill_seconds=args.prefill,
         duration_seconds=args.duration, loudness_lufs=_loudness(args.loudness),
-        give_up_after_seconds=args.give_up_after, fault_spec=os.environ.get("RADIO_FAULTS"))
+        give_up_after_seconds=args.give_up_after, fault_spec=os.environ.get("RADIO_FAULTS"),
+        state_dir=args.state_dir)
     outputs = OutputConfig(play=not args.no_play, audio_device=args.audio_device, stdout=args.stdout,
                            record_path=args.record)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing as tp
 
 from ..lm.hardware import DTYPE_CHOICES
@@ -79,6 +80,9 @@ class EngineConfig:
     history_seconds: float = 10.0
     # Stop after this much audio has been played (None: endless).
     duration_seconds: tp.Optional[float] = None
+    # Save what the station needs to continue here after every stride; resume from it at start
+    # (station/state.py). None: no state kept.
+    state_dir: tp.Optional[str] = None
 
     @property
     def resolved_buffer_ahead_seconds(self) -> float:
@@ -136,6 +140,8 @@ class EngineConfig:
         if self.trim_end_seconds is not None and self.trim_end_seconds <= self.trim_start_seconds:
             raise ConfigError(f"--trim-end ({self.trim_end_seconds:g} s) must be after --trim-start "
                               f"({self.trim_start_seconds:g} s)")
+        if self.state_dir is not None and os.path.exists(self.state_dir) and not os.path.isdir(self.state_dir):
+            raise ConfigError(f"--state-dir {self.state_dir!r} is a file; give a folder (created if missing)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
         if self.dtype not in DTYPE_CHOICES:

@@ -86,6 +86,7 @@ class Producer:
         self.failures = failures or FailurePolicy()  # retries, new piece, giving up
         self.intro_codes: tp.Optional[torch.Tensor] = None  # [1, K, frames] played first (--play-intro)
         self._fade_in_at: tp.Optional[int] = None  # a new piece starts at this sample
+        self.on_stride_done: tp.Optional[tp.Callable[[], None]] = None  # after each stride (--state-dir)
         self.playhead = playhead
         self.underruns = underruns  # the player's count, for the stride log
         self.metrics = metrics
@@ -161,6 +162,8 @@ class Producer:
                     self._stride_failed(err)
                     continue
                 self.failures.succeeded()
+                if self.on_stride_done is not None:
+                    self.on_stride_done()
                 if last:
                     log.info("producer: all %.1f s of audio generated", self.end_sample / self.sample_rate)
                     break
@@ -224,6 +227,10 @@ class Producer:
         log.info("stride %d: %.2f s of audio in %.2f s (real-time factor %.2fx), %.1f s buffered "
                  "ahead, %d underruns so far", index, record.audio_seconds, elapsed,
                  record.real_time_factor, ahead / self.sample_rate, self.underruns())
+
+    def fade_in_at_start(self) -> None:
+        """Fade the stream's first samples in (a resumed station joins its music mid-way)."""
+        self._fade_in_at = self.ring.written_until
 
     def _play_intro(self, codes) -> None:
         """The clip's own tokens, decoded, start the stream; generation continues from them."""

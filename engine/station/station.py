@@ -3,6 +3,7 @@ and one configuration, and plays it from a clock (`play`). Outputs and the netwo
 program ring; they are attached by the caller (engine/radio.py)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from .metrics import EngineMetrics
 from .faults import FailurePolicy, FaultPlan
 from .producer import Producer
 from .schedule import load_schedule
+from .state import StateError, StateStore, StationState, model_signature
 from .steering import Conditions, Steering
 
 log = logging.getLogger(__name__)
@@ -52,22 +54,18 @@ class Station:
         context_frames = round(config.context_seconds * frame_rate)
         self.buffer_ahead_samples = int(config.resolved_buffer_ahead_seconds * sr)
         self.end_sample = None if config.duration_seconds is None else int(round(config.duration_seconds * sr))
-        self.metrics = EngineMetrics(sample_rate=sr, model=config.model,
-                                     seed=config.seed)
-        sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
-                                  top_p=config.top_p, cfg_coef=config.cfg_coef)
-        self.steering = Steering(Conditions.single(config.prompt, sampling))
-        if config.schedule_path:
-            schedule = load_schedule(config.schedule_path)
-            first = schedule.entries[0].prompts
-            self.steering = Steering(Conditions(PromptMix(tuple(t for t, _ in first), tuple(w for _, w in first)),
-                                                sampling))
-            self.steering.start_schedule(schedule)
-            log.info("schedule: %s, %d entries%s", config.schedule_path, len(schedule.entries),
-                     " (loop)" if schedule.loop else "")
-        self.generator = WindowGenerator(model, context_frames, sampling, seed=config.seed,
+        self.state_store = (StateStore(config.state_dir, model_signature(config.model, model))
+                            if config.state_dir else None)
+        self.resumed = self._load_state()  # the state this run continues from, or None
+        seed = self.resumed.seed if self.resumed else config.seed
+        self.metrics = EngineMetrics(sample_rate=sr, model=config.model, seed=seed)
+        self.steering = self._steering(config)
+        self.generator = WindowGenerator(model, context_frames, self.steering.latest.sampling, seed=seed,
                                          dtype=config.dtype, max_frames=context_frames + self.stride_frames,
                                          release_weights=release_lm_weights)
+        if self.resumed:
+            self.generator.set_context(self.resumed.context)
+            self.generator.stride_index = self.resumed.stride_index
         self.stitcher = StitchingDecoder(model.compression_model)
         history = int(config.history_seconds * sr)
         self.stream_ring = PcmRing(self.buffer_ahead_samples + history + sr, self.channels)
@@ -83,14 +81,95 @@ class Station:
             faults=FaultPlan.parse(config.fault_spec),
             failures=FailurePolicy(give_up_after_seconds=config.give_up_after_seconds),
             cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
-        if config.from_audio_path:
+        if self.resumed:
+            self.producer.on_stride_done = self._save_state
+            self.producer.fade_in_at_start()  # the music goes on from the saved context: no hard start
+        elif self.state_store is not None:
+            self.producer.on_stride_done = self._save_state
+        if config.from_audio_path and not self.resumed:
             self._continue_clip(config)
         self.clock: tp.Optional[Clock] = None
+        self._state_failing = False
         self._heard_listeners: tp.List[tp.Callable[[tp.Any, int], None]] = []
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
+
+    def _steering(self, config: EngineConfig) -> Steering:
+        """The control side, starting from the flags (prompt or schedule, sampling) or, when
+        resuming, from the saved conditions and schedule position."""
+        saved = self.resumed
+        sampling = saved.conditions.sampling if saved else SamplingParams(
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, cfg_coef=config.cfg_coef)
+        if not config.schedule_path:
+            return Steering(saved.conditions if saved else Conditions.single(config.prompt, sampling))
+        schedule = load_schedule(config.schedule_path)
+        log.info("schedule: %s, %d entries%s", config.schedule_path, len(schedule.entries),
+                 " (loop)" if schedule.loop else "")
+        if saved and saved.schedule and saved.schedule.get("path") == config.schedule_path:
+            steering = Steering(saved.conditions)
+            steering.start_schedule(schedule, saved.schedule["origin_frame"], saved.schedule["scheduled_until_frame"])
+            return steering
+        first = schedule.entries[0].prompts
+        steering = Steering(Conditions(PromptMix(tuple(t for t, _ in first), tuple(w for _, w in first)), sampling))
+        steering.start_schedule(schedule)
+        return steering
+
+    # -- --state-dir ----------------------------------------------------------------------------
+    def _load_state(self) -> tp.Optional[StationState]:
+        """The saved state to continue from; a refused one is set aside (logged) and the
+        station starts fresh."""
+        store = self.state_store
+        if store is None:
+            return None
+        try:
+            state = store.load()
+        except StateError as err:
+            try:
+                aside = store.set_aside()
+            except OSError:
+                aside = "left in place"
+            log.warning("state: refused %s; starting fresh (the old file: %s)", err, aside)
+            return None
+        if state is None:
+            log.info("state: none in %s yet; starting fresh (saved after every stride)", store.folder)
+            return None
+        if state.prompt_flag != self.config.prompt:
+            log.info("state: the saved prompts go on (--prompt is used only for a fresh start)")
+        log.info("state: resuming from %s (saved %s): stride %d, %.1f s of stream, prompt %r, seed %d",
+                 store.path, state.saved_at, state.stride_index, state.stream_seconds,
+                 state.conditions.describe(0)["prompt"][:120], state.seed)
+        return state
+
+    def _save_state(self) -> None:
+        """After a stride (the producer's thread): the state at the end of what is generated.
+        A failing disk is logged, once per run of failures, and never stops the music."""
+        generator, steering, hop = self.generator, self.steering, self.stitcher.hop_samples
+        end = generator.frames_emitted
+        mix = steering.latest.mix
+        mix = dataclasses.replace(mix, morph_start_frame=mix.morph_start_frame - end)
+        position = steering.schedule_position()
+        schedule = None if position is None or not self.config.schedule_path else {
+            "path": self.config.schedule_path, "origin_frame": position[0] - end,
+            "scheduled_until_frame": position[1] - end}
+        base = self.resumed.stream_seconds if self.resumed else 0.0
+        state = StationState(signature=self.state_store.signature, seed=generator.seed,
+                             stride_index=generator.stride_index,
+                             stream_seconds=round(base + end * hop / self.sample_rate, 3),
+                             conditions=dataclasses.replace(steering.latest, mix=mix),
+                             context=generator.context, schedule=schedule, prompt_flag=self.config.prompt)
+        try:
+            self.state_store.save(state)
+        except OSError as err:
+            if not self._state_failing:
+                log.error("state: cannot save to %s (%s); the music goes on, retrying after each stride",
+                          self.state_store.folder, err.strerror or err)
+            self._state_failing = True
+            return
+        if self._state_failing:
+            log.info("state: saving again to %s", self.state_store.folder)
+        self._state_failing = False
 
     def _continue_clip(self, config: EngineConfig) -> None:
         """The clip's tokens become the first context; with play_intro the clip (decoded from
@@ -234,6 +313,9 @@ class Station:
             underrun_seconds=round(player.underrun_samples / sr, 3),
             reader_overruns=self.program_ring.reader_overruns,
             output_underflows=self.clock.underflows if self.clock is not None else 0,
+            resumed=None if self.resumed is None else {
+                "strides": self.resumed.stride_index, "stream_seconds": self.resumed.stream_seconds,
+                "saved_at": self.resumed.saved_at},
         )
         return status
 

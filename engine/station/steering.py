@@ -165,10 +165,21 @@ class Steering:
         with self._lock:
             self._new_schedule = schedule
 
-    def start_schedule(self, schedule: Schedule) -> None:
-        """Play `schedule` from frame 0, its first entry being the conditions already set."""
+    def start_schedule(self, schedule: Schedule, origin_frame: int = 0, scheduled_until_frame: int = 1) -> None:
+        """Play `schedule` with its second 0 at stream frame `origin_frame` (negative: it started
+        before this stream, as after a resume), its entries starting before
+        `scheduled_until_frame` already handed out (by default its first entry: the conditions
+        already set)."""
         with self._lock:
-            self._schedule, self._schedule_origin, self._scheduled_until = schedule, 0, 1
+            self._schedule, self._schedule_origin = schedule, int(origin_frame)
+            self._scheduled_until = int(scheduled_until_frame)
+
+    def schedule_position(self) -> tp.Optional[tp.Tuple[int, int]]:
+        """(origin frame, frame before which entries were handed out) of the schedule playing."""
+        with self._lock:
+            if self._schedule is None:
+                return None
+            return self._schedule_origin, self._scheduled_until
 
     @property
     def latest(self) -> Conditions:
