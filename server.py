@@ -174,9 +174,25 @@ def main(argv=None) -> int:
         log.info("interrupted while loading the model")
         return radio.EXIT_INTERRUPTED
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    _stop_on_signals(stop, radio.EXIT_INTERRUPTED)
     return radio.play(model, engine, outputs, network, stop)
+
+
+def _stop_on_signals(stop: threading.Event, exit_code: int) -> None:
+    """SIGINT / SIGTERM stop the radio cleanly (listeners get a close frame with the reason, the
+    recording is finalised, the state is saved); a second one exits at once."""
+    received = []
+
+    def handle(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            os.write(2, f"{signal.Signals(signum).name} again: exiting at once\n".encode())
+            os._exit(exit_code)
+        log.info("%s: stopping cleanly (send it again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class Listener:
     sent_until: int = 0  # program sample index up to which packets were handed to the socket
     dropped: tp.Optional[str] = None
     task: tp.Optional[asyncio.Task] = None
-    on_drop: tp.Optional[tp.Callable[[str], None]] = None
+    on_drop: tp.Optional[tp.Callable[[str, int], None]] = None  # (reason, WebSocket close code)
 
 
 class Broadcaster:
@@ -96,7 +96,7 @@ class Broadcaster:
         if self._supervisor:
             self._supervisor.cancel()
         for listener in list(self.listeners):
-            self.drop(listener, "station stopping")
+            self.drop(listener, "the station is shutting down", protocol.CLOSE_GOING_AWAY)
 
     def _wake(self, key: str) -> None:
         event = self._events[key]
@@ -167,14 +167,16 @@ class Broadcaster:
             return 0
         return newest.stream_sample + newest.duration_samples - listener.sent_until
 
-    def drop(self, listener: Listener, reason: str) -> None:
+    def drop(self, listener: Listener, reason: str, close_code: int = protocol.CLOSE_TOO_SLOW) -> None:
+        """End a listener's stream: its transport is told why (`on_drop`) and its pump stops."""
         if listener.dropped:
             return
         listener.dropped = reason
-        self.dropped_total += 1
-        log.info("listener dropped: %s, %s", listener.kind, reason)
+        if close_code == protocol.CLOSE_TOO_SLOW:
+            self.dropped_total += 1
+            log.info("listener dropped: %s, %s", listener.kind, reason)
         if listener.on_drop is not None:
-            listener.on_drop(reason)
+            listener.on_drop(reason, close_code)
         if listener.task is not None:
             listener.task.cancel()
 

@@ -136,7 +136,7 @@ class IcecastSource:
             log.info("icecast %s: connected, streaming %s", t, t.content_type)
             self.title_changed()
             listener = self.broadcaster.join("icecast", t.ring_key)
-            listener.on_drop = lambda reason: writer.transport.abort()
+            listener.on_drop = lambda reason, code: writer.transport.abort()
             if t.ring_key == "ogg":
                 writer.write(self.broadcaster.ogg_headers)
 

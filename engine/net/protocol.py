@@ -18,6 +18,9 @@ HEADER = struct.Struct("<BBHIq")
 CODEC_IDS = {"pcm": 0, "opus": 1}
 #: Close codes besides the standard ones (1003, 1008, 1009): a listener dropped for lagging.
 CLOSE_TOO_SLOW = 4000
+#: Standard codes the station closes with: it is shutting down; it is full (try again later).
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
 #: Client messages longer than this are refused (close 1009).
 MAX_CLIENT_MESSAGE_BYTES = 4096
 

@@ -106,8 +106,8 @@ class RadioWeb:
             opus_head=b.opus_head if codec == "opus" else None)
         await ws.send_str(json.dumps(hello))
         listener = b.join(f"ws-{codec}", codec)
-        listener.on_drop = lambda reason: asyncio.ensure_future(
-            _close_ws(ws, request, protocol.CLOSE_TOO_SLOW, reason, timeout=1.0, always_cut=True))
+        listener.on_drop = lambda reason, code: asyncio.ensure_future(
+            _close_ws(ws, request, code, reason, timeout=1.0, always_cut=code == protocol.CLOSE_TOO_SLOW))
 
         async def send(packet):
             await ws.send_bytes(packet.framed)
@@ -173,7 +173,9 @@ class RadioWeb:
         await response.prepare(request)
         _small_send_buffers(request)
         listener = self.broadcaster.join(kind, key)
-        listener.on_drop = lambda reason: request.transport and request.transport.abort()
+        # Too slow: cut (its buffers are full); otherwise the pump stops and the response ends.
+        listener.on_drop = lambda reason, code: (code == protocol.CLOSE_TOO_SLOW and request.transport
+                                                 and request.transport.abort())
         if is_opus:
             await response.write(self.broadcaster.ogg_headers)
 

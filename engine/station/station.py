@@ -219,6 +219,9 @@ class Station:
         log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
                  status["played_seconds"], status["strides"], status["underruns"],
                  status["first_sound_seconds"])
+        if self.state_store is not None and self.state_store.saves:
+            log.info("state: saved in %s at stride %d; start again with the same --state-dir to go on",
+                     self.state_store.path, self.generator.stride_index)
 
     def _supervise(self, clock: Clock, stop: threading.Event, poll_seconds: float) -> None:
         """Pre-fill, then play until stopped, finished or failed; then stop the producer."""
