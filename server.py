@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--control-token", default=None, metavar="TOKEN",
                    help="token that POST /control and WebSocket commands need (at least 8 characters); "
                         "default: generated and printed once on a loopback address, control off on others")
+    g.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (e.g. https://example.org; * for any) use the WebSocket "
+                        "and POST /control; browsers' cross-site requests are refused otherwise (repeatable)")
+    g.add_argument("--max-listeners", type=int, default=n.max_listeners, metavar="N",
+                   help="listeners at once (WebSocket and HTTP streams); the next is told the station is "
+                        "full (WebSocket close 1013, HTTP 503); 0: no cap (default: %(default)s)")
+    g.add_argument("--max-listeners-per-ip", type=int, default=n.max_listeners_per_ip, metavar="N",
+                   help="listeners from one address; 0: no cap (behind a reverse proxy every listener "
+                        "has the proxy's address: use 0) (default: %(default)s)")
+    g.add_argument("--handshake-timeout", type=float, default=n.handshake_timeout_seconds, metavar="S",
+                   help="cut a connection whose request headers have not all arrived after S seconds "
+                        "(default: %(default)s)")
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="(default: %(default)s)")
     return p
@@ -126,7 +138,10 @@ def configs_from_args(args):
                            record_path=args.record)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,
                             burst_seconds=args.burst, max_lag_seconds=args.max_lag,
-                            icecast_urls=tuple(args.icecast), control_token=args.control_token)
+                            icecast_urls=tuple(args.icecast), control_token=args.control_token,
+                            allow_origins=tuple(args.allow_origin), max_listeners=args.max_listeners,
+                            max_listeners_per_ip=args.max_listeners_per_ip,
+                            handshake_timeout_seconds=args.handshake_timeout)
     return engine, outputs, network
 
 

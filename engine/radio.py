@@ -21,6 +21,7 @@ from .lm.hardware import resolve_dtype
 from .models.load import ModelLoadError, check_model_name, load_model, resolve_device
 from .net.config import NetworkConfig
 from .net.icecast import IcecastUrlError
+from .net.redact import SecretRedactor
 from .net.service import start_network
 from .outputs.base import RingSink
 from .outputs.config import OutputConfig
@@ -67,6 +68,15 @@ def load(engine: EngineConfig, device: str):
 def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,
          stop: threading.Event) -> int:
     """Run the station until `stop`, its duration or a failure; return the exit code."""
+    redactor = SecretRedactor([network.control_token] + [t.password for t in network.icecast_targets()]).install()
+    try:
+        return _play(model, engine, outputs, network, stop, redactor)
+    finally:
+        redactor.uninstall()
+
+
+def _play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,
+          stop: threading.Event, redactor: SecretRedactor) -> int:
     _raise_open_file_limit()
     station = Station(engine, model, release_lm_weights=True)  # the fast decoder holds its own
     service = None
@@ -74,9 +84,11 @@ def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkCon
         service = start_network(station, network)
         if service is None:
             return EXIT_BAD_INPUT
+        redactor.add(service.auth.token)  # generated on loopback
     sinks = _sinks(station, outputs)
     clock = _clock(station, outputs)
     for sink in sinks:
+        station.add_output(sink.name_for_logs, sink.health)
         sink.start()
     watcher = ScheduleWatcher(engine.schedule_path, station.steering.set_schedule) if engine.schedule_path else None
     if watcher is not None:

@@ -16,6 +16,7 @@ from netutil import RunningServer, free_port
 
 ICECAST = shutil.which("icecast2") or shutil.which("icecast")
 PASSWORD = "test-source-pw"
+WRONG = "not-the-pw-4711"
 
 
 def icecast_config(folder, port) -> str:
@@ -31,6 +32,7 @@ def icecast_config(folder, port) -> str:
     <admin-user>admin</admin-user><admin-password>admin-pw</admin-password></authentication>
   <hostname>127.0.0.1</hostname>
   <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
+  <listen-socket><port>{port}</port><bind-address>::1</bind-address></listen-socket>
   <paths><basedir>/usr/share/icecast2</basedir><logdir>{logdir}</logdir>
     <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>
   <logging><errorlog>-</errorlog><loglevel>3</loglevel></logging>
@@ -91,11 +93,18 @@ def test_icecast_mounts_play_and_the_source_reconnects(tmp_path):
     base = f"icecast://source:{PASSWORD}@127.0.0.1:{icecast.port}"
     server = RunningServer("--stride", "3", "--context", "3", "--icecast", base + "/radio.opus",
                            "--icecast", base + "/radio.mp3", "--icecast",
-                           f"icecast://source:wrong@127.0.0.1:{icecast.port}/refused.mp3")
+                           f"icecast://source:{WRONG}@127.0.0.1:{icecast.port}/refused.mp3",
+                           "--icecast", f"icecast://source:{PASSWORD}@[::1]:{icecast.port}/v6.opus")
     try:
         server.wait_for_log("radio.opus: connected", timeout=30)
         server.wait_for_log("radio.mp3: connected", timeout=30)
-        server.wait_for_log("refused.mp3: refused", timeout=30)
+        server.wait_for_log(f"icecast://source@[::1]:{icecast.port}/v6.opus: connected", timeout=30)
+        server.wait_for_log("refused.mp3: refused: wrong source user or password (HTTP 401)", timeout=30)
+        outputs = server.status()["outputs"]
+        refused = outputs[f"icecast icecast://source@127.0.0.1:{icecast.port}/refused.mp3"]
+        assert refused["state"] == "retrying" and "401" in refused["error"] and refused["retry_in_seconds"] >= 1
+        assert outputs[f"icecast icecast://source@[::1]:{icecast.port}/v6.opus"]["state"] == "connected"
+        assert outputs["encoder mp3"]["state"] == "encoding" and outputs["encoder pcm"]["state"] == "idle"
         # The MP3 mount's title is the prompt playing (Icecast's admin metadata update).
         server.wait_for_log("radio.mp3: title updated", timeout=30)
         deadline = time.monotonic() + 15
@@ -115,6 +124,7 @@ def test_icecast_mounts_play_and_the_source_reconnects(tmp_path):
         seconds, _ = decoded_seconds(f"http://127.0.0.1:{icecast.port}/radio.mp3")
         assert seconds > 1.5
         assert server.proc.poll() is None  # the station never stopped
+        assert PASSWORD not in server.log and WRONG not in server.log  # secrets masked everywhere
     finally:
         server.stop()
         icecast.stop()

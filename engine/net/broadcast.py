@@ -57,13 +57,16 @@ class Broadcaster:
             # WebSocket messages are built once per packet, in the encoder thread, for every listener.
             key: PacketRing(packets, framer=protocol.framer(key) if key in protocol.CODEC_IDS else None)
             for key in RING_KEYS}
+        self.program = program
         self.opus = OpusCodec(sample_rate, channels)
-        self._opus_worker = EncoderWorker(self.opus, program, self.rings["opus"], ogg_ring=self.rings["ogg"])
-        self.workers = [
-            EncoderWorker(PcmCodec(sample_rate, channels), program, self.rings["pcm"]),
-            self._opus_worker,
-            EncoderWorker(Mp3Codec(sample_rate, channels), program, self.rings["mp3"]),
-        ]
+        burst = self.burst_samples
+        self._opus_worker = EncoderWorker(self.opus, program, self.rings["opus"], ogg_ring=self.rings["ogg"],
+                                          burst_samples=burst)
+        pcm_worker = EncoderWorker(PcmCodec(sample_rate, channels), program, self.rings["pcm"], burst_samples=burst)
+        mp3_worker = EncoderWorker(Mp3Codec(sample_rate, channels), program, self.rings["mp3"], burst_samples=burst)
+        self.workers = [pcm_worker, self._opus_worker, mp3_worker]
+        #: Packet ring → the worker that fills it (encoding only while its rings have listeners).
+        self.worker_of = {"pcm": pcm_worker, "opus": self._opus_worker, "ogg": self._opus_worker, "mp3": mp3_worker}
         self.listeners: tp.Set[Listener] = set()
         self._counts: tp.Counter[str] = collections.Counter()  # listeners per kind, kept on join/leave
         self.sent_bytes: tp.Counter[str] = collections.Counter()  # per packet ring, on the loop only
@@ -107,12 +110,15 @@ class Broadcaster:
     def join(self, kind: str, ring_key: str) -> Listener:
         """A new listener at the live point minus the burst."""
         ring = self.rings[ring_key]
-        newest = ring.newest()
-        start = ring.next_seq if newest is None else ring.seq_at_or_after(
-            newest.stream_sample + newest.duration_samples - self.burst_samples)
-        first = ring.get(start)
-        # Lag is counted from the first packet it will get (or the live point when none is kept).
-        sent_until = first.stream_sample if first is not None else (newest.stream_sample if newest else 0)
+        if self.worker_of[ring_key].want():  # its encoder was idle: the burst is being encoded now
+            start, sent_until = ring.next_seq, max(0, self.program.written_until - self.burst_samples)
+        else:
+            newest = ring.newest()
+            start = ring.next_seq if newest is None else ring.seq_at_or_after(
+                newest.stream_sample + newest.duration_samples - self.burst_samples)
+            first = ring.get(start)
+            # Lag is counted from the first packet it will get (or the live point when none is kept).
+            sent_until = first.stream_sample if first is not None else (newest.stream_sample if newest else 0)
         listener = Listener(kind, ring_key, start, sent_until=sent_until)
         self.listeners.add(listener)
         self._counts[kind] += 1
@@ -122,6 +128,7 @@ class Broadcaster:
     def leave(self, listener: Listener) -> None:
         if listener in self.listeners:
             self.listeners.discard(listener)
+            self.worker_of[listener.ring_key].release()
             self._counts[listener.kind] -= 1
             if not self._counts[listener.kind]:
                 del self._counts[listener.kind]

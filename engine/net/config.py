@@ -1,9 +1,11 @@
 """The network side's configuration record (`--host`, `--port`, `--burst`, `--max-lag`,
-`--icecast`, `--no-network`) and its validation."""
+`--icecast`, `--no-network`, `--control-token`, `--allow-origin`, `--max-listeners`,
+`--max-listeners-per-ip`, `--handshake-timeout`) and its validation."""
 from __future__ import annotations
 
 import dataclasses
 import typing as tp
+import urllib.parse
 
 from ..station.config import ConfigError
 from .icecast import IcecastTarget, parse_icecast_url
@@ -22,6 +24,12 @@ class NetworkConfig:
     icecast_urls: tp.Tuple[str, ...] = ()  # icecast://source:PASSWORD@HOST:PORT/mount.opus|.mp3
     # Control needs this token; None: generated on loopback, control off elsewhere (net/control.py).
     control_token: tp.Optional[str] = None
+    allow_origins: tp.Tuple[str, ...] = ()  # browser pages of other origins allowed on /ws and /control
+    max_listeners: int = 1000  # listeners at once (0: no cap); the next is told the station is full
+    max_listeners_per_ip: int = 100  # from one address (0: no cap)
+    handshake_timeout_seconds: float = 10.0  # a connection's first request headers must arrive by then
+    control_per_second: float = 5.0  # control commands per client address, on average…
+    control_burst: int = 20  # …and at once
 
     def icecast_targets(self) -> tp.List[IcecastTarget]:
         """The parsed --icecast URLs (IcecastUrlError names a malformed one)."""
@@ -40,5 +48,15 @@ class NetworkConfig:
             raise ConfigError("--icecast needs the network side: drop --no-network")
         if self.control_token is not None and len(self.control_token) < 8:
             raise ConfigError("--control-token must be at least 8 characters")
+        if self.max_listeners < 0 or self.max_listeners_per_ip < 0:
+            raise ConfigError("--max-listeners and --max-listeners-per-ip must be 0 (no cap) or more")
+        if not 0 < self.handshake_timeout_seconds <= 300:
+            raise ConfigError(f"--handshake-timeout must be between 0 and 300 seconds "
+                              f"(got {self.handshake_timeout_seconds:g})")
+        for origin in self.allow_origins:
+            parts = urllib.parse.urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/")):
+                raise ConfigError(f"--allow-origin {origin!r}: give an origin such as https://example.org "
+                                  f"(scheme, host and port, no path) or *")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535 (got {self.port})")

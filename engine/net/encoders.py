@@ -128,14 +128,29 @@ class Mp3Codec(_AvCodec):
 
 
 class EncoderWorker(threading.Thread):
-    """Reads the program ring from the live point and publishes packets of one codec."""
+    """Reads the program ring from the live point and publishes packets of one codec.
+
+    It encodes only while someone listens to its codec (`want` / `release`, counted by the
+    broadcaster): CPU belongs to generation on small machines. Woken by a first listener, it
+    starts a fresh encoder `burst_samples` before the live point (the program ring keeps them),
+    so the newcomer gets its burst at once. An encoder that fails is logged and started afresh
+    at the live point after a backoff (1 s, doubling to 30 s); its listeners stay connected."""
 
     def __init__(self, codec: Codec, program: PcmRing, ring: PacketRing, *,
-                 ogg_ring: tp.Optional[PacketRing] = None, block_seconds: float = 0.1):
+                 ogg_ring: tp.Optional[PacketRing] = None, block_seconds: float = 0.1,
+                 burst_samples: int = 0, max_backoff_seconds: float = 30.0):
         super().__init__(name=f"encoder-{codec.name}", daemon=True)
         self.codec = codec
         self.reader = RingReader(program)
         self.start_sample = self.reader.cursor
+        self.burst_samples = int(burst_samples)
+        self.max_backoff_seconds = max_backoff_seconds
+        self.restarts = 0  # encoders started afresh after a failure
+        self.idle = True  # nothing to encode until someone listens
+        self._demand = 0  # listeners of this codec
+        self._demand_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._published_until = 0  # program samples encoded so far
         self.ring = ring
         self.ogg_ring = ogg_ring
         self.ogg_serial = random.getrandbits(31)
@@ -152,28 +167,85 @@ class EncoderWorker(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+        self._wake.set()
+
+    def want(self) -> bool:
+        """A listener of this codec joins (the network loop); True when the worker was idle: the
+        listener then takes the packets published from now on, its burst first."""
+        with self._demand_lock:
+            self._demand += 1
+            was_idle = self.idle
+        self._wake.set()
+        return was_idle
+
+    def release(self) -> None:
+        """A listener of this codec leaves."""
+        with self._demand_lock:
+            self._demand -= 1
+
+    def health(self) -> dict:
+        return {"state": "failed" if self.error is not None else "idle" if self.idle else "encoding",
+                "restarts": self.restarts, "error": None if self.error is None else str(self.error)[:200]}
+
+    def _wanted(self) -> tp.Tuple[bool, bool]:
+        """(someone listens, the worker wakes from idle now)."""
+        with self._demand_lock:
+            wanted = self._demand > 0
+            waking = wanted and self.idle
+            self.idle = not wanted
+        return wanted, waking
 
     def run(self) -> None:
+        backoff = 1.0
+        while not self._stop_event.is_set():
+            try:
+                self._encode_loop()
+                return
+            except Exception as err:  # noqa: BLE001 - an encoder failure must not end the stream
+                self.error = err
+                log.error("encoder %s failed (%s: %s); starting it afresh in %.0f s", self.codec.name,
+                          type(err).__name__, err, backoff)
+                if self._stop_event.wait(backoff):
+                    return
+                backoff = min(self.max_backoff_seconds, backoff * 2)
+                self.restarts += 1
+                self._fresh_codec(self.reader.ring.written_until)
+                self.error = None
+                log.info("encoder %s: started afresh (%d restarts)", self.codec.name, self.restarts)
+
+    def _fresh_codec(self, from_sample: int) -> None:
+        """A new encoder (no state from before a gap), reading from `from_sample`."""
+        self.codec = type(self.codec)(self.codec.sample_rate, self.codec.channels)
+        self.reader.cursor = max(from_sample, self.reader.ring.oldest_kept)
+
+    def _encode_loop(self) -> None:
         overruns = 0
-        try:
-            while not self._stop_event.is_set():
-                start = self.reader.cursor
-                frames = self.reader.read(self.block_samples)
-                if self.reader.overruns != overruns:
-                    overruns = self.reader.overruns
-                    log.warning("encoder %s fell behind the live stream and skipped ahead", self.codec.name)
-                if frames.shape[0] == 0:
-                    if self.reader.ring.closed:
-                        break
-                    self._stop_event.wait(0.01)
-                    continue
-                for payload, at, duration in self.codec.encode(frames, start):
-                    self.ring.publish(at, duration, payload)
-                    if self.ogg_ring is not None:
-                        self._publish_ogg(payload, at, duration)
-        except Exception as err:
-            self.error = err
-            log.exception("encoder %s failed; its listeners get no more audio", self.codec.name)
+        while not self._stop_event.is_set():
+            wanted, waking = self._wanted()
+            if not wanted:
+                self.reader.cursor = self.reader.ring.written_until  # skip: nobody listens
+                if self.reader.ring.closed:
+                    return
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            if waking:  # (never before what its ring already holds: packet times only grow)
+                self._fresh_codec(max(self.reader.ring.written_until - self.burst_samples, self._published_until))
+            start = self.reader.cursor
+            frames = self.reader.read(self.block_samples)
+            if self.reader.overruns != overruns:
+                overruns = self.reader.overruns
+                log.warning("encoder %s fell behind the live stream and skipped ahead", self.codec.name)
+            if frames.shape[0] == 0:
+                if self.reader.ring.closed:
+                    return
+                self._stop_event.wait(0.01)
+                continue
+            for payload, at, duration in self.codec.encode(frames, start):
+                self.ring.publish(at, duration, payload)
+                if self.ogg_ring is not None:
+                    self._publish_ogg(payload, at, duration)
+            self._published_until = self.reader.cursor
 
     def _publish_ogg(self, payload: bytes, at: int, duration: int) -> None:
         granule = self._opus_pre_skip + (at + duration - self.start_sample) * OPUS_RATE // self.codec.sample_rate

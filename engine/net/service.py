@@ -13,6 +13,7 @@ from aiohttp import web
 from .broadcast import Broadcaster
 from .config import NetworkConfig
 from .control import ControlAuth, Controller
+from .guard import FirstRequestDeadline, ListenerLimits, OriginPolicy, RateLimiter
 from .icecast import IcecastSource
 from .status import StatusPublisher
 from .webapp import RadioWeb
@@ -36,10 +37,16 @@ class NetworkThread(threading.Thread):
         self.publisher = StatusPublisher(station, self.broadcaster)
         self.auth = ControlAuth(config.host, config.control_token)
         self.controller = Controller(station, self.auth)
+        self.limits = ListenerLimits(config.max_listeners, config.max_listeners_per_ip)
+        self.handshake_timeouts = 0  # connections cut for a slow first request
         self.title = station.now_playing()  # the prompt(s) heard now: stream titles
         self.icecast_sources = [IcecastSource(target, self.broadcaster, lambda: self.title)
                                 for target in config.icecast_targets()]
         station.add_heard_listener(self._on_heard)
+        for worker in self.broadcaster.workers:
+            station.add_output(f"encoder {worker.codec.name}", worker.health)
+        for source in self.icecast_sources:
+            station.add_output(f"icecast {source.target}", source.health)
         self.ready = threading.Event()
         self.error: tp.Optional[BaseException] = None
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
@@ -56,13 +63,18 @@ class NetworkThread(threading.Thread):
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self.broadcaster.start()
+        config = self.config
         app = RadioWeb(self.station, self.broadcaster, self.publisher, self.controller,
-                       now_playing=lambda: self.title).app()
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                       now_playing=lambda: self.title, origins=OriginPolicy(config.allow_origins),
+                       limits=self.limits,
+                       control_rate=RateLimiter(config.control_per_second, config.control_burst)).app()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        # The web server's protocol, each connection behind a deadline for its first request.
+        server = await self.loop.create_server(
+            lambda: FirstRequestDeadline(runner.server(), config.handshake_timeout_seconds, self._handshake_timed_out),
+            self.host, self.port, reuse_address=True)
+        self.port = server.sockets[0].getsockname()[1]
         tasks = [asyncio.ensure_future(self.publisher.run())]
         tasks += [asyncio.ensure_future(source.run()) for source in self.icecast_sources]
         log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
@@ -73,7 +85,13 @@ class NetworkThread(threading.Thread):
         for task in tasks:
             task.cancel()
         await self.broadcaster.stop()
+        server.close()
         await runner.cleanup()
+
+    def _handshake_timed_out(self) -> None:
+        self.handshake_timeouts += 1
+        log.info("network: cut a connection that sent no complete request within %g s",
+                 self.config.handshake_timeout_seconds)
 
     def _on_heard(self, change, program_sample: int) -> None:
         """A change is heard (the station's supervisor thread): new stream titles."""

@@ -21,11 +21,15 @@ from . import protocol
 from .broadcast import Broadcaster
 from .control import Controller
 from .encoders import OPUS_RATE, PACKET_SECONDS
+from .guard import ListenerLimits, OriginPolicy, RateLimiter
 from .icy import IcyInterleaver, header_safe
 from .prometheus import MetricsExporter
 from .status import StatusPublisher, health
 
 log = logging.getLogger(__name__)
+
+#: How long a POST /control body may take to arrive.
+CONTROL_BODY_SECONDS = 10.0
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEB_ROOT = os.path.join(ROOT, "clients", "web")
@@ -35,8 +39,12 @@ class RadioWeb:
     """Handlers bound to one station and its broadcaster."""
 
     def __init__(self, station, broadcaster: Broadcaster, publisher: StatusPublisher,
-                 controller: Controller, now_playing: tp.Callable[[], str], web_root: str = WEB_ROOT):
+                 controller: Controller, now_playing: tp.Callable[[], str], *, origins: OriginPolicy,
+                 limits: ListenerLimits, control_rate: RateLimiter, web_root: str = WEB_ROOT):
         self.station = station
+        self.origins = origins  # which browser pages may use /ws and /control
+        self.limits = limits  # listener caps
+        self.control_rate = control_rate  # commands per client address
         self.now_playing = now_playing  # the stream title: the prompt(s) heard now
         self.broadcaster = broadcaster
         self.publisher = publisher
@@ -50,6 +58,7 @@ class RadioWeb:
         app.router.add_get("/status", self.status)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/control", self.control)
+        app.router.add_route("OPTIONS", "/control", self.control_preflight)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/ws", self.websocket)
         app.router.add_get("/stream.opus", self.http_stream)
@@ -75,24 +84,62 @@ class RadioWeb:
     async def control(self, request: web.Request) -> web.Response:
         """POST /control: one JSON command; the token as `Authorization: Bearer TOKEN`,
         `?token=TOKEN` or a "token" field."""
+        cors = self.origins.cors_headers(request.headers)
+        refusal = self._control_refusal(request)
+        if refusal is not None:
+            status, error = refusal
+            return web.json_response({"type": "error", "id": None, "error": error}, status=status, headers=cors)
         if request.content_length is not None and request.content_length > protocol.MAX_CLIENT_MESSAGE_BYTES:
             return web.json_response({"type": "error", "id": None, "error": (
-                f"a command is at most {protocol.MAX_CLIENT_MESSAGE_BYTES} bytes")}, status=413)
+                f"a command is at most {protocol.MAX_CLIENT_MESSAGE_BYTES} bytes")}, status=413, headers=cors)
         try:
-            message = json.loads(await request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1))
-        except ValueError:
+            body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
+                                          timeout=CONTROL_BODY_SECONDS)
+            message = json.loads(body)
+        except (ValueError, asyncio.TimeoutError):
             message = None
         result = self.controller.handle(message, _request_token(request))
-        return web.json_response(result, status=result.pop("http_status", 200))
+        return web.json_response(result, status=result.pop("http_status", 200), headers=cors)
+
+    async def control_preflight(self, request: web.Request) -> web.Response:
+        """A browser asks whether a page of another origin may POST /control."""
+        headers = self.origins.cors_headers(request.headers)
+        return web.Response(status=204 if headers else 403, headers=headers)
+
+    def _control_refusal(self, request: web.Request) -> tp.Optional[tp.Tuple[int, str]]:
+        """(HTTP status, error) when a command is refused before it is read: a page of another
+        origin, or a client sending too many."""
+        if not self.origins.allows(request.headers):
+            return 403, ("cross-site requests are refused: this page's origin is not allowed; start the "
+                         "station with --allow-origin ORIGIN to allow it")
+        if not self.control_rate.allow(_client_address(request)):
+            return 429, (f"too many commands: at most {self.control_rate.rate:g} per second "
+                         f"(bursts of {self.control_rate.burst:g}); try again shortly")
+        return None
 
     # -- WebSocket -------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         codec = request.query.get("codec", "opus")
         if codec not in protocol.CODEC_IDS:
-            raise web.HTTPBadRequest(text=f"unknown codec {codec!r}: use pcm or opus\n")
+            raise web.HTTPBadRequest(text=f"unknown codec {str(codec)[:20]!r}: use pcm or opus\n")
+        if not self.origins.allows(request.headers):
+            raise web.HTTPForbidden(text="cross-site WebSocket refused: start the station with "
+                                         "--allow-origin ORIGIN to allow this page\n")
         ws = web.WebSocketResponse(max_msg_size=protocol.MAX_CLIENT_MESSAGE_BYTES, heartbeat=20.0,
                                    compress=False)  # audio does not deflate; encode once
         await ws.prepare(request)
+        address = _client_address(request)
+        full = self.limits.admit(address)
+        if full is not None:
+            await _close_ws(ws, request, protocol.CLOSE_TRY_AGAIN_LATER, full)
+            return ws
+        self.limits.joined(address)
+        try:
+            return await self._serve_websocket(ws, request, codec)
+        finally:
+            self.limits.left(address)
+
+    async def _serve_websocket(self, ws, request: web.Request, codec: str) -> web.WebSocketResponse:
         _small_send_buffers(request)
         b, station = self.broadcaster, self.station
         rate = OPUS_RATE if codec == "opus" else station.sample_rate
@@ -149,6 +196,10 @@ class RadioWeb:
                 if message.get("type") == "ping":
                     await ws.send_str(json.dumps({"type": "pong", "time": time.time()}))
                     continue
+                refusal = self._control_refusal(request)
+                if refusal is not None:
+                    await ws.send_str(json.dumps({"type": "error", "id": _echo_id(message), "error": refusal[1]}))
+                    continue
                 result = self.controller.handle(message, token)
                 result.pop("http_status", None)
                 await ws.send_str(json.dumps(result))
@@ -161,6 +212,17 @@ class RadioWeb:
 
     # -- HTTP streams --------------------------------------------------------------------------
     async def http_stream(self, request: web.Request) -> web.StreamResponse:
+        address = _client_address(request)
+        full = self.limits.admit(address)
+        if full is not None:
+            raise web.HTTPServiceUnavailable(text=full + "\n", headers={"Retry-After": "30"})
+        self.limits.joined(address)
+        try:
+            return await self._serve_http_stream(request)
+        finally:
+            self.limits.left(address)
+
+    async def _serve_http_stream(self, request: web.Request) -> web.StreamResponse:
         is_opus = request.path.endswith(".opus")
         key, kind = ("ogg", "http-opus") if is_opus else ("mp3", "http-mp3")
         icy = IcyInterleaver() if not is_opus and request.headers.get("Icy-MetaData") == "1" else None
@@ -190,6 +252,17 @@ class RadioWeb:
         finally:
             self.broadcaster.leave(listener)
         return response
+
+
+def _client_address(request: web.Request) -> str:
+    """The peer's address (behind a reverse proxy: the proxy's; see the README)."""
+    return request.remote or "unknown"
+
+
+def _echo_id(message: dict):
+    """A command's "id", echoed in its answer when it is a plain value."""
+    value = message.get("id")
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) <= 100 else None
 
 
 def _request_token(request: web.Request) -> tp.Optional[str]:

@@ -33,16 +33,27 @@ class RingSink(threading.Thread):
     def finish(self) -> None:
         """Called once, on this thread, after the last `consume`."""
 
+    def explain(self, err: Exception) -> str:
+        """What went wrong, for the log and /status."""
+        return f"{type(err).__name__}: {err}"
+
     def stop(self) -> None:
         """Stop after writing what has been played so far."""
         self._stop_event.set()
+
+    def health(self) -> dict:
+        """For /status: writing, stopped or failed (with the error), and how much it has written."""
+        state = "failed" if self.error is not None else "writing" if self.is_alive() else "stopped"
+        return {"state": state, "error": None if self.error is None else str(self.error)[:200],
+                "samples_written": self.samples_written}
 
     def run(self) -> None:
         try:
             self._drain_loop()
         except Exception as err:
-            self.error = err
-            log.error("%s: stopped: %s", self.name_for_logs, err)
+            self.error = RuntimeError(self.explain(err))
+            log.error("%s: stopped after %d samples: %s; the other outputs and the stream go on",
+                      self.name_for_logs, self.samples_written, self.error)
         finally:
             try:
                 self.finish()

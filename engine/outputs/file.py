@@ -3,6 +3,7 @@ was made (`tags`: title, comment, software, date: libsndfile's string fields).""
 from __future__ import annotations
 
 import os
+import shutil
 import typing as tp
 
 import numpy as np
@@ -58,6 +59,16 @@ class FileRecorder(RingSink):
 
     def consume(self, frames: np.ndarray) -> None:
         self.file.write(frames)
+
+    def explain(self, err: Exception) -> str:
+        """libsndfile says "System error" for a full or removed disk: say what the disk says."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
+        except OSError as disk:
+            free = f"its folder cannot be reached: {disk.strerror}"
+        return (f"writing {self.path} failed ({err}; {free}); the file is closed and holds the first "
+                f"{self.samples_written / self.file.samplerate:.1f} s")
 
     def finish(self) -> None:
         self.file.close()

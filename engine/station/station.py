@@ -91,6 +91,7 @@ class Station:
         self.clock: tp.Optional[Clock] = None
         self._state_failing = False
         self._heard_listeners: tp.List[tp.Callable[[tp.Any, int], None]] = []
+        self._outputs: tp.Dict[str, tp.Callable[[], dict]] = {}  # name → its health (add_output)
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
@@ -244,6 +245,10 @@ class Station:
         silence included, as in a recording)."""
         self._heard_listeners.append(listener)
 
+    def add_output(self, name: str, health: tp.Callable[[], dict]) -> None:
+        """An output (recording, encoder, Icecast mount) whose `health()` /status reports."""
+        self._outputs[name] = health
+
     def _note_heard_changes(self) -> None:
         """Measure each command's latency once the playhead reaches it; tell the listeners."""
         player = self.player
@@ -255,7 +260,11 @@ class Station:
                          change.latency_seconds)
             program_sample = max(0, player.played_samples - (player.playhead - change.heard_from_sample))
             for listener in self._heard_listeners:
-                listener(change, program_sample)
+                try:
+                    listener(change, program_sample)
+                except Exception as err:  # noqa: BLE001 - e.g. a full disk for the sidecar: playback goes on
+                    log.error("a listener of heard changes failed (%s: %s); playback goes on",
+                              type(err).__name__, err)
 
     def _prefill_target_samples(self) -> int:
         target = max(1, int(self.config.prefill_seconds * self.sample_rate))
@@ -316,6 +325,7 @@ class Station:
             underrun_seconds=round(player.underrun_samples / sr, 3),
             reader_overruns=self.program_ring.reader_overruns,
             output_underflows=self.clock.underflows if self.clock is not None else 0,
+            outputs={name: health() for name, health in list(self._outputs.items())},
             resumed=None if self.resumed is None else {
                 "strides": self.resumed.stride_index, "stream_seconds": self.resumed.stream_seconds,
                 "saved_at": self.resumed.saved_at},
