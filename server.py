@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--handshake-timeout", type=float, default=n.handshake_timeout_seconds, metavar="S",
                    help="cut a connection whose request headers have not all arrived after S seconds "
                         "(default: %(default)s)")
+    g.add_argument("--control-rate", type=float, default=n.control_per_second, metavar="PER_SECOND",
+                   help="control commands a client address may send per second (bursts of 4x); more are "
+                        "refused with HTTP 429 or an error message (default: %(default)s)")
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="(default: %(default)s)")
     return p
@@ -141,7 +144,8 @@ def configs_from_args(args):
                             icecast_urls=tuple(args.icecast), control_token=args.control_token,
                             allow_origins=tuple(args.allow_origin), max_listeners=args.max_listeners,
                             max_listeners_per_ip=args.max_listeners_per_ip,
-                            handshake_timeout_seconds=args.handshake_timeout)
+                            handshake_timeout_seconds=args.handshake_timeout,
+                            control_per_second=args.control_rate)
     return engine, outputs, network
 
 

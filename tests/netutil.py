@@ -28,7 +28,7 @@ class RunningServer:
     """server.py in the background; its stdout (the played program, s16le) is collected. Waits
     are on events: the reader threads notify `changed` whenever a log line or audio arrives."""
 
-    def __init__(self, *args: str, port: int | None = None):
+    def __init__(self, *args: str, port: int | None = None, **popen):
         self.port = port or free_port()
         self.stderr_lines: list[str] = []
         self.program = bytearray()
@@ -37,7 +37,7 @@ class RunningServer:
         cmd = [sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play",
                "--stdout", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), **popen)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
         self.wait_for_log("buffered; playback starts", timeout=120)

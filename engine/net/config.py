@@ -28,8 +28,7 @@ class NetworkConfig:
     max_listeners: int = 1000  # listeners at once (0: no cap); the next is told the station is full
     max_listeners_per_ip: int = 100  # from one address (0: no cap)
     handshake_timeout_seconds: float = 10.0  # a connection's first request headers must arrive by then
-    control_per_second: float = 5.0  # control commands per client address, on average…
-    control_burst: int = 20  # …and at once
+    control_per_second: float = 5.0  # control commands per client address, on average (bursts of 4×)
 
     def icecast_targets(self) -> tp.List[IcecastTarget]:
         """The parsed --icecast URLs (IcecastUrlError names a malformed one)."""
@@ -50,6 +49,8 @@ class NetworkConfig:
             raise ConfigError("--control-token must be at least 8 characters")
         if self.max_listeners < 0 or self.max_listeners_per_ip < 0:
             raise ConfigError("--max-listeners and --max-listeners-per-ip must be 0 (no cap) or more")
+        if not 0 < self.control_per_second <= 10_000:
+            raise ConfigError(f"--control-rate must be above 0 (got {self.control_per_second:g})")
         if not 0 < self.handshake_timeout_seconds <= 300:
             raise ConfigError(f"--handshake-timeout must be between 0 and 300 seconds "
                               f"(got {self.handshake_timeout_seconds:g})")

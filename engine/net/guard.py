@@ -55,10 +55,10 @@ class ListenerLimits:
         self.refused = 0
 
     def admit(self, address: str) -> tp.Optional[str]:
-        if self.max_total and self.total >= self.max_total:
-            reason = f"the station is full ({self.max_total} listeners); try again later"
-        elif self.max_per_address and self.per_address[address] >= self.max_per_address:
+        if self.max_per_address and self.per_address.get(address, 0) >= self.max_per_address:
             reason = f"too many listeners from your address (at most {self.max_per_address})"
+        elif self.max_total and self.total >= self.max_total:
+            reason = f"the station is full ({self.max_total} listeners); try again later"
         else:
             return None
         self.refused += 1

@@ -67,7 +67,7 @@ class NetworkThread(threading.Thread):
         app = RadioWeb(self.station, self.broadcaster, self.publisher, self.controller,
                        now_playing=lambda: self.title, origins=OriginPolicy(config.allow_origins),
                        limits=self.limits,
-                       control_rate=RateLimiter(config.control_per_second, config.control_burst)).app()
+                       control_rate=RateLimiter(config.control_per_second, burst=max(1, round(4 * config.control_per_second)))).app()
         runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15.0)
         await runner.setup()
         # The web server's protocol, each connection behind a deadline for its first request.
