@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
     g.add_argument("--stdout", action="store_true",
                    help="write raw s16le PCM (model rate and channels) to stdout; logs go to stderr")
+    g.add_argument("--clock-speed", type=float, default=1.0, metavar="X",
+                   help="testing aid, with --no-play: play X times faster than real time (soak runs)")
     g.add_argument("--record", metavar="FILE", default=None,
                    help="write what is played to FILE (.wav or .flac)")
     g = p.add_argument_group("network")
@@ -138,7 +140,7 @@ def configs_from_args(args):
         give_up_after_seconds=args.give_up_after, fault_spec=os.environ.get("RADIO_FAULTS"),
         state_dir=args.state_dir)
     outputs = OutputConfig(play=not args.no_play, audio_device=args.audio_device, stdout=args.stdout,
-                           record_path=args.record)
+                           record_path=args.record, clock_speed=args.clock_speed)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,
                             burst_seconds=args.burst, max_lag_seconds=args.max_lag,
                             icecast_urls=tuple(args.icecast), control_token=args.control_token,

@@ -24,7 +24,7 @@ from .net.icecast import IcecastUrlError
 from .net.redact import SecretRedactor
 from .net.service import start_network
 from .outputs.base import RingSink
-from .outputs.config import OutputConfig
+from .outputs.config import ClockSpeedError, OutputConfig
 from .outputs.file import FileRecorder, RecordPathError
 from .outputs.sidecar import RecordingLog
 from .outputs.stdout import PcmPipeSink
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: What `check` and `load` raise for input the user can fix (one line, exit code 2).
-INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError, ScheduleError, ClipError)
+INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError, ScheduleError, ClipError,
+                ClockSpeedError)
 
 
 def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -> str:
@@ -148,7 +149,9 @@ def _clock(station: Station, outputs: OutputConfig) -> Clock:
         except AudioDeviceError as err:
             log.error("%s; the other outputs keep running", err)
     log.info("clock: no sound device in use; playback paced by the system clock")
-    return PacedClock(station.player)
+    if outputs.clock_speed != 1.0:
+        log.warning("clock: playing %g times faster than real time (--clock-speed, a testing aid)", outputs.clock_speed)
+    return PacedClock(station.player, speed=outputs.clock_speed)
 
 
 def _raise_open_file_limit() -> None:

@@ -11,11 +11,13 @@ from .player import Player
 
 
 class PacedClock(threading.Thread):
-    """Drives a Player at real-time pace when no sound device plays (`--no-play`)."""
+    """Drives a Player at real-time pace when no sound device plays (`--no-play`), or `speed`
+    times faster (a testing aid: a soak run plays a day in an hour)."""
 
-    def __init__(self, player: Player, block_samples: int = 480):
+    def __init__(self, player: Player, block_samples: int = 480, speed: float = 1.0):
         super().__init__(name="paced-clock", daemon=True)
         self.player = player
+        self.speed = float(speed)
         self.block_samples = block_samples
         self._stop_event = threading.Event()
         self._block = np.zeros((block_samples, player.stream.channels), dtype=np.float32)
@@ -26,12 +28,12 @@ class PacedClock(threading.Thread):
         started = time.monotonic()
         rendered = 0
         while not self._stop_event.is_set():
-            due = int((time.monotonic() - started) * sample_rate)
+            due = int((time.monotonic() - started) * sample_rate * self.speed)
             while rendered + self.block_samples <= due:
                 if self.player.render(self._block):
                     return
                 rendered += self.block_samples
-            self._stop_event.wait(self.block_samples / sample_rate)
+            self._stop_event.wait(max(0.002, self.block_samples / sample_rate / self.speed))
 
     def stop(self) -> None:
         self._stop_event.set()
