@@ -15,6 +15,7 @@ import collections
 import hmac
 import ipaddress
 import logging
+import math
 import secrets
 import typing as tp
 
@@ -76,6 +77,19 @@ class ControlAuth:
                                "printed at start) or the header 'Authorization: Bearer TOKEN'", 401)
 
 
+def echo_id(message: tp.Any) -> tp.Union[str, int, float, None]:
+    """A command's "id", echoed in its answer when it is a plain JSON value (a text of at most
+    100 characters, an integer or a finite number); else None."""
+    value = message.get("id") if isinstance(message, dict) else None
+    if isinstance(value, str) and len(value) <= 100:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
+
+
 def _number(message: dict, name: str, kind: type) -> tp.Optional[float]:
     if name not in message:
         return None
@@ -90,7 +104,7 @@ def parse_command(message: tp.Any, current_sampling, default_when: str) -> tp.Op
     if not isinstance(message, dict):
         raise ControlError('a command is a JSON object such as {"type": "set_prompt", "prompt": "..."}')
     kind = message.get("type")
-    if kind not in COMMAND_FIELDS:
+    if not isinstance(kind, str) or kind not in COMMAND_FIELDS:
         raise ControlError(f"unknown command {str(kind)[:40]!r}: use one of {', '.join(COMMAND_FIELDS)}")
     unknown = set(message) - COMMAND_FIELDS[kind] - {"type", "id", "token"}
     if unknown:
@@ -135,7 +149,7 @@ class Controller:
 
     def handle(self, message: tp.Any, token: tp.Optional[str]) -> dict:
         """The JSON result of one command, or {"type": "error", ...}; echoes its "id"."""
-        command_id = message.get("id") if isinstance(message, dict) else None
+        command_id = echo_id(message)
         try:
             offered = token or (message.get("token") if isinstance(message, dict) else None)
             self.auth.check(offered if isinstance(offered, str) else None)
@@ -145,8 +159,9 @@ class Controller:
             change = parse_command(message, station.steering.latest.sampling, default_when)
         except ControlError as err:
             kind = message.get("type") if isinstance(message, dict) else None
-            log.info("control: refused %s: %s", str(kind)[:40] if kind else "a command", err)
-            self.counts[(kind if kind in COMMAND_FIELDS else "unknown", "refused")] += 1
+            kind = kind if isinstance(kind, str) and kind in COMMAND_FIELDS else None
+            log.info("control: refused %s: %s", kind or "a command", err)
+            self.counts[(kind or "unknown", "refused")] += 1
             return {"type": "error", "id": command_id, "error": str(err), "http_status": err.http_status}
         self.counts[(message["type"], "ok")] += 1
         result = {"type": "result", "id": command_id, "command": message["type"], "ok": True}

@@ -19,7 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import protocol
 from .broadcast import Broadcaster
-from .control import Controller
+from .control import Controller, echo_id
 from .encoders import OPUS_RATE, PACKET_SECONDS
 from .guard import ListenerLimits, OriginPolicy, RateLimiter
 from .icy import IcyInterleaver, header_safe
@@ -95,8 +95,8 @@ class RadioWeb:
         try:
             body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
                                           timeout=CONTROL_BODY_SECONDS)
-            message = json.loads(body)
-        except (ValueError, asyncio.TimeoutError):
+            message = _json(body)
+        except asyncio.TimeoutError:
             message = None
         result = self.controller.handle(message, _request_token(request))
         return web.json_response(result, status=result.pop("http_status", 200), headers=cors)
@@ -185,10 +185,7 @@ class RadioWeb:
         token = _request_token(request)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                try:
-                    message = json.loads(msg.data)
-                except ValueError:
-                    message = None
+                message = _json(msg.data)
                 if not isinstance(message, dict):
                     await _close_ws(ws, request, WSCloseCode.POLICY_VIOLATION,
                                     "messages are JSON objects with a \"type\"")
@@ -198,7 +195,7 @@ class RadioWeb:
                     continue
                 refusal = self._control_refusal(request)
                 if refusal is not None:
-                    await ws.send_str(json.dumps({"type": "error", "id": _echo_id(message), "error": refusal[1]}))
+                    await ws.send_str(json.dumps({"type": "error", "id": echo_id(message), "error": refusal[1]}))
                     continue
                 result = self.controller.handle(message, token)
                 result.pop("http_status", None)
@@ -254,15 +251,18 @@ class RadioWeb:
         return response
 
 
+def _json(data: tp.Union[str, bytes]) -> tp.Any:
+    """The JSON value in `data`, or None for anything else (invalid text or UTF-8, nested too
+    deeply to parse)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _client_address(request: web.Request) -> str:
     """The peer's address (behind a reverse proxy: the proxy's; see the README)."""
     return request.remote or "unknown"
-
-
-def _echo_id(message: dict):
-    """A command's "id", echoed in its answer when it is a plain value."""
-    value = message.get("id")
-    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) <= 100 else None
 
 
 def _request_token(request: web.Request) -> tp.Optional[str]:
