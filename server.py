@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or .mp3); repeat for several mounts")
     g.add_argument("--control-token", default=None, metavar="TOKEN",
                    help="token that POST /control and WebSocket commands need (at least 8 characters); "
-                        "default: generated and printed once on a loopback address, control off on others")
+                        "default: $RADIO_CONTROL_TOKEN, else generated and printed once on a loopback "
+                        "address, control off on others")
     g.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages of this origin (e.g. https://example.org; * for any) use the WebSocket "
                         "and POST /control; browsers' cross-site requests are refused otherwise (repeatable)")
@@ -143,7 +144,8 @@ def configs_from_args(args):
                            record_path=args.record, clock_speed=args.clock_speed)
     network = NetworkConfig(enabled=not args.no_network, host=args.host, port=args.port,
                             burst_seconds=args.burst, max_lag_seconds=args.max_lag,
-                            icecast_urls=tuple(args.icecast), control_token=args.control_token,
+                            icecast_urls=tuple(args.icecast),
+                            control_token=args.control_token or os.environ.get("RADIO_CONTROL_TOKEN") or None,
                             allow_origins=tuple(args.allow_origin), max_listeners=args.max_listeners,
                             max_listeners_per_ip=args.max_listeners_per_ip,
                             handshake_timeout_seconds=args.handshake_timeout,

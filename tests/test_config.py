@@ -36,3 +36,24 @@ def test_window_limit_follows_the_model():
 
 def test_context_plus_stride_may_equal_window():
     EngineConfig(window_seconds=10, context_seconds=6, stride_seconds=4).validate()
+
+
+def test_flags_become_the_config_records_and_the_token_may_come_from_the_environment(monkeypatch):
+    import server
+    parser = server.build_parser()
+    monkeypatch.setenv("RADIO_CONTROL_TOKEN", "from-the-environment")
+    engine, outputs, network = server.configs_from_args(parser.parse_args(
+        ["--model", "tiny", "--state-dir", "/tmp/s", "--clock-speed", "4", "--no-play", "--allow-origin",
+         "https://a.example", "--max-listeners", "7", "--max-listeners-per-ip", "2", "--handshake-timeout", "3",
+         "--control-rate", "9"]))
+    assert engine.state_dir == "/tmp/s" and outputs.clock_speed == 4 and network.control_token == "from-the-environment"
+    assert (network.allow_origins, network.max_listeners, network.max_listeners_per_ip) == (("https://a.example",), 7, 2)
+    assert network.handshake_timeout_seconds == 3 and network.control_per_second == 9
+    _, _, network = server.configs_from_args(parser.parse_args(["--control-token", "given-on-the-line"]))
+    assert network.control_token == "given-on-the-line"  # the flag wins
+    outputs.play, outputs.clock_speed = True, 4
+    with pytest.raises(ValueError, match="add --no-play"):
+        outputs.validate()
+    network.allow_origins = ("example.org/path",)
+    with pytest.raises(ValueError, match="give an origin such as"):
+        network.validate()

@@ -105,13 +105,18 @@ def test_record_is_complete_and_valid_after_sigterm(tmp_path, suffix):
     (("--model", "tiny", "--loudness", "loud"), "--loudness must be between -40 and -5 LUFS, or off"),
     (("--model", "tiny", "--control-token", "short"), "at least 8 characters"),
     (("--model", "tiny", "--temperature", "50"), "--temperature must be between 0 and 10"),
+    (("--model", "tiny", "--clock-speed", "0"), "--clock-speed must be above 0"),
+    (("--model", "tiny", "--state-dir", "server.py"), "is a file; give a folder"),
+    (("--model", "tiny", "--allow-origin", "evil.example"), "give an origin such as"),
+    (("--model", "tiny", "--max-listeners", "-1"), "must be 0 (no cap) or more"),
+    (("--model", "tiny", "--icecast", "icecast://source:pw-hidden@h:8000/r.wav"), "icecast://source:***@h"),
 ])
 def test_bad_input_exits_2_with_a_clear_error(args, message):
     result = run_server(*args, "--no-play", timeout=60)
     assert result.returncode == 2
     err = result.stderr.decode()
     assert message in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "pw-hidden" not in err
 
 
 def test_offline_hub_model_fails_fast_with_advice(tmp_path):
