@@ -110,8 +110,11 @@ class Broadcaster:
     def join(self, kind: str, ring_key: str) -> Listener:
         """A new listener at the live point minus the burst."""
         ring = self.rings[ring_key]
-        if self.worker_of[ring_key].want():  # its encoder was idle: the burst is being encoded now
-            start, sent_until = ring.next_seq, max(0, self.program.written_until - self.burst_samples)
+        if self.worker_of[ring_key].want():  # its encoder was idle: it encodes the burst (or its rest) now
+            burst_from = max(0, self.program.written_until - self.burst_samples)
+            start = ring.seq_at_or_after(burst_from)  # packets kept from before it slept, if any
+            first = ring.get(start)
+            sent_until = first.stream_sample if first is not None else burst_from
         else:
             newest = ring.newest()
             start = ring.next_seq if newest is None else ring.seq_at_or_after(

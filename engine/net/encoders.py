@@ -216,7 +216,17 @@ class EncoderWorker(threading.Thread):
     def _fresh_codec(self, from_sample: int) -> None:
         """A new encoder (no state from before a gap), reading from `from_sample`."""
         self.codec = type(self.codec)(self.codec.sample_rate, self.codec.channels)
-        self.reader.cursor = max(from_sample, self.reader.ring.oldest_kept)
+        self.reader.cursor = self._published_until = max(from_sample, self.reader.ring.oldest_kept)
+
+    def _resume(self) -> None:
+        """Waking: encode from the burst before the live point. When the ring still holds packets
+        up to there (it slept less than a burst), the same encoder simply goes on from where it
+        stopped, so the packets join without a seam; otherwise a fresh one starts there."""
+        burst_from = max(0, self.reader.ring.written_until - self.burst_samples)
+        if self._published_until >= burst_from and self._published_until >= self.reader.ring.oldest_kept:
+            self.reader.cursor = self._published_until
+        else:
+            self._fresh_codec(burst_from)
 
     def _encode_loop(self) -> None:
         overruns = 0
@@ -229,8 +239,8 @@ class EncoderWorker(threading.Thread):
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
-            if waking:  # (never before what its ring already holds: packet times only grow)
-                self._fresh_codec(max(self.reader.ring.written_until - self.burst_samples, self._published_until))
+            if waking:
+                self._resume()
             start = self.reader.cursor
             frames = self.reader.read(self.block_samples)
             if self.reader.overruns != overruns:
