@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
                         "folder, 'tiny' (offline random model: noise) or 'random-small' "
                         "(default: %(default)s)")
+    g.add_argument("--text-encoder", metavar="DIR", default=None,
+                   help="folder of the text encoder (T5) the checkpoint names; default: MODEL_DIR/t5-base "
+                        "when --model is a folder holding it, else the Hugging Face cache")
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
                    help="where the model runs; auto (default) picks CUDA when present")
     g.add_argument("--dtype", default=d.dtype, choices=DTYPE_CHOICES,
@@ -130,7 +133,8 @@ def configs_from_args(args):
     from engine.station.config import EngineConfig
     engine = EngineConfig(
         prompt=args.prompt, schedule_path=args.schedule, from_audio_path=args.from_audio,
-        trim_start_seconds=args.trim_start, trim_end_seconds=args.trim_end, play_intro=args.play_intro, model=args.model, device=args.device, dtype=args.dtype,
+        trim_start_seconds=args.trim_start, trim_end_seconds=args.trim_end, play_intro=args.play_intro,
+        model=args.model, text_encoder=args.text_encoder, device=args.device, dtype=args.dtype,
         window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride,
         first_stride_seconds=args.first_stride, temperature=args.temperature,

@@ -12,11 +12,14 @@ import os
 import re
 import socket
 import time
+import typing as tp
 import urllib.parse
 import warnings
 
 import torch
 
+from .checkpoint import (CODEC_FILE, LM_FILE, ModelLoadError, check_family, checkpoint_config, find_text_encoder,
+                         read_package, set_text_encoders, text_encoder_names, text_encoders_at)
 from .random_musicgen import RANDOM_SHAPES, TINY_SHAPE, build_random_musicgen
 
 log = logging.getLogger(__name__)
@@ -30,10 +33,6 @@ KNOWN_HUB_MODELS = tuple(
 #: `random-medium` and `random-large` with the LM shapes of musicgen-small/-medium/-large, for
 #: benchmarks.
 RANDOM_MODELS = ("tiny", "random-small", "random-medium", "random-large")
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message says why and what to do instead."""
 
 
 def _quiet_audiocraft_import():
@@ -68,8 +67,10 @@ def check_model_name(name: str) -> None:
         f"state_dict.bin and compression_state_dict.bin")
 
 
-def load_model(name: str, device: str = "cpu", seed: int = 0):
-    """Load `name` onto `device`: `tiny`, `random-small`, a hub id or a local checkpoint folder."""
+def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.Optional[str] = None):
+    """Load `name` onto `device`: `tiny`, `random-small`, a hub id or a local checkpoint folder
+    (`text_encoder`: a folder holding the T5 the checkpoint names, else found as
+    checkpoint.find_text_encoder says)."""
     check_model_name(name)
     _quiet_audiocraft_import()
     started = time.monotonic()
@@ -83,7 +84,7 @@ def load_model(name: str, device: str = "cpu", seed: int = 0):
                  "for benchmarks", size, seed)
         model = build_random_musicgen(RANDOM_SHAPES[name], device=device, seed=seed)
     else:
-        model = _load_pretrained(name, device)
+        model = _load_pretrained(name, device, text_encoder)
     n_params = sum(p.numel() for p in model.lm.parameters())
     log.info("model: %s ready on %s in %.1f s (LM %.1f M parameters, %d Hz, %d channel(s), "
              "%d codebooks at %.0f frames/s)", name, device, time.monotonic() - started, n_params / 1e6,
@@ -91,31 +92,98 @@ def load_model(name: str, device: str = "cpu", seed: int = 0):
     return model
 
 
-def _load_pretrained(name: str, device: str):
+def _load_pretrained(name: str, device: str, text_encoder: tp.Optional[str] = None):
+    """A hub checkpoint (or its cache) or a local folder, with its text encoder found as
+    checkpoint.find_text_encoder says."""
     from audiocraft.models import MusicGen
-    from audiocraft.models.loaders import load_compression_model, load_lm_model
 
-    where = "local folder" if os.path.isdir(name) else "Hugging Face hub (or its cache)"
-    log.info("model: loading %s from the %s", name, where)
+    folder = name if os.path.isdir(name) else None
+    log.info("model: loading %s from the %s", name, "local folder" if folder else "Hugging Face hub (or its cache)")
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    if not os.path.isdir(name) and not _hub_reachable():
+    if folder is None and not _hub_reachable():
         # Offline: use the local cache only, so a missing checkpoint fails now, not after retries.
         from huggingface_hub import constants
         constants.HF_HUB_OFFLINE = True
         log.info("model: huggingface.co is unreachable; looking in the local cache only")
+    lm_path, codec_path = _checkpoint_files(name, folder)
+    log.info("model: [1/3] language model weights ...")
+    lm_package = read_package(lm_path, "the language model")
+    cfg = checkpoint_config(lm_package)
+    check_family(cfg, name)
+    locations = {encoder: find_text_encoder(encoder, folder, text_encoder) for encoder in text_encoder_names(cfg)}
+    for encoder, where in locations.items():
+        log.info("model: [2/3] text encoder %s from %s", encoder, "the Hugging Face cache" if where == encoder else where)
+    log.info("model: [3/3] compression model weights ...")
+    codec_package = read_package(codec_path, "the codec")
     try:
-        log.info("model: [1/2] language model weights ...")
-        lm = load_lm_model(name, device=device)
-        log.info("model: [2/2] compression model weights ...")
-        compression_model = load_compression_model(name, device=device)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ModelLoadError(_explain_load_failure(name, err)) from err
-    except Exception as err:  # huggingface_hub raises its own hierarchy (offline, 404, auth)
+        lm = _build_lm(lm_package, cfg, device, locations)
+        compression_model = _build_codec(codec_package, device)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - audiocraft, transformers and the hub raise their own kinds
         raise ModelLoadError(_explain_load_failure(name, err)) from err
     if "self_wav" in lm.condition_provider.conditioners:
         lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
         lm.condition_provider.conditioners["self_wav"]._use_masking = False
     return MusicGen(name, compression_model, lm)
+
+
+def _checkpoint_files(name: str, folder: tp.Optional[str]) -> tp.Tuple[str, str]:
+    """The paths of the LM and codec files: in the folder, or from the hub (its cache)."""
+    if folder is not None:
+        present = [f for f in (LM_FILE, CODEC_FILE) if os.path.isfile(os.path.join(folder, f))]
+        if len(present) == 1:
+            missing = CODEC_FILE if present == [LM_FILE] else LM_FILE
+            raise ModelLoadError(f"the folder {folder!r} holds {present[0]} but not {missing}: a MusicGen "
+                                 f"checkpoint is both files; download the missing one into the folder")
+        if not present:
+            raise ModelLoadError(f"the folder {folder!r} holds no checkpoint: it needs audiocraft's {LM_FILE} "
+                                 f"and {CODEC_FILE} (python -m engine.fetch_model MODEL DIR fills one)")
+        return os.path.join(folder, LM_FILE), os.path.join(folder, CODEC_FILE)
+    from huggingface_hub import hf_hub_download
+    try:
+        return tuple(hf_hub_download(repo_id=name, filename=f) for f in (LM_FILE, CODEC_FILE))  # type: ignore
+    except Exception as err:  # noqa: BLE001 - huggingface_hub raises its own hierarchy (offline, 404, auth)
+        raise ModelLoadError(_explain_load_failure(name, err)) from err
+
+
+def _build_lm(package: dict, cfg, device: str, locations: tp.Mapping[str, str]):
+    """audiocraft's LM from its package (as audiocraft's loader does), its T5 from `locations`."""
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+    OmegaConf.set_struct(cfg, False)
+    cfg.device = str(device)
+    cfg.dtype = "float32" if device == "cpu" else "float16"
+    for path in ("conditioners.self_wav.chroma_stem.cache_path", "conditioners.args.merge_text_conditions_p",
+                 "conditioners.args.drop_desc_p"):
+        *parents, leaf = path.split(".")
+        node = cfg
+        for part in parents:
+            node = node.get(part) if node is not None else None
+        if node is not None and leaf in node:
+            del node[leaf]
+    set_text_encoders(cfg, locations)
+    with text_encoders_at(locations), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = builders.get_lm_model(cfg)
+    lm.load_state_dict(package["best_state"])
+    lm.eval()
+    lm.cfg = cfg  # stereo checkpoints say here how their codec interleaves (audiocraft's MusicGen reads it)
+    return lm
+
+
+def _build_codec(package: dict, device: str):
+    from audiocraft.models import builders
+    from audiocraft.models.encodec import CompressionModel
+    if "pretrained" in package:
+        return CompressionModel.get_pretrained(package["pretrained"], device=device)
+    cfg = checkpoint_config(package)
+    cfg.device = str(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = builders.get_compression_model(cfg)
+    model.load_state_dict(package["best_state"])
+    return model.eval()
 
 
 def _hub_reachable(timeout_seconds: float = 3.0) -> bool:

@@ -59,6 +59,9 @@ class EngineConfig:
     # RADIO_FAULTS: fault drills for tests (station/faults.py); None: none.
     fault_spec: tp.Optional[str] = None
     model: str = "facebook/musicgen-small"
+    # The folder of the text encoder (T5) the checkpoint names; None: DIR/t5-base beside a model
+    # folder's files, else the Hugging Face cache (models/checkpoint.py).
+    text_encoder: tp.Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
     # Sliding window (seconds): each stride sees the last `context_seconds` of tokens.

@@ -1,0 +1,145 @@
+"""Conformance with the published MusicGen checkpoints, as far as offline allows: folders written
+with their exact configs (tests/published.py) and a random T5 with t5-base's width load with the
+network unreachable (no hub access is even attempted), give audiocraft's own greedy tokens
+through the fast decoder, and play through server.py; a model folder carries its text encoder;
+what users actually get wrong fails in one clear line."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.lm.generate import generate
+from engine.lm.model import FastLM
+from engine.models.load import ModelLoadError, load_model
+from netutil import ROOT
+from published import PUBLISHED, T5_NAME, put_in_hf_cache, write_checkpoint, write_t5
+
+PROMPTS = ("warm lofi hip hop with vinyl crackle", "rain")  # different token counts
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("published")
+    t5 = write_t5(str(root / "t5"))
+    hf_home = str(root / "hf")
+    put_in_hf_cache(t5, hf_home)
+    folders = {model: str(root / model) for model in PUBLISHED}
+    for seed, (model, folder) in enumerate(folders.items()):
+        write_checkpoint(folder, model, t5, seed=seed)
+    return {"t5": t5, "hf_home": hf_home, "folders": folders, "root": root}
+
+
+@pytest.fixture()
+def offline(monkeypatch, fixtures):
+    """No network: HF_HUB_OFFLINE, and any connection beyond loopback fails and is recorded."""
+    from huggingface_hub import constants
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "::1", "localhost") and not str(host).startswith("/"):
+            attempts.append(address)
+            raise OSError("network unreachable (test)")
+        return real_connect(sock, address)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", fixtures["hf_home"])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.path.join(fixtures["hf_home"], "hub"))
+    return attempts
+
+
+@pytest.mark.parametrize("model", list(PUBLISHED))
+def test_a_published_config_loads_offline_and_gives_audiocrafts_greedy_tokens(fixtures, offline, model):
+    loaded = load_model(fixtures["folders"][model], device="cpu")
+    spec = PUBLISHED[model]
+    stereo = spec.get("stereo", False)
+    assert loaded.audio_channels == (2 if stereo else 1) and loaded.sample_rate == 32000
+    assert loaded.lm.num_codebooks == (8 if stereo else 4) and loaded.frame_rate == 50
+    assert loaded.lm.condition_provider.conditioners["description"].output_proj.in_features == 768  # t5-base's width
+    fast = FastLM(loaded.lm, max_frames=80, dtype="fp32")
+    for prompt in PROMPTS:
+        attributes, _ = loaded._prepare_tokens_and_attributes([prompt], None)
+        with torch.inference_mode():
+            expected = loaded.lm.generate(None, attributes, max_gen_len=30, use_sampling=False, cfg_coef=3.0)
+        got = generate(fast, None, attributes[0], 30, temperature=0, cfg_coef=3.0)
+        assert torch.equal(got, expected), (model, prompt)
+    with torch.inference_mode():
+        audio = loaded.compression_model.decode(expected)
+    assert audio.shape == (1, 2 if stereo else 1, 30 * 640)
+    assert offline == []  # no hub access was attempted
+
+
+def run_server(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "server.py"), *args], cwd=ROOT, capture_output=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+
+
+@pytest.mark.parametrize("model", ["musicgen-small", "musicgen-stereo-small"])
+def test_a_published_config_plays_through_the_server_offline(fixtures, model):
+    result = run_server("--model", fixtures["folders"][model], "--no-play", "--no-network", "--stdout",
+                        "--duration", "1", "--stride", "1", "--context", "1", "--seed", "3",
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": fixtures["hf_home"]})
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    channels = 2 if PUBLISHED[model].get("stereo") else 1
+    assert len(result.stdout) == 32000 * 2 * channels  # 1 s of s16le at 32 kHz
+    assert f"text encoder {T5_NAME} from the Hugging Face cache" in result.stderr.decode()
+
+
+def test_a_model_folder_carries_its_text_encoder(fixtures, offline, tmp_path):
+    folder = tmp_path / "musicgen-small"
+    shutil.copytree(fixtures["folders"]["musicgen-small"], folder)
+    shutil.copytree(fixtures["t5"], folder / T5_NAME)
+    empty_home = tmp_path / "empty-hf"
+    from huggingface_hub import constants
+    os.environ["HF_HOME"] = str(empty_home)
+    constants.HF_HUB_CACHE = str(empty_home / "hub")
+    loaded = load_model(str(folder), device="cpu")
+    assert loaded.lm.condition_provider.conditioners["description"].name == str(folder / T5_NAME)
+    elsewhere = tmp_path / "encoders" / "my-t5"
+    shutil.copytree(fixtures["t5"], elsewhere)
+    shutil.rmtree(folder / T5_NAME)
+    loaded = load_model(str(folder), device="cpu", text_encoder=str(elsewhere))
+    assert loaded.lm.condition_provider.conditioners["description"].name == str(elsewhere)
+    with pytest.raises(ModelLoadError, match=r"the text encoder t5-base is not on this machine .* "
+                                             r"engine.fetch_model .* --text-encoder DIR"):
+        load_model(str(folder), device="cpu")
+    with pytest.raises(ModelLoadError, match="holds no text encoder"):
+        load_model(str(folder), device="cpu", text_encoder=str(tmp_path))
+    assert offline == []
+
+
+def test_what_users_get_wrong_fails_in_one_clear_line(fixtures, tmp_path):
+    from omegaconf import OmegaConf
+    source = fixtures["folders"]["musicgen-small"]
+    cases = {}
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(os.path.join(source, "state_dict.bin"), half)
+    cases["half"] = (half, "holds state_dict.bin but not compression_state_dict.bin")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(source, truncated)
+    data = (truncated / "state_dict.bin").read_bytes()
+    (truncated / "state_dict.bin").write_bytes(data[: len(data) // 3])
+    cases["truncated"] = (truncated, "state_dict.bin (the language model) is damaged or incomplete - a truncated download")
+    for family, cfg_change, message in (("audiogen", {"solver": "audiogen", "sample_rate": 16000}, "AudioGen (sound effects)"),
+                                        ("magnet", {"solver": "magnet", "lm_model": "transformer_lm_magnet"}, "MAGNeT")):
+        folder = tmp_path / family
+        shutil.copytree(source, folder)
+        package = torch.load(folder / "state_dict.bin", weights_only=False)
+        package["xp.cfg"] = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(package["xp.cfg"]), cfg_change))
+        torch.save(package, folder / "state_dict.bin")
+        cases[family] = (folder, f"is a checkpoint of {message}")
+    no_t5 = tmp_path / "no-t5-home"
+    cases["t5 missing"] = (source, "the text encoder t5-base is not on this machine")
+    for name, (folder, message) in cases.items():
+        env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(no_t5) if name == "t5 missing" else fixtures["hf_home"]}
+        result = run_server("--model", str(folder), "--no-play", "--no-network", "--duration", "1", env=env, timeout=120)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and message in err, (name, err[-2000:])
+        assert "Traceback" not in err and "pre-fill" not in err, name  # before any audio machinery
