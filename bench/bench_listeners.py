@@ -25,23 +25,15 @@ import collections
 import os
 import random
 import resource
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 
 import psutil
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchutil import ROOT, start_station, status
+
 sys.path.insert(0, ROOT)
 from engine.net import protocol  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raise_fd_limit() -> None:
@@ -88,11 +80,6 @@ async def flood(port: int, rate: float, answers: collections.Counter, stop: asyn
             except aiohttp.ClientError as err:
                 answers[type(err).__name__] += 1
             await asyncio.sleep(max(0.0, 1.0 / rate - (time.monotonic() - started)))
-
-
-def status(port: int, timeout: float = 30.0) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -172,23 +159,8 @@ def main() -> None:
                    help="a listener further behind than this (s) counts as not keeping up")
     args = p.parse_args()
     raise_fd_limit()
-    port = free_port()
-    cmd = [sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play", "--port", str(port),
-           "--seed", "1", "--log-level", "WARNING", "--max-listeners", "0", "--max-listeners-per-ip", "0",
-           "--control-token", TOKEN]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc, port, st = start_station("--max-listeners", "0", "--max-listeners-per-ip", "0", "--control-token", TOKEN)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                st = status(port)
-                if st["played_seconds"] > 0:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
         print(f"bench: {os.cpu_count()} cores; station = server.py --model tiny --no-play; "
               f"clients = one aiohttp process on loopback; Opus over WebSocket", flush=True)
         results = asyncio.run(measure(port, psutil.Process(proc.pid), [int(c) for c in args.counts.split(",")],

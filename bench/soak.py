@@ -16,31 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 
 import psutil
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchutil import start_station, status
+
 TOKEN = "soak-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
-        return json.loads(r.read())
 
 
 class Churn:
@@ -148,24 +133,11 @@ def main() -> None:
     p.add_argument("--listeners", type=int, default=12, help="listeners connected at any time (default: 12)")
     p.add_argument("--every", type=float, default=0.5, help="simulated hours between samples (default: 0.5)")
     args = p.parse_args()
-    port = free_port()
     state_dir = tempfile.mkdtemp(prefix="soak-state-")
-    cmd = [sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play", "--port", str(port),
-           "--clock-speed", str(args.speed), "--seed", "1", "--log-level", "WARNING", "--state-dir", state_dir,
-           "--control-token", TOKEN, "--control-rate", "100", "--max-listeners", "0", "--max-listeners-per-ip", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     started = time.monotonic()
+    proc, port, _ = start_station("--clock-speed", str(args.speed), "--state-dir", state_dir, "--control-token", TOKEN,
+                                  "--control-rate", "100", "--max-listeners", "0", "--max-listeners-per-ip", "0")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if status(port)["played_seconds"] > 0:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
         print(f"soak: {args.hours:g} simulated hours at {args.speed:g}x on {os.cpu_count()} cores; "
               f"{args.listeners} listeners churning; tiny model; state saved every stride", flush=True)
         rows, churn = asyncio.run(soak(port, psutil.Process(proc.pid), args.hours, args.speed,

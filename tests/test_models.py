@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from engine.models.load import ModelLoadError, check_model_name, load_model
+from published import codec_config
 
 
 def write_audiocraft_checkpoint(folder):
@@ -10,18 +11,7 @@ def write_audiocraft_checkpoint(folder):
     with a LUT text conditioner so that no T5 download is needed."""
     from omegaconf import OmegaConf
     from audiocraft.models import builders
-    seanet = dict(dimension=32, channels=1, n_filters=4, n_residual_layers=1, ratios=[8, 5, 4, 4],
-                  activation="ELU", activation_params={"alpha": 1.0}, norm="weight_norm", norm_params={},
-                  kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_base=2, causal=False,
-                  pad_mode="constant", true_skip=True, compress=2, lstm=2, disable_norm_outer_blocks=0,
-                  encoder={}, decoder={"trim_right_ratio": 1.0, "final_activation": None,
-                                       "final_activation_params": None})
-    compression_cfg = dict(
-        compression_model="encodec", device="cpu", dtype="float32", sample_rate=32000, channels=1,
-        encodec=dict(autoencoder="seanet", quantizer="rvq", sample_rate=32000, channels=1, causal=False,
-                     renormalize=False),
-        seanet=seanet, rvq=dict(n_q=4, bins=2048, q_dropout=False, decay=0.99, kmeans_init=False,
-                                kmeans_iters=10, threshold_ema_dead_code=2))
+    compression_cfg = codec_config()
     lm_cfg = dict(
         lm_model="transformer_lm", device="cpu", dtype="float32", dataset={"segment_duration": 30},
         transformer_lm=dict(n_q=4, card=2048, dim=64, num_heads=4, num_layers=2, hidden_scale=4,
