@@ -143,3 +143,28 @@ def test_what_users_get_wrong_fails_in_one_clear_line(fixtures, tmp_path):
         err = result.stderr.decode()
         assert result.returncode == 2 and message in err, (name, err[-2000:])
         assert "Traceback" not in err and "pre-fill" not in err, name  # before any audio machinery
+
+
+def test_fetch_model_fills_a_self_contained_folder_that_plays_offline(fixtures, tmp_path):
+    """`python -m engine.fetch_model` (here from a filled cache, offline: the same code path as a
+    download), then server.py on that folder alone with an empty Hugging Face cache."""
+    hf_home = tmp_path / "hf"
+    put_in_hf_cache(fixtures["folders"]["musicgen-small"], str(hf_home), "facebook/musicgen-small")
+    put_in_hf_cache(fixtures["t5"], str(hf_home))
+    folder = tmp_path / "musicgen-small"
+    fetched = subprocess.run([sys.executable, "-m", "engine.fetch_model", "facebook/musicgen-small", str(folder)],
+                             cwd=ROOT, capture_output=True, timeout=300,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)))
+    assert fetched.returncode == 0, fetched.stderr.decode()[-3000:]
+    assert sorted(os.listdir(folder)) == ["compression_state_dict.bin", "state_dict.bin", T5_NAME]
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(folder / T5_NAME))
+    assert "is complete; copy it to the offline machine" in fetched.stderr.decode()
+    result = run_server("--model", str(folder), "--no-play", "--no-network", "--stdout", "--duration", "1",
+                        "--stride", "1", "--context", "1",
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty")})
+    assert result.returncode == 0 and len(result.stdout) == 32000 * 2, result.stderr.decode()[-3000:]
+    assert f"text encoder {T5_NAME} from {folder / T5_NAME}" in result.stderr.decode()
+    missing = subprocess.run([sys.executable, "-m", "engine.fetch_model", "facebook/musicgen-nope", str(tmp_path / "x")],
+                             cwd=ROOT, capture_output=True, timeout=120,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)))
+    assert missing.returncode == 2 and "cannot fetch state_dict.bin of facebook/musicgen-nope" in missing.stderr.decode()
