@@ -86,7 +86,9 @@ class Station:
             self.producer.fade_in_at_start()  # the music goes on from the saved context: no hard start
         elif self.state_store is not None:
             self.producer.on_stride_done = self._save_state
-        if config.from_audio_path and not self.resumed:
+        if config.from_audio_path and self.resumed:
+            log.info("from-audio: not used: the saved state's context goes on (a fresh --state-dir starts from the clip)")
+        elif config.from_audio_path:
             self._continue_clip(config)
         self.clock: tp.Optional[Clock] = None
         self._state_failing = False
