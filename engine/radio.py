@@ -63,7 +63,8 @@ def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -
 
 def load(engine: EngineConfig, device: str):
     """The model (ModelLoadError with what to do when it cannot be loaded)."""
-    return load_model(engine.model, device=device, seed=0, text_encoder=engine.text_encoder)
+    return load_model(engine.model, device=device, seed=0, text_encoder=engine.text_encoder,
+                      dtype=resolve_dtype(engine.dtype, torch.device(device)))
 
 
 def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,

@@ -168,3 +168,17 @@ def test_fetch_model_fills_a_self_contained_folder_that_plays_offline(fixtures, 
                              cwd=ROOT, capture_output=True, timeout=120,
                              env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)))
     assert missing.returncode == 2 and "cannot fetch state_dict.bin of facebook/musicgen-nope" in missing.stderr.decode()
+
+
+def test_a_model_too_large_for_the_machine_is_refused_with_what_fits():
+    from omegaconf import OmegaConf
+
+    from engine.models.memory import GB, lm_parameters, shortage
+    assert 415e6 < lm_parameters(1024, 24) < 425e6  # musicgen-small's LM (its safetensors: 2.36 GB with T5 and codec)
+    large = OmegaConf.create({"transformer_lm": {"dim": 2048, "num_layers": 48, "n_q": 4, "card": 2048}})
+    message = shortage(large, "facebook/musicgen-large", "cpu", "fp32", available=8 * GB)
+    assert message.startswith("facebook/musicgen-large needs about 27.") and "8.0 GB are free" in message
+    assert message.endswith("facebook/musicgen-small fits")
+    assert shortage(large, "facebook/musicgen-large", "cpu", "fp32", available=20 * GB).endswith("--dtype int8 fits")
+    assert shortage(large, "facebook/musicgen-large", "cpu", "int8", available=20 * GB) is None
+    assert "no MusicGen fits" in shortage(large, "big", "cuda", "bf16", available=1 * GB)

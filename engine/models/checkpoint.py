@@ -34,7 +34,12 @@ def read_package(path: str, what: str) -> dict:
     """One checkpoint file → its dict. A damaged file (a truncated download, a bad pickle) is a
     ModelLoadError saying so."""
     try:
-        package = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # memory-mapped: the weights are read when copied into the model, not twice
+            package = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            package = torch.load(path, map_location="cpu", weights_only=False)  # an old, non-zip file
     except FileNotFoundError:
         raise
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:

@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint import (CODEC_FILE, LM_FILE, ModelLoadError, check_family, checkpoint_config, find_text_encoder,
                          read_package, set_text_encoders, text_encoder_names, text_encoders_at)
+from .memory import shortage
 from .random_musicgen import RANDOM_SHAPES, TINY_SHAPE, build_random_musicgen
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,11 @@ def check_model_name(name: str) -> None:
         f"state_dict.bin and compression_state_dict.bin")
 
 
-def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.Optional[str] = None):
+def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.Optional[str] = None,
+               dtype: str = "fp32"):
     """Load `name` onto `device`: `tiny`, `random-small`, a hub id or a local checkpoint folder
     (`text_encoder`: a folder holding the T5 the checkpoint names, else found as
-    checkpoint.find_text_encoder says)."""
+    checkpoint.find_text_encoder says; `dtype`: the fast decoder's precision, for the memory check)."""
     check_model_name(name)
     _quiet_audiocraft_import()
     started = time.monotonic()
@@ -84,7 +86,7 @@ def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.O
                  "for benchmarks", size, seed)
         model = build_random_musicgen(RANDOM_SHAPES[name], device=device, seed=seed)
     else:
-        model = _load_pretrained(name, device, text_encoder)
+        model = _load_pretrained(name, device, text_encoder, dtype)
     n_params = sum(p.numel() for p in model.lm.parameters())
     log.info("model: %s ready on %s in %.1f s (LM %.1f M parameters, %d Hz, %d channel(s), "
              "%d codebooks at %.0f frames/s)", name, device, time.monotonic() - started, n_params / 1e6,
@@ -92,7 +94,7 @@ def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.O
     return model
 
 
-def _load_pretrained(name: str, device: str, text_encoder: tp.Optional[str] = None):
+def _load_pretrained(name: str, device: str, text_encoder: tp.Optional[str] = None, dtype: str = "fp32"):
     """A hub checkpoint (or its cache) or a local folder, with its text encoder found as
     checkpoint.find_text_encoder says."""
     from audiocraft.models import MusicGen
@@ -110,6 +112,9 @@ def _load_pretrained(name: str, device: str, text_encoder: tp.Optional[str] = No
     lm_package = read_package(lm_path, "the language model")
     cfg = checkpoint_config(lm_package)
     check_family(cfg, name)
+    too_large = shortage(cfg, name, device, dtype)
+    if too_large:
+        raise ModelLoadError(too_large)
     locations = {encoder: find_text_encoder(encoder, folder, text_encoder) for encoder in text_encoder_names(cfg)}
     for encoder, where in locations.items():
         log.info("model: [2/3] text encoder %s from %s", encoder, "the Hugging Face cache" if where == encoder else where)
