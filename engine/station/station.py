@@ -81,11 +81,10 @@ class Station:
             faults=FaultPlan.parse(config.fault_spec),
             failures=FailurePolicy(give_up_after_seconds=config.give_up_after_seconds),
             cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
+        if self.state_store is not None:
+            self.producer.on_stride_done = self._save_state
         if self.resumed:
-            self.producer.on_stride_done = self._save_state
             self.producer.fade_in_at_start()  # the music goes on from the saved context: no hard start
-        elif self.state_store is not None:
-            self.producer.on_stride_done = self._save_state
         if config.from_audio_path and self.resumed:
             log.info("from-audio: not used: the saved state's context goes on (a fresh --state-dir starts from the clip)")
         elif config.from_audio_path:
@@ -97,7 +96,7 @@ class Station:
         log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
-                 1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, config.seed)
+                 1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, seed)
 
     def _steering(self, config: EngineConfig) -> Steering:
         """The control side, starting from the flags (prompt or schedule, sampling) or, when
