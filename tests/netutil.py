@@ -36,8 +36,8 @@ class RunningServer:
         self.changed = threading.Condition()
         cmd = [sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play",
                "--stdout", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), **popen)
+        env = dict(popen.pop("env", os.environ), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **popen)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
         self.wait_for_log("buffered; playback starts", timeout=120)

@@ -182,3 +182,30 @@ def test_a_model_too_large_for_the_machine_is_refused_with_what_fits():
     assert shortage(large, "facebook/musicgen-large", "cpu", "fp32", available=20 * GB).endswith("--dtype int8 fits")
     assert shortage(large, "facebook/musicgen-large", "cpu", "int8", available=20 * GB) is None
     assert "no MusicGen fits" in shortage(large, "big", "cuda", "bf16", available=1 * GB)
+
+
+def test_a_stereo_checkpoint_streams_two_channels_everywhere(fixtures):
+    """musicgen-stereo-small's config through the network side: the WebSocket hello, PCM frames
+    and the Ogg/Opus stream carry two channels, the same audio as the played program."""
+    import asyncio
+
+    import av
+
+    from netutil import RunningServer, receive
+    server = RunningServer("--model", fixtures["folders"]["musicgen-stereo-small"], "--stride", "1", "--context", "1",
+                           env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=fixtures["hf_home"]))
+    try:
+        hello, packets, _, _ = asyncio.run(receive(server.ws_url + "?codec=pcm", 1.0))
+        assert hello["channels"] == 2 and packets
+        first, payload = packets[0][1], b"".join(p[2] for p in packets)
+        assert len(payload) % 4 == 0  # interleaved s16 pairs
+        server.wait_for_program(4 * first + len(payload))
+        assert bytes(server.program[4 * first:4 * first + len(payload)]) == payload  # stdout: 2 channels too
+        container = av.open(server.url + "/stream.opus", timeout=10)
+        frame = next(container.decode(container.streams.audio[0]))
+        assert frame.layout.nb_channels == 2 and container.streams.audio[0].codec_context.channels == 2
+        container.close()
+        opus_hello, _, _, _ = asyncio.run(receive(server.ws_url + "?codec=opus", 0.3))
+        assert opus_hello["channels"] == 2 and opus_hello["opus_head"]
+    finally:
+        server.stop()
