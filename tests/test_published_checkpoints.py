@@ -75,16 +75,50 @@ def test_a_published_config_loads_offline_and_gives_audiocrafts_greedy_tokens(fi
     assert offline == []  # no hub access was attempted
 
 
+#: Loaded first by every Python process of a test (PYTHONPATH): any connection beyond loopback
+#: fails and is written down, so a test can assert that no hub access was attempted.
+NETWORK_CUT = """
+import os, socket
+_connect = socket.socket.connect
+def connect(sock, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("/"):
+        with open(os.environ["NETWORK_ATTEMPTS"], "a") as f:
+            f.write(repr(address) + "\\n")
+        raise OSError("network unreachable (test)")
+    return _connect(sock, address)
+socket.socket.connect = connect
+"""
+
+
+@pytest.fixture()
+def network_cut(tmp_path):
+    """The environment of a child process with the network cut; yields it and, afterwards,
+    asserts that nothing tried to reach the network."""
+    folder = tmp_path / "network-cut"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(NETWORK_CUT)
+    attempts = tmp_path / "network-attempts"
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
+           "NETWORK_ATTEMPTS": str(attempts), "HF_HUB_OFFLINE": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('203.0.113.7', 443), 2)"],
+                           capture_output=True, env=dict(os.environ, **env), timeout=60)
+    assert probe.returncode != 0 and b"network unreachable (test)" in probe.stderr  # the cut is real
+    attempts.unlink()
+    yield env
+    assert not attempts.exists(), attempts.read_text()
+
+
 def run_server(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, os.path.join(ROOT, "server.py"), *args], cwd=ROOT, capture_output=True,
                           timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
 
 @pytest.mark.parametrize("model", ["musicgen-small", "musicgen-stereo-small"])
-def test_a_published_config_plays_through_the_server_offline(fixtures, model):
+def test_a_published_config_plays_through_the_server_offline(fixtures, model, network_cut):
     result = run_server("--model", fixtures["folders"][model], "--no-play", "--no-network", "--stdout",
                         "--duration", "1", "--stride", "1", "--context", "1", "--seed", "3",
-                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": fixtures["hf_home"]})
+                        env=dict(network_cut, HF_HOME=fixtures["hf_home"]))
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     channels = 2 if PUBLISHED[model].get("stereo") else 1
     assert len(result.stdout) == 32000 * 2 * channels  # 1 s of s16le at 32 kHz
@@ -145,7 +179,7 @@ def test_what_users_get_wrong_fails_in_one_clear_line(fixtures, tmp_path):
         assert "Traceback" not in err and "pre-fill" not in err, name  # before any audio machinery
 
 
-def test_fetch_model_fills_a_self_contained_folder_that_plays_offline(fixtures, tmp_path):
+def test_fetch_model_fills_a_self_contained_folder_that_plays_offline(fixtures, tmp_path, network_cut):
     """`python -m engine.fetch_model` (here from a filled cache, offline: the same code path as a
     download), then server.py on that folder alone with an empty Hugging Face cache."""
     hf_home = tmp_path / "hf"
@@ -160,8 +194,7 @@ def test_fetch_model_fills_a_self_contained_folder_that_plays_offline(fixtures, 
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(folder / T5_NAME))
     assert "is complete; copy it to the offline machine" in fetched.stderr.decode()
     result = run_server("--model", str(folder), "--no-play", "--no-network", "--stdout", "--duration", "1",
-                        "--stride", "1", "--context", "1",
-                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty")})
+                        "--stride", "1", "--context", "1", env=dict(network_cut, HF_HOME=str(tmp_path / "empty")))
     assert result.returncode == 0 and len(result.stdout) == 32000 * 2, result.stderr.decode()[-3000:]
     assert f"text encoder {T5_NAME} from {folder / T5_NAME}" in result.stderr.decode()
     missing = subprocess.run([sys.executable, "-m", "engine.fetch_model", "facebook/musicgen-nope", str(tmp_path / "x")],
