@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import collections
+import json
 import os
 import random
 import resource

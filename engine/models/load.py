@@ -155,18 +155,12 @@ def _checkpoint_files(name: str, folder: tp.Optional[str]) -> tp.Tuple[str, str]
 def _build_lm(package: dict, cfg, device: str, locations: tp.Mapping[str, str]):
     """audiocraft's LM from its package (as audiocraft's loader does), its T5 from `locations`."""
     from audiocraft.models import builders
-    from omegaconf import OmegaConf
-    OmegaConf.set_struct(cfg, False)
+    from audiocraft.models.loaders import _delete_param
     cfg.device = str(device)
     cfg.dtype = "float32" if device == "cpu" else "float16"
     for path in ("conditioners.self_wav.chroma_stem.cache_path", "conditioners.args.merge_text_conditions_p",
                  "conditioners.args.drop_desc_p"):
-        *parents, leaf = path.split(".")
-        node = cfg
-        for part in parents:
-            node = node.get(part) if node is not None else None
-        if node is not None and leaf in node:
-            del node[leaf]
+        _delete_param(cfg, path)
     set_text_encoders(cfg, locations)
     with text_encoders_at(locations), warnings.catch_warnings():
         warnings.simplefilter("ignore")

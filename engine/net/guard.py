@@ -52,7 +52,6 @@ class ListenerLimits:
         self.max_per_address = max_per_address
         self.total = 0
         self.per_address: tp.Counter[str] = collections.Counter()
-        self.refused = 0
 
     def admit(self, address: str) -> tp.Optional[str]:
         if self.max_per_address and self.per_address.get(address, 0) >= self.max_per_address:
@@ -61,7 +60,6 @@ class ListenerLimits:
             reason = f"the station is full ({self.max_total} listeners); try again later"
         else:
             return None
-        self.refused += 1
         return reason
 
     def joined(self, address: str) -> None:

@@ -38,7 +38,6 @@ class NetworkThread(threading.Thread):
         self.auth = ControlAuth(config.host, config.control_token)
         self.controller = Controller(station, self.auth)
         self.limits = ListenerLimits(config.max_listeners, config.max_listeners_per_ip)
-        self.handshake_timeouts = 0  # connections cut for a slow first request
         self.title = station.now_playing()  # the prompt(s) heard now: stream titles
         self.icecast_sources = [IcecastSource(target, self.broadcaster, lambda: self.title)
                                 for target in config.icecast_targets()]
@@ -89,7 +88,6 @@ class NetworkThread(threading.Thread):
         await runner.cleanup()
 
     def _handshake_timed_out(self) -> None:
-        self.handshake_timeouts += 1
         log.info("network: cut a connection that sent no complete request within %g s",
                  self.config.handshake_timeout_seconds)
 

@@ -85,10 +85,13 @@ class RadioWeb:
         """POST /control: one JSON command; the token as `Authorization: Bearer TOKEN`,
         `?token=TOKEN` or a "token" field."""
         cors = self.origins.cors_headers(request.headers)
-        refusal = self._control_refusal(request)
-        if refusal is not None:
-            status, error = refusal
-            return web.json_response({"type": "error", "id": None, "error": error}, status=status, headers=cors)
+        if not self.origins.allows(request.headers):
+            return web.json_response({"type": "error", "id": None, "error": (
+                "cross-site requests are refused: this page's origin is not allowed; start the station "
+                "with --allow-origin ORIGIN to allow it")}, status=403, headers=cors)
+        too_many = self._too_many(request)
+        if too_many is not None:
+            return web.json_response({"type": "error", "id": None, "error": too_many}, status=429, headers=cors)
         if request.content_length is not None and request.content_length > protocol.MAX_CLIENT_MESSAGE_BYTES:
             return web.json_response({"type": "error", "id": None, "error": (
                 f"a command is at most {protocol.MAX_CLIENT_MESSAGE_BYTES} bytes")}, status=413, headers=cors)
@@ -106,16 +109,13 @@ class RadioWeb:
         headers = self.origins.cors_headers(request.headers)
         return web.Response(status=204 if headers else 403, headers=headers)
 
-    def _control_refusal(self, request: web.Request) -> tp.Optional[tp.Tuple[int, str]]:
-        """(HTTP status, error) when a command is refused before it is read: a page of another
-        origin, or a client sending too many."""
-        if not self.origins.allows(request.headers):
-            return 403, ("cross-site requests are refused: this page's origin is not allowed; start the "
-                         "station with --allow-origin ORIGIN to allow it")
-        if not self.control_rate.allow(_client_address(request)):
-            return 429, (f"too many commands: at most {self.control_rate.rate:g} per second "
-                         f"(bursts of {self.control_rate.burst:g}); try again shortly")
-        return None
+    def _too_many(self, request: web.Request) -> tp.Optional[str]:
+        """The error for a client over its control rate (counted per address), else None. (The
+        page's origin is checked once per request or WebSocket, not per command.)"""
+        if self.control_rate.allow(_client_address(request)):
+            return None
+        return (f"too many commands: at most {self.control_rate.rate:g} per second "
+                f"(bursts of {self.control_rate.burst:g}); try again shortly")
 
     # -- WebSocket -------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
@@ -193,9 +193,9 @@ class RadioWeb:
                 if message.get("type") == "ping":
                     await ws.send_str(json.dumps({"type": "pong", "time": time.time()}))
                     continue
-                refusal = self._control_refusal(request)
-                if refusal is not None:
-                    await ws.send_str(json.dumps({"type": "error", "id": echo_id(message), "error": refusal[1]}))
+                too_many = self._too_many(request)
+                if too_many is not None:
+                    await ws.send_str(json.dumps({"type": "error", "id": echo_id(message), "error": too_many}))
                     continue
                 result = self.controller.handle(message, token)
                 result.pop("http_status", None)
