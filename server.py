@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trim-end", type=float, default=None, help="where the clip ends, in seconds (default: its end)")
     g.add_argument("--play-intro", action="store_true",
                    help="play the clip first (decoded from its tokens) and join the continuation seam-free")
+    g.add_argument("--melody", metavar="FILE", default=None,
+                   help="melody models (facebook/musicgen-melody, ...): follow this clip's melody, looped "
+                        "over the stream (wav, flac, ogg, mp3)")
     g = p.add_argument_group("sliding window (seconds)")
     g.add_argument("--window", type=float, default=d.window_seconds, help="window the model sees, ≤ 30 (default: %(default)s)")
     g.add_argument("--context", type=float, default=d.context_seconds,
@@ -134,6 +137,7 @@ def configs_from_args(args):
     engine = EngineConfig(
         prompt=args.prompt, schedule_path=args.schedule, from_audio_path=args.from_audio,
         trim_start_seconds=args.trim_start, trim_end_seconds=args.trim_end, play_intro=args.play_intro,
+        melody_path=args.melody,
         model=args.model, text_encoder=args.text_encoder, device=args.device, dtype=args.dtype,
         window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride,

@@ -2,8 +2,9 @@
 
     python -m engine.fetch_model facebook/musicgen-small DIR
 
-DIR gets the checkpoint (`state_dict.bin`, `compression_state_dict.bin`) and, in `DIR/t5-base/`,
-the text encoder it names (config, tokenizer, weights). The files come through the Hugging Face
+DIR gets the checkpoint (`state_dict.bin`, `compression_state_dict.bin`), in `DIR/t5-base/` the
+text encoder it names (config, tokenizer, weights) and, for a melody model, in `DIR/htdemucs/`
+the Demucs stem splitter its chroma conditioner runs (models/stems.py). The files come through the Hugging Face
 cache (a second fetch, or one with `HF_HUB_OFFLINE=1` and a filled cache, copies from there).
 The folder is then loaded as `server.py --model DIR` will load it, with the hub switched off, to
 check that it is complete. Exit code 0 when it is, 2 with one line saying what failed.
@@ -17,6 +18,7 @@ import shutil
 import sys
 
 from .models.checkpoint import CODEC_FILE, LM_FILE, ModelLoadError, checkpoint_config, read_package, text_encoder_names
+from .models.stems import STEM_SPLITTER, hub_repo, needs_stem_splitter
 
 log = logging.getLogger("fetch_model")
 
@@ -49,6 +51,24 @@ def fetch(model: str, folder: str) -> None:
         for name in os.listdir(snapshot):
             if name in TEXT_ENCODER_FILES:
                 shutil.copyfile(os.path.join(snapshot, name), os.path.join(target, name))
+    if needs_stem_splitter(cfg):
+        _fetch_stem_splitter(os.path.join(folder, STEM_SPLITTER))
+
+
+def _fetch_stem_splitter(target: str) -> None:
+    """Demucs' bag file and the weights of each model in it, into `target`."""
+    import yaml
+    from huggingface_hub import hf_hub_download
+    log.info("fetch: melody stem splitter %s (%s) ...", STEM_SPLITTER, hub_repo())
+    os.makedirs(target, exist_ok=True)
+    try:
+        bag_path = hf_hub_download(repo_id=hub_repo(), filename=f"{STEM_SPLITTER}.yaml")
+        with open(bag_path) as f:
+            names = [f"{STEM_SPLITTER}.yaml"] + [f"{sig}.safetensors" for sig in yaml.safe_load(f)["models"]]
+        for name in names:
+            shutil.copyfile(hf_hub_download(repo_id=hub_repo(), filename=name), os.path.join(target, name))
+    except Exception as err:  # noqa: BLE001 - the hub's own hierarchy
+        raise ModelLoadError(f"cannot fetch Demucs' {STEM_SPLITTER} from {hub_repo()} ({type(err).__name__})") from err
 
 
 def check(folder: str) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from .codec.clip import ClipError, read_clip
 from .lm.hardware import resolve_dtype
-from .models.load import ModelLoadError, check_model_name, load_model, resolve_device
+from .models.load import ModelLoadError, check_model_name, has_melody_conditioning, load_model, resolve_device
 from .net.config import NetworkConfig
 from .net.icecast import IcecastUrlError
 from .net.redact import SecretRedactor
@@ -50,6 +50,8 @@ def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -
         load_schedule(engine.schedule_path)
     if engine.from_audio_path:  # readable, long enough, not silent: before the model loads
         read_clip(engine.from_audio_path, None, None, engine.trim_start_seconds, engine.trim_end_seconds)
+    if engine.melody_path:
+        read_clip(engine.melody_path, None, None, flag="--melody")
     check_model_name(engine.model)
     outputs.validate()
     network.validate()
@@ -62,9 +64,14 @@ def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -
 
 
 def load(engine: EngineConfig, device: str):
-    """The model (ModelLoadError with what to do when it cannot be loaded)."""
-    return load_model(engine.model, device=device, seed=0, text_encoder=engine.text_encoder,
-                      dtype=resolve_dtype(engine.dtype, torch.device(device)))
+    """The model (ModelLoadError with what to do when it cannot be loaded, or when a melody
+    clip is given to a model without melody conditioning)."""
+    model = load_model(engine.model, device=device, seed=0, text_encoder=engine.text_encoder,
+                       dtype=resolve_dtype(engine.dtype, torch.device(device)))
+    if engine.melody_path and not has_melody_conditioning(model):
+        raise ModelLoadError(f"--melody needs a melody model (facebook/musicgen-melody, facebook/musicgen-melody-large, "
+                             f"facebook/musicgen-stereo-melody, ...); {engine.model} has no melody conditioning")
+    return model
 
 
 def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import os
+import typing as tp
 import warnings
+from fractions import Fraction
 
 import torch
 
@@ -22,6 +24,7 @@ PUBLISHED = {
     "musicgen-medium": dict(scale=(1536, 24, 48)),
     "musicgen-large": dict(scale=(2048, 32, 48)),
     "musicgen-stereo-small": dict(scale=(1024, 16, 24), stereo=True),
+    "musicgen-melody": dict(scale=(1536, 24, 48), melody=True),
 }
 SHRUNK_LAYERS, SHRUNK_HEAD_DIM = 2, 8
 T5_NAME = "t5-base"
@@ -60,6 +63,15 @@ def lm_config(model: str) -> dict:
     }
     if stereo:
         cfg["interleave_stereo_codebooks"] = {"use": True, "per_timestep": False}
+    if spec.get("melody"):  # config/conditioner/chroma2music.yaml: text and chroma prepended
+        cfg["classifier_free_guidance"]["training_dropout"] = 0.2
+        cfg["attribute_dropout"] = {"args": {"active_on_eval": False}, "text": {}, "wav": {"self_wav": 0.5}}
+        cfg["fuser"].update(prepend=["self_wav", "description"], cross=[])
+        cfg["conditioners"]["description"]["t5"]["word_dropout"] = 0.2
+        cfg["conditioners"]["self_wav"] = {"model": "chroma_stem", "chroma_stem": {
+            "sample_rate": 32000, "n_chroma": 12, "radix2_exp": 14, "argmax": True, "match_len_on_eval": False,
+            "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}}
+        cfg["conditioners"]["args"] = {"merge_text_conditions_p": 0.25, "drop_desc_p": 0.5}
     return cfg
 
 
@@ -106,6 +118,29 @@ def write_t5(folder: str) -> str:
     return folder
 
 
+def write_htdemucs(folder: str, signature: str = "955717e8") -> str:
+    """A random Demucs `htdemucs` (HTDemucs with its sources, rate and segment, 8 channels and one
+    transformer layer instead of 48 and 5) laid out as its hub repository is: `htdemucs.yaml`
+    and `SIG.safetensors` with the class and arguments in the metadata. Returns `folder`."""
+    import json
+
+    import yaml
+    from demucs.htdemucs import HTDemucs
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(3)
+    kwargs = dict(sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44100,
+                  channels=8, t_layers=1, t_heads=2)
+    model = HTDemucs(segment=Fraction(39, 5), **kwargs)
+    kwargs["segment"] = {"_type": "fraction", "numerator": 39, "denominator": 5}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(folder, f"{signature}.safetensors"), metadata={
+        "klass": "demucs.htdemucs.HTDemucs", "args": "[]", "kwargs": json.dumps(kwargs)})
+    with open(os.path.join(folder, "htdemucs.yaml"), "w") as f:
+        yaml.safe_dump({"models": [signature]}, f)
+    return folder
+
+
 def put_in_hf_cache(t5_folder: str, hf_home: str, name: str = T5_NAME) -> None:
     """Lay `t5_folder` out as the Hugging Face cache holds a downloaded `name`."""
     import shutil
@@ -118,13 +153,16 @@ def put_in_hf_cache(t5_folder: str, hf_home: str, name: str = T5_NAME) -> None:
         f.write(revision)
 
 
-def write_checkpoint(folder: str, model: str, t5_folder: str, seed: int = 0) -> dict:
+def write_checkpoint(folder: str, model: str, t5_folder: str, seed: int = 0,
+                     demucs_folder: tp.Optional[str] = None) -> dict:
     """`folder`/state_dict.bin and compression_state_dict.bin of `model`'s config with random
-    weights (the T5 read from `t5_folder` while building). Returns the LM config."""
+    weights (the T5 read from `t5_folder` while building; a melody model's Demucs from
+    `demucs_folder`). Returns the LM config."""
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
     from engine.models.checkpoint import set_text_encoders, text_encoders_at
+    from engine.models.stems import stem_splitter_at
     os.makedirs(folder, exist_ok=True)
     cfg, codec_cfg = lm_config(model), codec_config()
     torch.manual_seed(seed)
@@ -133,7 +171,7 @@ def write_checkpoint(folder: str, model: str, t5_folder: str, seed: int = 0) -> 
         compression = builders.get_compression_model(OmegaConf.create(codec_cfg))
         build_cfg = OmegaConf.create(copy.deepcopy(cfg))
         set_text_encoders(build_cfg, {T5_NAME: t5_folder})
-        with text_encoders_at({T5_NAME: t5_folder}):
+        with text_encoders_at({T5_NAME: t5_folder}), stem_splitter_at(demucs_folder):
             lm = builders.get_lm_model(build_cfg)
     for name, cfg_dict, state in ((os.path.join(folder, "compression_state_dict.bin"), codec_cfg, compression.state_dict()),
                                   (os.path.join(folder, "state_dict.bin"), cfg, lm.state_dict())):

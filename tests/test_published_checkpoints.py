@@ -16,7 +16,8 @@ from engine.lm.generate import generate
 from engine.lm.model import FastLM
 from engine.models.load import ModelLoadError, load_model
 from netutil import ROOT
-from published import PUBLISHED, T5_NAME, put_in_hf_cache, write_checkpoint, write_t5
+from engine.models.stems import STEM_SPLITTER, hub_repo
+from published import PUBLISHED, T5_NAME, put_in_hf_cache, write_checkpoint, write_htdemucs, write_t5
 
 PROMPTS = ("warm lofi hip hop with vinyl crackle", "rain")  # different token counts
 
@@ -27,10 +28,12 @@ def fixtures(tmp_path_factory):
     t5 = write_t5(str(root / "t5"))
     hf_home = str(root / "hf")
     put_in_hf_cache(t5, hf_home)
+    demucs = write_htdemucs(str(root / STEM_SPLITTER))
+    put_in_hf_cache(demucs, hf_home, hub_repo())
     folders = {model: str(root / model) for model in PUBLISHED}
     for seed, (model, folder) in enumerate(folders.items()):
-        write_checkpoint(folder, model, t5, seed=seed)
-    return {"t5": t5, "hf_home": hf_home, "folders": folders, "root": root}
+        write_checkpoint(folder, model, t5, seed=seed, demucs_folder=demucs)
+    return {"t5": t5, "hf_home": hf_home, "folders": folders, "root": root, "demucs": demucs}
 
 
 @pytest.fixture()
@@ -54,7 +57,7 @@ def offline(monkeypatch, fixtures):
     return attempts
 
 
-@pytest.mark.parametrize("model", list(PUBLISHED))
+@pytest.mark.parametrize("model", [m for m in PUBLISHED if not PUBLISHED[m].get("melody")])
 def test_a_published_config_loads_offline_and_gives_audiocrafts_greedy_tokens(fixtures, offline, model):
     loaded = load_model(fixtures["folders"][model], device="cpu")
     spec = PUBLISHED[model]
@@ -219,12 +222,14 @@ def test_a_model_too_large_for_the_machine_is_refused_with_what_fits():
 
 def test_a_stereo_checkpoint_streams_two_channels_everywhere(fixtures):
     """musicgen-stereo-small's config through the network side: the WebSocket hello, PCM frames
-    and the Ogg/Opus stream carry two channels, the same audio as the played program."""
+    and the Ogg/Opus stream carry two channels, the same audio as the played program, and the
+    page in Chromium plays two different channels from both codecs."""
     import asyncio
 
     import av
 
     from netutil import RunningServer, receive
+    from pageutil import ARTIFACTS, CHROMIUM, play_in_chromium
     server = RunningServer("--model", fixtures["folders"]["musicgen-stereo-small"], "--stride", "1", "--context", "1",
                            env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=fixtures["hf_home"]))
     try:
@@ -240,5 +245,115 @@ def test_a_stereo_checkpoint_streams_two_channels_everywhere(fixtures):
         container.close()
         opus_hello, _, _, _ = asyncio.run(receive(server.ws_url + "?codec=opus", 0.3))
         assert opus_hello["channels"] == 2 and opus_hello["opus_head"]
+        assert os.path.exists(CHROMIUM), "chromium is not installed (.ci/run installs it)"
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        for codec in ("pcm", "opus"):
+            page = asyncio.run(play_in_chromium(f"{server.url}/?codec={codec}",
+                                                os.path.join(ARTIFACTS, f"page-stereo-{codec}.png")))
+            stats = page["stats"]
+            assert not page["errors"] and stats["codec"] == codec, page
+            assert stats["channels"] == 2 and "stereo" in page["figures"]["codec"]
+            assert stats["apart"] > 0.5 * stats["audible"] > 24000, stats  # left and right differ
     finally:
         server.stop()
+
+
+def write_melody_clip(path, seconds: float = 30.0, rate: int = 44100) -> str:
+    """A stereo melody at 44.1 kHz (the model resamples it): a note every half second."""
+    import numpy as np
+    import soundfile
+    t = np.arange(int(seconds * rate)) / rate
+    notes = 220.0 * 2 ** (np.array([0, 3, 5, 7, 10, 12, 7, 3]) / 12)
+    tone = 0.3 * np.sin(2 * np.pi * notes[(t * 2).astype(int) % len(notes)] * t)
+    soundfile.write(str(path), np.stack([tone, 0.8 * tone], axis=1).astype(np.float32), rate)
+    return str(path)
+
+
+def test_the_melody_config_loads_offline_and_its_fallback_loop_gives_audiocrafts_tokens(fixtures, offline, tmp_path):
+    """musicgen-melody (text and chroma prepended: the fast decoder leaves it to audiocraft's
+    loop) with its Demucs from the Hugging Face cache: the station's generator gives what
+    MusicGen's own generate / generate_with_chroma give, greedy, without and with a melody clip."""
+    import numpy as np
+
+    from engine.codec.clip import read_clip
+    from engine.lm.window import SamplingParams, WindowGenerator
+    from engine.models.load import has_melody_conditioning
+    loaded = load_model(fixtures["folders"]["musicgen-melody"], device="cpu")
+    assert has_melody_conditioning(loaded) and loaded.lm.fuser.fuse2cond["prepend"] == ["self_wav", "description"]
+    assert loaded.lm.condition_provider.conditioners["self_wav"].demucs.sources == ["drums", "bass", "other", "vocals"]
+    loaded.set_generation_params(duration=30 / 50, use_sampling=False, cfg_coef=3.0)
+    generator = WindowGenerator(loaded, context_frames=10, sampling=SamplingParams(temperature=0.0), seed=0)
+    assert generator.fast is None  # audiocraft's generate loop
+    got = generator.next_stride(PROMPTS[0], 30)
+    with torch.inference_mode():
+        expected = loaded.generate([PROMPTS[0]], return_tokens=True)[1]
+    assert torch.equal(got, expected)
+    clip = write_melody_clip(tmp_path / "melody.wav")
+    melody = torch.from_numpy(np.ascontiguousarray(read_clip(clip, 32000, 1, flag="--melody").T))  # [1, 30 s]
+    generator = WindowGenerator(loaded, context_frames=10, sampling=SamplingParams(temperature=0.0), seed=0)
+    generator.set_melody(melody)
+    with_melody = generator.next_stride(PROMPTS[0], 30)
+    import soundfile
+    wav, rate = soundfile.read(clip, dtype="float32", always_2d=True)
+    with torch.inference_mode():
+        expected = loaded.generate_with_chroma([PROMPTS[0]], torch.from_numpy(wav.T)[None], rate, return_tokens=True)[1]
+    assert torch.equal(with_melody, expected)
+    provider = loaded.lm.condition_provider  # the melody is what the LM reads first (prepended chroma)
+    with torch.inference_mode():
+        chroma = [provider(provider.tokenize(g._conditions(PROMPTS[0])))["self_wav"][0]
+                  for g in (generator, WindowGenerator(loaded, 10, SamplingParams(), seed=0))]
+    assert chroma[0].shape == chroma[1].shape and not torch.equal(chroma[0], chroma[1])
+    # Later windows hear the looped melody from their own start (as audiocraft does beyond 30 s).
+    assert torch.equal(generator._melody_under(50), torch.roll(melody, -50 * 640, dims=-1))
+    assert offline == []
+
+
+def test_melody_plays_through_the_server_offline_with_and_without_a_clip(fixtures, tmp_path, network_cut):
+    """From the Hugging Face cache without a clip; then `fetch_model` fills a folder (Demucs in
+    DIR/htdemucs) that plays alone, with an empty cache, following a melody clip."""
+    args = ("--no-play", "--no-network", "--stdout", "--duration", "1", "--stride", "1", "--context", "1")
+    result = run_server("--model", fixtures["folders"]["musicgen-melody"], *args,
+                        env=dict(network_cut, HF_HOME=fixtures["hf_home"]))
+    err = result.stderr.decode()
+    assert result.returncode == 0 and len(result.stdout) == 32000 * 2, err[-3000:]
+    assert "audiocraft's generate loop" in err and "melody stem splitter htdemucs from" in err
+    hf_home = tmp_path / "hf"
+    put_in_hf_cache(fixtures["folders"]["musicgen-melody"], str(hf_home), "facebook/musicgen-melody")
+    put_in_hf_cache(fixtures["t5"], str(hf_home))
+    put_in_hf_cache(fixtures["demucs"], str(hf_home), hub_repo())
+    folder = tmp_path / "musicgen-melody"
+    fetched = subprocess.run([sys.executable, "-m", "engine.fetch_model", "facebook/musicgen-melody", str(folder)],
+                             cwd=ROOT, capture_output=True, timeout=300,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)))
+    assert fetched.returncode == 0, fetched.stderr.decode()[-3000:]
+    assert sorted(os.listdir(folder / STEM_SPLITTER)) == ["955717e8.safetensors", "htdemucs.yaml"]
+    clip = write_melody_clip(tmp_path / "melody.wav", seconds=8.0)
+    result = run_server("--model", str(folder), *args, "--melody", clip,
+                        env=dict(network_cut, HF_HOME=str(tmp_path / "empty")))
+    err = result.stderr.decode()
+    assert result.returncode == 0 and len(result.stdout) == 32000 * 2, err[-3000:]
+    assert f"melody stem splitter htdemucs from {folder / STEM_SPLITTER}" in err
+    assert "melody: " + clip + ", 8.0 s, looped" in err
+
+
+def test_melody_mistakes_fail_in_one_clear_line(fixtures, tmp_path):
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("do re mi")
+    clip = write_melody_clip(tmp_path / "melody.wav", seconds=2.0)
+    melody = fixtures["folders"]["musicgen-melody"]
+    cases = {
+        "no demucs offline": (("--model", melody), str(tmp_path / "empty"),
+                              "separates its melody clip with Demucs' htdemucs, which is not on this machine"),
+        "not a melody model": (("--model", fixtures["folders"]["musicgen-small"], "--melody", clip),
+                               fixtures["hf_home"], "--melody needs a melody model"),
+        "not audio": (("--model", melody, "--melody", str(not_audio)), fixtures["hf_home"],
+                      f"--melody {not_audio}: cannot read it as audio"),
+    }
+    t5_only = tmp_path / "empty"
+    put_in_hf_cache(fixtures["t5"], str(t5_only))
+    for name, (args, hf_home, message) in cases.items():
+        result = run_server(*args, "--no-play", "--no-network", "--duration", "1",
+                            env={"HF_HUB_OFFLINE": "1", "HF_HOME": hf_home}, timeout=120)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and message in err, (name, err[-2000:])
+        assert "Traceback" not in err and "pre-fill" not in err, name

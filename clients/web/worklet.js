@@ -22,7 +22,8 @@ class JitterBufferProcessor extends AudioWorkletProcessor {
     this.playing = false;
     this.gain = 0; // current fade gain
     this.fadeStep = 1 / Math.max(1, Math.round(sampleRate * FADE_SECONDS));
-    this.stats = { played: 0, audible: 0, underruns: 0, skips: 0, peak: 0 };
+    // audible: samples above -80 dBFS (first channel); apart: samples whose channels differ (stereo)
+    this.stats = { played: 0, audible: 0, apart: 0, underruns: 0, skips: 0, peak: 0, channels: this.channels };
     this.quanta = 0;
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
@@ -58,6 +59,7 @@ class JitterBufferProcessor extends AudioWorkletProcessor {
     if (!this.playing && available >= this.target) this.playing = true;
     let peak = 0;
     let audible = 0;
+    let apart = 0;
     const take = this.playing ? Math.min(n, available) : 0;
     const fadeOut = this.playing && available < n; // the ring runs dry inside this block
     for (let i = 0; i < n; i++) {
@@ -73,12 +75,14 @@ class JitterBufferProcessor extends AudioWorkletProcessor {
         const a = v < 0 ? -v : v;
         if (a > peak) peak = a;
         if (c === 0 && a > 1e-4) audible++;
+        if (c > 0 && Math.abs(v - out[0][i]) > 1e-4) apart++;
       }
     }
     this.read += take;
     if (fadeOut) { this.playing = false; this.gain = 0; this.stats.underruns++; }
     this.stats.played += take;
     this.stats.audible += audible;
+    this.stats.apart += apart;
     this.stats.peak = Math.max(this.stats.peak * 0.9, peak);
     if (++this.quanta % 16 === 0) {
       this.port.postMessage({

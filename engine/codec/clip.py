@@ -32,11 +32,13 @@ class Clip:
 
 
 def read_clip(path: str, sample_rate: tp.Optional[int], channels: tp.Optional[int],
-              trim_start_seconds: float = 0.0, trim_end_seconds: tp.Optional[float] = None) -> np.ndarray:
+              trim_start_seconds: float = 0.0, trim_end_seconds: tp.Optional[float] = None,
+              flag: str = "--from-audio") -> np.ndarray:
     """The clip [samples, channels] at `sample_rate` with `channels` (None: as in the file: a
     check before the model is loaded), cut to [trim_start, trim_end) seconds of the file. wav,
-    flac, ogg and mp3 through libsndfile; other formats through PyAV (ffmpeg)."""
-    where = f"--from-audio {path}"
+    flac, ogg and mp3 through libsndfile; other formats through PyAV (ffmpeg). Errors name the
+    clip as `flag` FILE."""
+    where = f"{flag} {path}"
     try:
         audio, rate = _decode(path)
     except Exception as err:  # noqa: BLE001 - any decoder failure is one clear line
@@ -53,7 +55,7 @@ def read_clip(path: str, sample_rate: tp.Optional[int], channels: tp.Optional[in
         raise ClipError(f"{where}: {audio.shape[0] / rate:.2f} s is too short; give at least "
                         f"{MIN_CLIP_SECONDS:g} s of music")
     if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < SILENCE_RMS:
-        raise ClipError(f"{where}: the clip is silent; give music to continue")
+        raise ClipError(f"{where}: the clip is silent; give a clip of music")
     if sample_rate is None or channels is None:
         return audio
     return _to_channels(_resample(audio, rate, sample_rate), channels)

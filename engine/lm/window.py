@@ -98,6 +98,7 @@ class WindowGenerator:
         self.frames_emitted = 0
         self.last_timings: tp.Dict[str, float] = {}
         self._context: tp.Optional[torch.Tensor] = None  # [1, K, <= context_frames]
+        self._melody: tp.Optional[torch.Tensor] = None  # [channels, samples] at the model's rate
         self.fast: tp.Optional[FastLM] = None
         if max_frames is None:
             max_frames = int(round(float(model.max_duration) * float(model.frame_rate)))
@@ -139,8 +140,24 @@ class WindowGenerator:
         self.set_context(context)
         self.frames_emitted = int(frame)
 
-    def _conditions(self, prompt: str):
-        attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None)
+    def set_melody(self, wav: tp.Optional[torch.Tensor]) -> None:
+        """The melody clip [channels, samples] at the model's sample rate (melody models; None:
+        none). It is looped over stream time, and each generation is conditioned on the part under
+        its window, as audiocraft's MusicGen does for generations beyond 30 s."""
+        self._melody = None if wav is None else wav.to(self.device)
+
+    def _melody_under(self, first_frame: int) -> torch.Tensor:
+        """The looped melody [channels, max_duration × sample rate] from stream frame `first_frame`."""
+        hop_samples = int(round(self.model.sample_rate / self.model.frame_rate))
+        window_samples = int(round(float(self.model.max_duration) * self.model.sample_rate))
+        positions = torch.arange(window_samples, device=self.device) + first_frame * hop_samples
+        return self._melody[..., positions % self._melody.shape[-1]]
+
+    def _conditions(self, prompt: str, first_frame: int = 0):
+        """audiocraft's conditioning attributes of `prompt`, with the melody under the window
+        whose first frame is stream frame `first_frame` (melody models)."""
+        melody = None if self._melody is None else [self._melody_under(first_frame)]
+        attributes, _ = self.model._prepare_tokens_and_attributes([prompt], None, melody_wavs=melody)
         return attributes
 
     def _fast_conditioning(self, conditioning: Conditioning, prompt_frames: int):
@@ -210,7 +227,8 @@ class WindowGenerator:
                 prompt = prompt.dominant()
             with torch.inference_mode(), autocast:
                 codes = self.lm.generate(
-                    prompt_codes, self._conditions(prompt), max_gen_len=prompt_frames + frames,
+                    prompt_codes, self._conditions(prompt, self.frames_emitted - prompt_frames),
+                    max_gen_len=prompt_frames + frames,
                     use_sampling=s.temperature > 0, temp=max(s.temperature, 1e-5), top_k=s.top_k,
                     top_p=s.top_p, cfg_coef=s.cfg_coef, callback=progress)
         new_codes = codes[..., prompt_frames:].clone()

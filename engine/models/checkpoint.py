@@ -88,7 +88,7 @@ def find_text_encoder(name: str, folder: tp.Optional[str], text_encoder: tp.Opti
         if how == "--text-encoder":
             raise ModelLoadError(f"--text-encoder {candidate!r} holds no text encoder (no config.json); give the "
                                  f"folder a Hugging Face {name} was saved to")
-    if _in_hf_cache(name) or not _offline():
+    if _in_hf_cache(name) or not hub_offline():
         return name
     hint = (f"put it in {os.path.join(folder, name)} (python -m engine.fetch_model on a connected machine "
             f"fills a model folder with it) or" if folder else "")
@@ -96,7 +96,7 @@ def find_text_encoder(name: str, folder: tp.Optional[str], text_encoder: tp.Opti
                          f"reached: {hint} give --text-encoder DIR (huggingface-cli download {name} --local-dir DIR)")
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     from huggingface_hub import constants
     return bool(constants.HF_HUB_OFFLINE)
 

@@ -19,8 +19,9 @@ import warnings
 import torch
 
 from .checkpoint import (CODEC_FILE, LM_FILE, ModelLoadError, check_family, checkpoint_config, find_text_encoder,
-                         read_package, set_text_encoders, text_encoder_names, text_encoders_at)
+                         hub_offline, read_package, set_text_encoders, text_encoder_names, text_encoders_at)
 from .memory import shortage
+from .stems import STEM_SPLITTER, find_stem_splitter, needs_stem_splitter, stem_splitter_at
 from .random_musicgen import RANDOM_SHAPES, TINY_SHAPE, build_random_musicgen
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ def check_model_name(name: str) -> None:
         f"unknown model {name!r}: use --model tiny (offline demo), one of "
         f"{', '.join(KNOWN_HUB_MODELS[:4])}, ... or a local folder holding "
         f"state_dict.bin and compression_state_dict.bin")
+
+
+def has_melody_conditioning(model) -> bool:
+    """Whether the model's LM is conditioned on a melody clip (its chroma: musicgen-melody)."""
+    return "self_wav" in model.lm.condition_provider.conditioners
 
 
 def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.Optional[str] = None,
@@ -118,10 +124,14 @@ def _load_pretrained(name: str, device: str, text_encoder: tp.Optional[str] = No
     locations = {encoder: find_text_encoder(encoder, folder, text_encoder) for encoder in text_encoder_names(cfg)}
     for encoder, where in locations.items():
         log.info("model: [2/3] text encoder %s from %s", encoder, "the Hugging Face cache" if where == encoder else where)
+    splitter = None
+    if needs_stem_splitter(cfg):
+        splitter = find_stem_splitter(folder, offline=hub_offline())
+        log.info("model: [2/3] melody stem splitter %s from %s", STEM_SPLITTER, splitter or "the Hugging Face hub")
     log.info("model: [3/3] compression model weights ...")
     codec_package = read_package(codec_path, "the codec")
     try:
-        lm = _build_lm(lm_package, cfg, device, locations)
+        lm = _build_lm(lm_package, cfg, device, locations, splitter)
         compression_model = _build_codec(codec_package, device)
     except ModelLoadError:
         raise
@@ -152,8 +162,9 @@ def _checkpoint_files(name: str, folder: tp.Optional[str]) -> tp.Tuple[str, str]
         raise ModelLoadError(_explain_load_failure(name, err)) from err
 
 
-def _build_lm(package: dict, cfg, device: str, locations: tp.Mapping[str, str]):
-    """audiocraft's LM from its package (as audiocraft's loader does), its T5 from `locations`."""
+def _build_lm(package: dict, cfg, device: str, locations: tp.Mapping[str, str], splitter: tp.Optional[str] = None):
+    """audiocraft's LM from its package (as audiocraft's loader does), its T5 from `locations`,
+    a melody model's Demucs from the folder `splitter` (models/stems.py)."""
     from audiocraft.models import builders
     from audiocraft.models.loaders import _delete_param
     cfg.device = str(device)
@@ -162,7 +173,7 @@ def _build_lm(package: dict, cfg, device: str, locations: tp.Mapping[str, str]):
                  "conditioners.args.drop_desc_p"):
         _delete_param(cfg, path)
     set_text_encoders(cfg, locations)
-    with text_encoders_at(locations), warnings.catch_warnings():
+    with text_encoders_at(locations), stem_splitter_at(splitter), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lm = builders.get_lm_model(cfg)
     lm.load_state_dict(package["best_state"])

@@ -52,6 +52,8 @@ class EngineConfig:
     trim_start_seconds: float = 0.0
     trim_end_seconds: tp.Optional[float] = None
     play_intro: bool = False
+    # Melody models: the clip whose melody (chroma) conditions every stride, looped over stream time.
+    melody_path: tp.Optional[str] = None
     # Loudness target of everything played (codec/loudness.py); None: off. True peak ≤ −1 dBTP.
     loudness_lufs: tp.Optional[float] = -16.0
     # Failing strides are retried; generation ends when failures last this long (station/faults.py).

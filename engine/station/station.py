@@ -9,6 +9,9 @@ import threading
 import time
 import typing as tp
 
+import numpy as np
+import torch
+
 from ..codec.clip import encode_clip, read_clip
 from ..codec.loudness import LoudnessLeveler
 from ..codec.stitcher import StitchingDecoder
@@ -89,6 +92,8 @@ class Station:
             log.info("from-audio: not used: the saved state's context goes on (a fresh --state-dir starts from the clip)")
         elif config.from_audio_path:
             self._continue_clip(config)
+        if config.melody_path:
+            self._follow_melody(config.melody_path)
         self.clock: tp.Optional[Clock] = None
         self._state_failing = False
         self._heard_listeners: tp.List[tp.Callable[[tp.Any, int], None]] = []
@@ -186,6 +191,13 @@ class Station:
         log.info("from-audio: %s, %.1f s encoded to %d frames of tokens: the first context%s",
                  config.from_audio_path, clip.seconds, clip.codes.shape[-1],
                  "; played first" if config.play_intro else "")
+
+    def _follow_melody(self, path: str) -> None:
+        """Melody models: every stride follows this clip's melody (lm/window.py: set_melody)."""
+        audio = read_clip(path, self.sample_rate, self.channels, flag="--melody")
+        self.generator.set_melody(torch.from_numpy(np.ascontiguousarray(audio.T)))
+        log.info("melody: %s, %.1f s, looped over the stream; each stride follows the part under its window",
+                 path, audio.shape[0] / self.sample_rate)
 
     @property
     def first_stride_seconds(self) -> float:
