@@ -178,3 +178,14 @@ def write_checkpoint(folder: str, model: str, t5_folder: str, seed: int = 0,
         torch.save({"xp.cfg": OmegaConf.to_yaml(OmegaConf.create(cfg_dict)), "best_state": state,
                     "version": "1.0", "exported": True}, name)
     return cfg
+
+
+def write_melody_clip(path, seconds: float = 30.0, rate: int = 44100) -> str:
+    """A stereo melody at 44.1 kHz (the model resamples it): a note every half second."""
+    import numpy as np
+    import soundfile
+    t = np.arange(int(seconds * rate)) / rate
+    notes = 220.0 * 2 ** (np.array([0, 3, 5, 7, 10, 12, 7, 3]) / 12)
+    tone = 0.3 * np.sin(2 * np.pi * notes[(t * 2).astype(int) % len(notes)] * t)
+    soundfile.write(str(path), np.stack([tone, 0.8 * tone], axis=1).astype(np.float32), rate)
+    return str(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import random
 import typing as tp
 
 import torch
@@ -220,6 +221,7 @@ class WindowGenerator:
                 progress=progress, timings=self.last_timings, weights_at=weights_at, logits_hook=logits_hook)
         else:
             torch.manual_seed(stride_seed)
+            random.seed(stride_seed)  # a melody model's Demucs shifts its input at random (python's random)
             autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
             autocast = (torch.autocast(self.device.type, dtype=autocast_dtype)
                         if autocast_dtype is not None else contextlib.nullcontext())

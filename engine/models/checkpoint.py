@@ -93,7 +93,7 @@ def find_text_encoder(name: str, folder: tp.Optional[str], text_encoder: tp.Opti
     hint = (f"put it in {os.path.join(folder, name)} (python -m engine.fetch_model on a connected machine "
             f"fills a model folder with it) or" if folder else "")
     raise ModelLoadError(f"the text encoder {name} is not on this machine and the Hugging Face hub cannot be "
-                         f"reached: {hint} give --text-encoder DIR (huggingface-cli download {name} --local-dir DIR)")
+                         f"reached: {hint} give --text-encoder DIR (hf download {name} --local-dir DIR)")
 
 
 def hub_offline() -> bool:

@@ -214,5 +214,5 @@ def _explain_load_failure(name: str, err: BaseException) -> str:
         return (f"cannot load the checkpoint folder {name!r} ({type(err).__name__}: {first_line}); it "
                 f"must hold audiocraft's state_dict.bin and compression_state_dict.bin")
     return (f"cannot load {name!r}: not reachable on the Hugging Face hub and not in its local cache "
-            f"({type(err).__name__}). Download it on a connected machine (huggingface-cli download {name} "
+            f"({type(err).__name__}). Download it on a connected machine (hf download {name} "
             f"--local-dir DIR; the text encoder t5-base too) and pass --model DIR, or use --model tiny")

@@ -50,7 +50,7 @@ def find_stem_splitter(folder: tp.Optional[str], offline: bool) -> tp.Optional[s
              f"machine fills a model folder with it) or" if folder else "")
     raise ModelLoadError(f"a melody model separates its melody clip with Demucs' {STEM_SPLITTER}, which is not on "
                          f"this machine and the Hugging Face hub cannot be reached: {where} fill the Hugging Face "
-                         f"cache (huggingface-cli download {hub_repo()})")
+                         f"cache (hf download {hub_repo()})")
 
 
 def load_stem_splitter(folder: str):
@@ -66,11 +66,11 @@ def load_stem_splitter(folder: str):
         models = [load_safetensors_model(os.path.join(folder, f"{sig}.safetensors")) for sig in bag["models"]]
     except FileNotFoundError as err:
         raise ModelLoadError(f"{folder} lacks {os.path.basename(err.filename or '?')} of Demucs' {STEM_SPLITTER}; "
-                             f"download it again (huggingface-cli download {hub_repo()})") from err
+                             f"download it again (hf download {hub_repo()})") from err
     except Exception as err:  # noqa: BLE001 - yaml, safetensors and torch raise their own kinds
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ModelLoadError(f"Demucs' {STEM_SPLITTER} in {folder} is damaged or incomplete ({first}); "
-                             f"download it again (huggingface-cli download {hub_repo()})") from err
+                             f"download it again (hf download {hub_repo()})") from err
     splitter = BagOfModels(models, bag.get("weights"), bag.get("segment"))
     splitter.eval()
     return splitter
