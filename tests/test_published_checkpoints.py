@@ -84,7 +84,7 @@ def run_server(*args, env=None, timeout=300):
                           timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
 
-@pytest.mark.parametrize("model", ["musicgen-small", "musicgen-stereo-small"])
+@pytest.mark.parametrize("model", [m for m in PUBLISHED if not PUBLISHED[m].get("melody")])
 def test_a_published_config_plays_through_the_server_offline(fixtures, model, network_cut):
     result = run_server("--model", fixtures["folders"][model], "--no-play", "--no-network", "--stdout",
                         "--duration", "1", "--stride", "1", "--context", "1", "--seed", "3",
