@@ -1,6 +1,7 @@
 """The static KV cache of the fast decoder and its attention kernels.
 
-Shapes: B = 2 (cond, uncond), H heads, P cached positions, Dh head dim.
+Shapes: B = 2 (cond, uncond) per generation (2 × slots in a batched decoder: batch.py), H heads,
+P cached positions, Dh head dim.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) 
 
 
 class KVCache:
-    """Self-attention keys and values of every layer, allocated once: [layers, 2, H, positions,
-    Dh] in `dtype`.
+    """Self-attention keys and values of every layer, allocated once: [layers, B, H, positions,
+    Dh] in `dtype` (B = `rows`: 2, or 2 per slot of a batched decoder; `slot` views one pair).
 
     `kernels`: "native" | "compiled" | anything else (eager). The first two run `attend` as
     a kernel that reads the cache once, converting as it goes (CPU attention kernels for a single
@@ -36,8 +37,8 @@ class KVCache:
     (An int8 cache with per-position scales halved the bytes again but was no faster end to end.)"""
 
     def __init__(self, layers: int, heads: int, positions: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device, kernels: str, native=None):
-        shape = (layers, 2, heads, positions, head_dim)
+                 device: torch.device, kernels: str, native=None, rows: int = 2):
+        shape = (layers, rows, heads, positions, head_dim)
         self.dtype = dtype
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -45,6 +46,30 @@ class KVCache:
                                   and head_dim % 16 == 0) else None
         self._kernel = (torch.compile(decode_attention, dynamic=True)
                         if kernels in ("native", "compiled") and self._native is None else None)
+
+    def with_rows(self, rows: int) -> "KVCache":
+        """A new cache of `rows` rows, with this one's positions, precision and kernels."""
+        other = object.__new__(KVCache)
+        other.__dict__.update(self.__dict__)
+        layers, _, heads, positions, head_dim = self.k.shape
+        shape = (layers, rows, heads, positions, head_dim)
+        other.k = torch.zeros(shape, dtype=self.dtype, device=self.k.device)
+        other.v = torch.zeros(shape, dtype=self.dtype, device=self.k.device)
+        return other
+
+    def slot(self, index: int) -> "KVCache":
+        """The rows 2·index, 2·index + 1 (one generation's cond and uncond) as a cache of their
+        own: views of this one's tensors, with its kernels."""
+        view = object.__new__(KVCache)
+        view.__dict__.update(self.__dict__)
+        view.k, view.v = self.k[:, 2 * index:2 * index + 2], self.v[:, 2 * index:2 * index + 2]
+        return view
+
+    def write_rows(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, H, 1, Dh]: row b at position `positions[b]` (a device tensor [B])."""
+        rows = torch.arange(k.shape[0], device=k.device)
+        self.k[layer][rows, :, positions] = k[:, :, 0]
+        self.v[layer][rows, :, positions] = v[:, :, 0]
 
     @property
     def kernel(self) -> str:

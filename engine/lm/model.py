@@ -134,20 +134,23 @@ class FastLM:
         return x + self.positional_scale * positional
 
     def _layers(self, x: torch.Tensor,
-                self_attention: tp.Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+                self_attention: tp.Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                cross: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor, tp.Optional[torch.Tensor]]] = None
                 ) -> torch.Tensor:
         """x [B, T, D] through every layer. `self_attention(layer, q, k, v)` stores the fresh
-        keys/values [B, H, T, Dh] in the cache and returns the attention output [B, H, T, Dh]."""
+        keys/values [B, H, T, Dh] in the cache and returns the attention output [B, H, T, Dh].
+        `cross`: the text condition's (keys, values [L, B, H, Tc, Dh], mask [B, 1, 1, Tc] or
+        None); default: this decoder's (`set_conditions`)."""
         B, T, D = x.shape
         H, Dh = self.heads, self.head_dim
-        cross_k, cross_v = self.cross.keys, self.cross.values  # [L, 2, H, Tc, Dh]
+        cross_k, cross_v, cross_mask = cross or (self.cross.keys, self.cross.values, None)
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # [B, H, T, Dh]
             a = self_attention(i, q, k, v)
             x = x + layer.out_self(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
             q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i])
+            a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i], attn_mask=cross_mask)
             x = x + layer.out_cross(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
             x = x + layer.ff2(self.activation(layer.ff1(layer.norm_ff(x))))
         return x
@@ -158,9 +161,13 @@ class FastLM:
             x = self.out_norm(x)
         return self.head(x).float()
 
-    def forward(self, tokens: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start: int, last_only: bool = True,
+                cache: tp.Optional[KVCache] = None, cross: tp.Optional[CrossConditions] = None) -> torch.Tensor:
         """tokens [2, K, T] at positions start..start+T-1 → logits [2, K, card] of the last one
-        (`last_only=False`: of every position, [2, K, T, card])."""
+        (`last_only=False`: of every position, [2, K, T, card]). `cache` and `cross`: another
+        generation's (a slot of a batched decoder: batch.py); default: this decoder's."""
+        cache = cache or self.cache
+        cross = cross or self.cross
         B, K, T = tokens.shape
         end = start + T
         x = self._embed(tokens, self.pos_emb[start:end])  # [B, T, D]
@@ -169,15 +176,15 @@ class FastLM:
             mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
 
         def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.cache.write(i, start, k, v)
+            cache.write(i, start, k, v)
             if T == end:  # the first prefill chunk: causal within the fresh keys/values
                 return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
             if mask is not None:
-                keys, values = self.cache.read(i, end, self.compute_dtype)
+                keys, values = cache.read(i, end, self.compute_dtype)
                 return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            return self.cache.attend(i, q, end)
+            return cache.attend(i, q, end)
 
-        x = self._layers(x, self_attention)
+        x = self._layers(x, self_attention, (cross.keys, cross.values, None))
         logits = self._logits(x[:, -1] if last_only else x)
         if last_only:
             return logits.view(B, K, self.card)
@@ -210,12 +217,13 @@ class FastLM:
         self._step_position.fill_(position)
         return self.step_graph()
 
-    def prefill(self, tokens: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, last_only: bool = True, cache: tp.Optional[KVCache] = None,
+                cross: tp.Optional[CrossConditions] = None) -> torch.Tensor:
         """tokens [2, K, T] from position 0, in causal chunks of PREFILL_CHUNK_POSITIONS on CPU,
         in one pass on CUDA → logits of the last position [2, K, card] (`last_only=False`: all,
-        [2, K, T, card])."""
+        [2, K, T, card]). `cache`, `cross`: as `forward`."""
         chunk = PREFILL_CHUNK_POSITIONS if self.device.type == "cpu" else max(1, tokens.shape[-1])
         with prefill_attention_backends(self.device):
-            chunks = [self.forward(tokens[..., a:a + chunk], a, last_only)
+            chunks = [self.forward(tokens[..., a:a + chunk], a, last_only, cache, cross)
                       for a in range(0, tokens.shape[-1], chunk)]
         return chunks[-1] if last_only else torch.cat(chunks, dim=2)

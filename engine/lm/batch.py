@@ -1,0 +1,126 @@
+"""Several generations in the same decode steps: a batched decoder over one FastLM's weights.
+
+Each generation (a station's stride) holds a slot: two rows of the batch (cond, uncond), its own
+rows of the KV cache, its own text condition and its own position. A slot is prefilled alone
+(2 rows, its own shapes: `FastLM.prefill` on the slot's views), and every decode step runs all
+slots at once with static shapes: tokens [2S, K, 1], one position per row, the self-attention
+masked per row to the positions that row holds, the cross-attention over the text conditions
+padded to a common length (a multiple of TEXT_BUCKET) and masked per row. The batch is always the
+full capacity (idle slots are computed and ignored: their rows write only their own cache, which
+their next prefill overwrites), so a slot's numbers never depend on which other slots are busy:
+a station's tokens are the same alone as in any batch. On CUDA the step is one CUDA graph,
+captured again only when the text bucket grows.
+
+Shapes: S slots, B = 2S rows, K codebooks, L layers, H heads, Tc text positions, Dh head dim.
+"""
+from __future__ import annotations
+
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+
+from .conditions import CrossConditions
+from .graph import StepGraph
+from .model import FastLM
+
+#: Text conditions are padded to a multiple of this many positions (T5 tokens): prompts of up to
+#: this many tokens (most are under 30) share one shape, whatever the other stations play.
+TEXT_BUCKET = 64
+
+
+class BatchedDecoder:
+    """`slots` generations over `fast`'s weights (whose own cache becomes slot 0's rows)."""
+
+    def __init__(self, fast: FastLM, slots: int):
+        self.fast = fast
+        self.slots = int(slots)
+        rows = 2 * self.slots
+        self.cache = fast.cache.with_rows(rows)
+        fast.cache = self.cache.slot(0)  # one allocation: the decoder's own cache is slot 0
+        self.conditions = [CrossConditions(fast.lm, fast.layers, fast.heads, fast.head_dim, fast.compute_dtype)
+                           for _ in range(self.slots)]
+        self.cross_keys: tp.Optional[torch.Tensor] = None  # [L, B, H, Tc, Dh]
+        self.cross_values: tp.Optional[torch.Tensor] = None
+        self.cross_mask: tp.Optional[torch.Tensor] = None  # [B, 1, 1, Tc]: the slot's own positions
+        device = fast.device
+        self._tokens = torch.full((rows, fast.num_codebooks, 1), fast.special_token, dtype=torch.long, device=device)
+        self._positions = torch.zeros(rows, dtype=torch.long, device=device)
+        self._grid = torch.arange(self.cache.k.shape[3], device=device)
+        self._idle_tokens = torch.full((fast.num_codebooks,), fast.special_token, dtype=torch.long, device=device)
+        self.step_graph = StepGraph(self._forward_step, device)
+
+    # -- conditions -------------------------------------------------------------------------
+    def set_conditions(self, slot: int, attributes, weights: tp.Optional[tp.Sequence[float]] = None) -> None:
+        """Slot `slot`'s text condition: as FastLM.set_conditions."""
+        if not isinstance(attributes, (list, tuple)):
+            attributes = [attributes]
+        self.conditions[slot].set(attributes, weights)
+        self._place(slot)
+
+    def mix_conditions(self, slot: int, weights: tp.Sequence[float]) -> None:
+        self.conditions[slot].mix(weights)
+        self._place(slot)
+
+    def _place(self, slot: int) -> None:
+        """Copy the slot's condition into the padded batch tensors (in place unless the bucket
+        grows: then they are made anew, every slot placed again, the graph captured again)."""
+        keys = self.conditions[slot].keys  # [L, 2, H, Tc, Dh]
+        length = keys.shape[3]
+        if self.cross_keys is None or length > self.cross_keys.shape[3]:
+            padded = -(-length // TEXT_BUCKET) * TEXT_BUCKET
+            L, _, H, _, Dh = keys.shape
+            shape = (L, 2 * self.slots, H, padded, Dh)
+            self.cross_keys = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+            self.cross_values = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+            self.cross_mask = torch.zeros((2 * self.slots, 1, 1, padded), dtype=torch.bool, device=keys.device)
+            self.cross_mask[:, ..., 0] = True  # idle rows attend somewhere (their output is ignored)
+            self.step_graph.invalidate()
+            for other in range(self.slots):
+                if other != slot and self.conditions[other].keys is not None:
+                    self._copy(other)
+        self._copy(slot)
+
+    def _copy(self, slot: int) -> None:
+        condition, rows = self.conditions[slot], slice(2 * slot, 2 * slot + 2)
+        length = condition.keys.shape[3]
+        self.cross_keys[:, rows].zero_()
+        self.cross_values[:, rows].zero_()
+        self.cross_keys[:, rows, :, :length] = condition.keys
+        self.cross_values[:, rows, :, :length] = condition.values
+        self.cross_mask[rows] = False
+        self.cross_mask[rows, ..., :length] = True
+
+    # -- the transformer ----------------------------------------------------------------------
+    def prefill(self, slot: int, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [2, K, T] from position 0 into slot `slot` → logits [2, K, card] of the last."""
+        return self.fast.prefill(tokens, cache=self.cache.slot(slot), cross=self.conditions[slot])
+
+    def step(self, tokens: tp.Mapping[int, torch.Tensor], positions: tp.Mapping[int, int]) -> torch.Tensor:
+        """One decode step of every slot: `tokens[slot]` [K] at `positions[slot]` for the busy
+        slots (the others idle) → logits [S, 2, K, card] (a buffer the next step overwrites)."""
+        S, K = self.slots, self.fast.num_codebooks
+        stacked = torch.stack([tokens.get(slot, self._idle_tokens) for slot in range(S)])  # [S, K]
+        self._tokens.copy_(stacked.repeat_interleave(2, dim=0).unsqueeze(-1))
+        where = torch.tensor([positions.get(slot, 0) for slot in range(S)], dtype=torch.long)
+        self._positions.copy_(where.repeat_interleave(2).to(self._positions.device))
+        return self.step_graph().view(S, 2, K, self.fast.card)
+
+    def _forward_step(self) -> torch.Tensor:
+        """The batched decode step of `_tokens` [B, K, 1] at `_positions` [B] (device tensors:
+        no shape or host value depends on them) → logits [B, K, card]."""
+        fast, tokens, positions = self.fast, self._tokens, self._positions
+        B, K, _ = tokens.shape
+        x = fast._embed(tokens, fast.pos_emb.index_select(0, positions).unsqueeze(1))  # [B, 1, D]
+        mask = (self._grid.view(1, -1) <= positions.view(-1, 1)).view(B, 1, 1, -1)  # [B, 1, 1, P]
+        cache = self.cache
+
+        def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            cache.write_rows(i, positions, k, v)
+            keys, values = cache.k[i], cache.v[i]
+            if keys.dtype != q.dtype:
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+        x = fast._layers(x, self_attention, (self.cross_keys, self.cross_values, self.cross_mask))
+        return fast._logits(x[:, -1]).view(B, K, fast.card)

@@ -1,0 +1,131 @@
+"""Continuous batching of strides (engine/lm/batch.py, batcher.py) on the tiny model: a
+station's tokens are the same alone as in any batch, whoever joins when; one stride's failure
+ends that stride only; the least buffered station is admitted first."""
+import threading
+
+import pytest
+import torch
+
+from engine.lm.batch import BatchedDecoder
+from engine.lm.batcher import StrideBatcher, StrideRequest
+from engine.lm.generate import generate
+from engine.lm.model import FastLM
+
+#: station → (prompt, context frames, new frames, sampling, seed)
+STATIONS = {
+    "lofi": ("warm lofi hip hop", 12, 20, dict(temperature=1.0, top_k=250), 1),
+    "jazz": ("a slow jazz trio with brushed drums and upright bass", 30, 14, dict(temperature=0.0), 2),
+    "rain": ("rain", 0, 25, dict(temperature=0.8, top_k=0, top_p=0.9, cfg_coef=5.0), 3),
+}
+
+
+def attributes(model, prompt):
+    return model._prepare_tokens_and_attributes([prompt], None)[0][0]
+
+
+def request(model, name, **extra):
+    prompt, context, frames, sampling, seed = STATIONS[name]
+    torch.manual_seed(seed)
+    codes = torch.randint(0, 2048, (1, model.lm.num_codebooks, context)) if context else None
+    return StrideRequest(station=name, prompt=codes, attributes=attributes(model, prompt), new_frames=frames,
+                         generator=torch.Generator().manual_seed(seed), **sampling, **extra)
+
+
+def run(batcher, requests, start_when=None):
+    """Submit each request from a thread of its own (as stations do) while this thread runs the
+    batch; `start_when[name]`: submit once that many batched steps have run."""
+    results, errors = {}, {}
+    stop = threading.Event()
+
+    def submit(r):
+        while start_when and batcher.steps < start_when.get(r.station, 0):
+            ready.wait(0.001)
+        try:
+            results[r.station] = batcher.generate(r)
+        except BaseException as err:  # noqa: BLE001
+            errors[r.station] = err
+        if len(results) + len(errors) == len(requests):
+            stop.set()
+    ready = threading.Event()
+    threads = [threading.Thread(target=submit, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    batcher.run(stop, poll_seconds=0.001)
+    for t in threads:
+        t.join(30)
+    return results, errors
+
+
+@pytest.fixture()
+def batcher(tiny_model):
+    fast = FastLM(tiny_model.lm, max_frames=80, dtype="fp32")
+    b = StrideBatcher(BatchedDecoder(fast, slots=4))
+    for name in STATIONS:
+        b.join(name)
+    return b
+
+
+def test_a_stations_tokens_are_the_same_alone_as_in_a_batch(tiny_model, batcher):
+    together, errors = run(batcher, [request(tiny_model, name) for name in STATIONS])
+    assert not errors and set(together) == set(STATIONS)
+    assert batcher.busy_slot_steps > batcher.steps  # strides really shared steps
+    for name, (_, context, frames, _, _) in STATIONS.items():
+        assert together[name].shape == (1, 4, context + frames)
+        alone, _ = run(batcher, [request(tiny_model, name)])
+        assert torch.equal(alone[name], together[name]), name
+    # Joining late (continuous batching): the same tokens again.
+    staggered, _ = run(batcher, [request(tiny_model, name) for name in STATIONS], start_when={"jazz": 5, "rain": 11})
+    for name in STATIONS:
+        assert torch.equal(staggered[name], together[name]), name
+
+
+def test_the_batch_computes_what_generate_computes(tiny_model, batcher):
+    """Greedy, one prompt: the batched step's tokens are the single-generation loop's."""
+    r = request(tiny_model, "jazz")
+    got, _ = run(batcher, [r])
+    fast = FastLM(tiny_model.lm, max_frames=80, dtype="fp32")
+    expected = generate(fast, r.prompt, r.attributes, r.new_frames, temperature=0.0, cfg_coef=3.0)
+    assert torch.equal(got["jazz"], expected)
+
+
+def test_one_strides_failure_ends_that_stride_only(tiny_model, batcher):
+    def cut_in(step, total):
+        if step == 6:
+            raise KeyboardInterrupt("cut in")  # what a station's progress callback raises
+    reference, _ = run(batcher, [request(tiny_model, "lofi"), request(tiny_model, "rain")])
+    results, errors = run(batcher, [request(tiny_model, "lofi", progress=cut_in), request(tiny_model, "rain"),
+                                    request(tiny_model, "jazz", logits_hook=lambda logits: logits * float("nan"))])
+    assert isinstance(errors["lofi"], KeyboardInterrupt) and isinstance(errors["jazz"], FloatingPointError)
+    assert torch.equal(results["rain"], reference["rain"])
+
+
+def test_the_least_buffered_station_is_admitted_first(tiny_model, batcher):
+    order = []
+
+    def noting(name):
+        def hook(logits):
+            order.append(name)
+            return logits
+        return hook
+    buffered = {"lofi": 9.0, "jazz": 0.5, "rain": 4.0}
+    requests = [request(tiny_model, name, logits_hook=noting(name), buffered=lambda n=name: buffered[n])
+                for name in STATIONS]
+    pause = threading.Event()
+    threads = [threading.Thread(target=batcher.generate, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    while len(batcher._waiting) < 3:  # all three wait before the batch runs
+        pause.wait(0.001)
+    while any(t.is_alive() for t in threads):
+        batcher.run_once()
+    assert order == ["jazz", "rain", "lofi"]
+
+
+def test_slots_are_per_station(batcher):
+    with pytest.raises(ValueError, match="already has a slot"):
+        batcher.join("lofi")
+    batcher.join("fourth")
+    with pytest.raises(ValueError, match="all 4 slots"):
+        batcher.join("fifth")
+    batcher.leave("lofi")
+    assert batcher.join("fifth") == 0
