@@ -129,3 +129,37 @@ def test_slots_are_per_station(batcher):
         batcher.join("fifth")
     batcher.leave("lofi")
     assert batcher.join("fifth") == 0
+
+
+def test_batched_stations_stride_after_stride_give_their_alone_tokens(tiny_model):
+    """WindowGenerators of three stations (different prompts, seeds, windows, sampling) going
+    stride after stride in one batch give what each gives alone."""
+    from engine.lm.window import SamplingParams, WindowGenerator
+    settings = {"a": (3, 10, 15, SamplingParams()), "b": (4, 20, 8, SamplingParams(temperature=0.7, top_k=50)),
+                "c": (5, 5, 12, SamplingParams(temperature=1.2, top_p=0.8, cfg_coef=4.0))}
+    prompts = {"a": "dusty boom bap", "b": "ambient drone with strings", "c": "fast breakbeat"}
+
+    def play(names):
+        batcher = StrideBatcher(BatchedDecoder(FastLM(tiny_model.lm, max_frames=40, dtype="fp32"), slots=3))
+        generators = {}
+        for name in settings:  # the same slots whoever plays
+            batcher.join(name)
+            seed, context, stride, sampling = settings[name]
+            generators[name] = WindowGenerator(tiny_model, context, sampling, seed, batcher=batcher, station=name)
+        codes, stop = {name: [] for name in names}, threading.Event()
+
+        def station(name):
+            for _ in range(3):
+                codes[name].append(generators[name].next_stride(prompts[name], settings[name][2]))
+            if all(len(c) == 3 for c in codes.values()):
+                stop.set()
+        threads = [threading.Thread(target=station, args=(name,)) for name in names]
+        for t in threads:
+            t.start()
+        batcher.run(stop, poll_seconds=0.001)
+        return {name: torch.cat(c, dim=-1) for name, c in codes.items()}, batcher
+    together, batcher = play(list(settings))
+    assert batcher.busy_slot_steps > batcher.steps
+    for name in settings:
+        alone, _ = play([name])
+        assert torch.equal(alone[name], together[name]), name

@@ -16,6 +16,7 @@ import torch
 
 from .generate import ProgressCallback, generate
 from .hardware import resolve_dtype
+from .batcher import StrideBatcher, StrideRequest
 from .model import FastLM
 from .weights import UnsupportedModel
 
@@ -83,11 +84,16 @@ class WindowGenerator:
     `kernels`: how the fast decoder's step runs (FastLM: auto | graph | native | compiled | eager).
     `release_weights`: once the fast decoder holds its own copy, free audiocraft's (the model's
     LM can no longer generate by itself: for a process that owns the model, like the server).
+    `batcher`: run the strides in the shared decode steps of several stations (batcher.py),
+    as `station`, which must have joined it; `buffered()` (seconds of audio the station has
+    buffered) orders the admissions. The batcher's decoder is used (`dtype`, `fast`, `kernels`
+    and `release_weights` are its owner's business).
     """
 
     def __init__(self, model, context_frames: int, sampling: SamplingParams, seed: int,
                  max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True,
-                 release_weights: bool = False, kernels: str = "auto"):
+                 release_weights: bool = False, kernels: str = "auto", batcher: tp.Optional[StrideBatcher] = None,
+                 station: str = "", buffered: tp.Callable[[], float] = lambda: 0.0):
         self.model = model
         self.lm = model.lm
         self.context_frames = int(context_frames)
@@ -101,6 +107,10 @@ class WindowGenerator:
         self._context: tp.Optional[torch.Tensor] = None  # [1, K, <= context_frames]
         self._melody: tp.Optional[torch.Tensor] = None  # [channels, samples] at the model's rate
         self.fast: tp.Optional[FastLM] = None
+        self.batcher, self.station, self.buffered = batcher, station, buffered
+        if batcher is not None:
+            self.fast, self.dtype = batcher.fast, batcher.fast.mode
+            return
         if max_frames is None:
             max_frames = int(round(float(model.max_duration) * float(model.frame_rate)))
         reason = "asked for"
@@ -215,10 +225,17 @@ class WindowGenerator:
         if self.fast is not None:
             generator = torch.Generator(self.device).manual_seed(stride_seed)
             attributes, weights_at = self._fast_conditioning(prompt, prompt_frames)
-            codes = generate(
-                self.fast, prompt_codes, attributes, frames, temperature=s.temperature,
-                top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef, generator=generator,
-                progress=progress, timings=self.last_timings, weights_at=weights_at, logits_hook=logits_hook)
+            if self.batcher is not None:  # in the decode steps shared with the other stations
+                codes = self.batcher.generate(StrideRequest(
+                    station=self.station, prompt=prompt_codes, attributes=attributes, new_frames=frames,
+                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef,
+                    generator=generator, progress=progress, weights_at=weights_at, logits_hook=logits_hook,
+                    timings=self.last_timings, buffered=self.buffered))
+            else:
+                codes = generate(
+                    self.fast, prompt_codes, attributes, frames, temperature=s.temperature,
+                    top_k=s.top_k, top_p=s.top_p, cfg_coef=s.cfg_coef, generator=generator,
+                    progress=progress, timings=self.last_timings, weights_at=weights_at, logits_hook=logits_hook)
         else:
             torch.manual_seed(stride_seed)
             random.seed(stride_seed)  # a melody model's Demucs shifts its input at random (python's random)

@@ -15,6 +15,7 @@ import torch
 from ..codec.clip import encode_clip, read_clip
 from ..codec.loudness import LoudnessLeveler
 from ..codec.stitcher import StitchingDecoder
+from ..lm.batcher import StrideBatcher
 from ..lm.window import PromptMix, SamplingParams, WindowGenerator
 from ..rt.player import Player
 from ..rt.ring import PcmRing
@@ -42,11 +43,14 @@ class Clock(tp.Protocol):
 
 
 class Station:
-    """One endless (or `duration_seconds` long) stream of generated music."""
+    """One endless (or `duration_seconds` long) stream of generated music. With `batcher`, its
+    strides run in decode steps shared with the other stations of the process (lm/batcher.py),
+    as `name`, which has joined it."""
 
     def __init__(self, config: EngineConfig, model, *, program_seconds: float = 30.0,
-                 release_lm_weights: bool = False):
+                 release_lm_weights: bool = False, batcher: tp.Optional[StrideBatcher] = None, name: str = ""):
         config.validate(max_duration_seconds=float(model.max_duration))
+        self.name = name
         self.config = config
         self.model = model
         self.sample_rate = int(model.sample_rate)
@@ -65,7 +69,8 @@ class Station:
         self.steering = self._steering(config)
         self.generator = WindowGenerator(model, context_frames, self.steering.latest.sampling, seed=seed,
                                          dtype=config.dtype, max_frames=context_frames + self.stride_frames,
-                                         release_weights=release_lm_weights)
+                                         release_weights=release_lm_weights, batcher=batcher, station=name,
+                                         buffered=lambda: self.buffered_samples / sr)
         if self.resumed:
             self.generator.set_context(self.resumed.context)
             self.generator.stride_index = self.resumed.stride_index
@@ -215,8 +220,9 @@ class Station:
 
         Call it from the process's main thread: OpenMP's workers spin-wait only for the initial
         thread; for any other thread on 2 cores every small parallel op pays a futex wake-up
-        (measured: 46 instead of 22 ms per decode step). The playback side (pre-fill wait, then
-        the clock) is supervised from a thread of its own."""
+        (measured: 46 instead of 22 ms per decode step). (A batched station runs its strides in
+        the batcher's thread, the main one; this one then only waits and decodes.) The playback
+        side (pre-fill wait, then the clock) is supervised from a thread of its own."""
         self.clock = clock
         self.metrics.started_at = time.monotonic()
         supervisor = threading.Thread(target=self._supervise, args=(clock, stop, poll_seconds),
