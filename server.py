@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", metavar="FILE", default=None,
                    help="a programme of prompts (TOML or JSON: entries of prompt or prompts, seconds, "
                         "morph_seconds; loop = true), played live; the file is watched and reloaded")
+    g.add_argument("--station", action="append", default=[], metavar="NAME=PROMPT",
+                   help="several stations on one model: each plays at /s/NAME/ with its own prompt (and the "
+                        "other flags' settings, the seed + its index); repeat for each station")
+    g.add_argument("--stations", metavar="FILE", default=None,
+                   help="several stations from a TOML file: [[station]] tables of name, prompt or schedule, "
+                        "seed, temperature, top_k, top_p, cfg, window, context, stride, icecast, record")
     g.add_argument("--model", default=d.model,
                    help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
                         "folder, 'tiny' (offline random model: noise) or 'random-small' "
@@ -161,6 +167,19 @@ def configs_from_args(args):
     return engine, outputs, network
 
 
+def stations_from_args(args, engine):
+    """The stations of --station and --stations (StationSpec), each over `engine`'s settings;
+    an empty list for the single station at /."""
+    from engine.station.config import MUSICGEN_MAX_DURATION_SECONDS
+    from engine.station.lineup import check_lineup, load_stations_file, parse_station_flag
+    specs = [parse_station_flag(value, engine, i) for i, value in enumerate(args.station)]
+    if args.stations:
+        specs += load_stations_file(args.stations, engine, first_index=len(specs))
+    if specs:
+        check_lineup(specs, MUSICGEN_MAX_DURATION_SECONDS)
+    return specs
+
+
 def _loudness(value: str):
     """--loudness: a number of LUFS or "off" (None); anything else is left for validation to refuse."""
     if value.strip().lower() == "off":
@@ -194,6 +213,10 @@ def main(argv=None) -> int:
     engine, outputs, network = configs_from_args(args)
     try:
         device = radio.check(engine, outputs, network)
+        lineup = stations_from_args(args, engine)
+        if lineup:
+            from engine import stations
+            stations.check(lineup, outputs, network)
     except radio.INPUT_ERRORS as err:
         parser.error(str(err))  # one line, exit code 2
     try:
@@ -206,6 +229,12 @@ def main(argv=None) -> int:
         return radio.EXIT_INTERRUPTED
     stop = threading.Event()
     _stop_on_signals(stop, radio.EXIT_INTERRUPTED)
+    if lineup:
+        try:
+            return stations.play(model, lineup, outputs, network, stop)
+        except radio.INPUT_ERRORS as err:
+            log.error("%s", err)
+            return radio.EXIT_BAD_INPUT
     return radio.play(model, engine, outputs, network, stop)
 
 

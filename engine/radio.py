@@ -86,11 +86,11 @@ def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkCon
 
 def _play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,
           stop: threading.Event, redactor: SecretRedactor) -> int:
-    _raise_open_file_limit()
+    raise_open_file_limit()
     station = Station(engine, model, release_lm_weights=True)  # the fast decoder holds its own
     service = None
     if network.enabled:
-        service = start_network(station, network)
+        service = start_network({"": station}, network)
         if service is None:
             return EXIT_BAD_INPUT
         redactor.add(service.auth.token)  # generated on loopback
@@ -162,7 +162,7 @@ def _clock(station: Station, outputs: OutputConfig) -> Clock:
     return PacedClock(station.player, speed=outputs.clock_speed)
 
 
-def _raise_open_file_limit() -> None:
+def raise_open_file_limit() -> None:
     """Each listener is a socket: allow as many as the system lets this process have."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:

@@ -28,14 +28,14 @@ class RunningServer:
     """server.py in the background; its stdout (the played program, s16le) is collected. Waits
     are on events: the reader threads notify `changed` whenever a log line or audio arrives."""
 
-    def __init__(self, *args: str, port: int | None = None, **popen):
+    def __init__(self, *args: str, port: int | None = None, stdout: bool = True, **popen):
         self.port = port or free_port()
         self.stderr_lines: list[str] = []
         self.program = bytearray()
         self.stdout_closed = False
         self.changed = threading.Condition()
         cmd = [sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play",
-               "--stdout", "--port", str(self.port), *args]
+               *(["--stdout"] if stdout else []), "--port", str(self.port), *args]
         env = dict(popen.pop("env", os.environ), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **popen)
         threading.Thread(target=self._read_stdout, daemon=True).start()

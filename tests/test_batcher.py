@@ -56,15 +56,16 @@ def run(batcher, requests, start_when=None):
     return results, errors
 
 
-@pytest.fixture()
-def batcher(tiny_model):
-    fast = FastLM(tiny_model.lm, max_frames=80, dtype="fp32")
+@pytest.fixture(params=["fp32"])
+def batcher(tiny_model, request):
+    fast = FastLM(tiny_model.lm, max_frames=80, dtype=request.param)
     b = StrideBatcher(BatchedDecoder(fast, slots=4))
     for name in STATIONS:
         b.join(name)
     return b
 
 
+@pytest.mark.parametrize("batcher", ["fp32", "int8"], indirect=True)
 def test_a_stations_tokens_are_the_same_alone_as_in_a_batch(tiny_model, batcher):
     together, errors = run(batcher, [request(tiny_model, name) for name in STATIONS])
     assert not errors and set(together) == set(STATIONS)

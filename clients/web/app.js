@@ -33,7 +33,10 @@ async function connect() {
   const forced = new URLSearchParams(location.search).get('codec');
   const codec = forced || ((await opusSupported()) ? 'opus' : 'pcm');
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${scheme}://${location.host}/ws?codec=${codec}`);  // commands carry the token
+  // Beside the page: /ws for the station at /, /s/NAME/ws for a station of a lineup.
+  const url = new URL(`ws?codec=${codec}`, location.href);
+  url.protocol = `${scheme}:`;
+  const ws = new WebSocket(url);  // commands carry the token
   ws.binaryType = 'arraybuffer';
   radio.ws = ws;
   setState('connecting', 'connecting…');

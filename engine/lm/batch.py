@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .conditions import CrossConditions
 from .graph import StepGraph
 from .model import FastLM
+from .quantize import activations_per_group
 
 #: Text conditions are padded to a multiple of this many positions (T5 tokens): prompts of up to
 #: this many tokens (most are under 30) share one shape, whatever the other stations play.
@@ -48,6 +49,7 @@ class BatchedDecoder:
         self._positions = torch.zeros(rows, dtype=torch.long, device=device)
         self._grid = torch.arange(self.cache.k.shape[3], device=device)
         self._idle_tokens = torch.full((fast.num_codebooks,), fast.special_token, dtype=torch.long, device=device)
+        self._linears = [lin for layer in fast.layers for lin in layer.linears()] + [fast.head]
         self.step_graph = StepGraph(self._forward_step, device)
 
     # -- conditions -------------------------------------------------------------------------
@@ -122,5 +124,6 @@ class BatchedDecoder:
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
-        x = fast._layers(x, self_attention, (self.cross_keys, self.cross_values, self.cross_mask))
-        return fast._logits(x[:, -1]).view(B, K, fast.card)
+        with activations_per_group(self._linears, rows=2):  # int8: each slot's activations on their own
+            x = fast._layers(x, self_attention, (self.cross_keys, self.cross_values, self.cross_mask))
+            return fast._logits(x[:, -1]).view(B, K, fast.card)

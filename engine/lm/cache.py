@@ -68,8 +68,8 @@ class KVCache:
     def write_rows(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v [B, H, 1, Dh]: row b at position `positions[b]` (a device tensor [B])."""
         rows = torch.arange(k.shape[0], device=k.device)
-        self.k[layer][rows, :, positions] = k[:, :, 0]
-        self.v[layer][rows, :, positions] = v[:, :, 0]
+        self.k[layer][rows, :, positions] = k[:, :, 0].to(self.dtype)
+        self.v[layer][rows, :, positions] = v[:, :, 0].to(self.dtype)
 
     @property
     def kernel(self) -> str:

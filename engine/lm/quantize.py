@@ -1,6 +1,7 @@
 """The linear layers of the fast decoder in each precision: dense (fp32 / bf16 / fp16) and int8."""
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 import warnings
 
@@ -28,7 +29,12 @@ class Int8:
     native VNNI kernel when `kernels` is given (kernels/int8_gemv.cpp: per-row int8 activations,
     reads the weights at ~33 GB/s here where fbgemm reaches ~27), else fbgemm.
 
-    `native`: True when the decode rows run on the native kernel (input width a multiple of 64)."""
+    `native`: True when the decode rows run on the native kernel (input width a multiple of 64).
+    `group_rows` (set by `activations_per_group`): quantise the activations of each group of
+    that many rows on their own (fbgemm's scale is per call), so that the rows of one station in
+    a batch never depend on another's."""
+
+    group_rows = 0
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
         w = weight.detach().float()
@@ -53,7 +59,9 @@ class Int8:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        if self.kernels is not None and rows.shape[0] <= 4:
+        if self.group_rows and rows.shape[0] > self.group_rows:
+            y = torch.cat([self(group) for group in rows.split(self.group_rows)])
+        elif self.kernels is not None and rows.shape[0] <= 4:
             y = self.kernels.gemv(rows, self.weight, self.row_sums, self.scales,
                                   self._no_bias if self.bias is None else self.bias)
         else:
@@ -65,6 +73,19 @@ class Int8:
 
 
 Linear = tp.Union[Dense, Int8]
+
+
+@contextlib.contextmanager
+def activations_per_group(linears: tp.Iterable, rows: int):
+    """While in it, the int8 layers among `linears` quantise each `rows` rows on their own."""
+    int8 = [lin for lin in linears if isinstance(lin, Int8)]
+    for lin in int8:
+        lin.group_rows = rows
+    try:
+        yield
+    finally:
+        for lin in int8:
+            lin.group_rows = 0
 
 
 def linear(weight: torch.Tensor, bias: tp.Optional[torch.Tensor], mode: str,

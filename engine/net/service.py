@@ -14,42 +14,90 @@ from .broadcast import Broadcaster
 from .config import NetworkConfig
 from .control import ControlAuth, Controller
 from .guard import FirstRequestDeadline, ListenerLimits, OriginPolicy, RateLimiter
-from .icecast import IcecastSource
+from .icecast import IcecastSource, parse_icecast_url
+from .lineup import LineupWeb
 from .status import StatusPublisher
 from .webapp import RadioWeb
 
 log = logging.getLogger(__name__)
 
 
-class NetworkThread(threading.Thread):
-    """Runs the asyncio loop of the network side for one station (`station.program_ring` is
-    what it streams, `station.status()` what it reports)."""
+class StationService:
+    """One station's network side: its broadcaster (encoders, listeners), status publisher,
+    controller, Icecast sources (`icecast_urls`: its own mounts) and the handlers of its routes
+    (`web`). The process's control token and listener caps are shared (`auth`, `limits`)."""
 
-    def __init__(self, station, config: NetworkConfig):
-        super().__init__(name="network", daemon=True)
+    def __init__(self, station, config: NetworkConfig, auth: ControlAuth, limits: ListenerLimits,
+                 icecast_urls: tp.Sequence[str]):
         self.station = station
-        self.config = config
-        self.host = config.host
-        self.port = config.port  # the port actually bound, once `ready`
         self.broadcaster = Broadcaster(station.program_ring, station.sample_rate, station.channels,
                                        burst_seconds=config.burst_seconds,
                                        max_lag_seconds=config.max_lag_seconds)
         self.publisher = StatusPublisher(station, self.broadcaster)
-        self.auth = ControlAuth(config.host, config.control_token)
-        self.controller = Controller(station, self.auth)
-        self.limits = ListenerLimits(config.max_listeners, config.max_listeners_per_ip)
+        self.controller = Controller(station, auth)
         self.title = station.now_playing()  # the prompt(s) heard now: stream titles
-        self.icecast_sources = [IcecastSource(target, self.broadcaster, lambda: self.title)
-                                for target in config.icecast_targets()]
+        self.icecast_sources = [IcecastSource(parse_icecast_url(url), self.broadcaster, lambda: self.title)
+                                for url in icecast_urls]
+        self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         station.add_heard_listener(self._on_heard)
         for worker in self.broadcaster.workers:
             station.add_output(f"encoder {worker.codec.name}", worker.health)
         for source in self.icecast_sources:
             station.add_output(f"icecast {source.target}", source.health)
+        self.web = RadioWeb(station, self.broadcaster, self.publisher, self.controller,
+                            now_playing=lambda: self.title, origins=OriginPolicy(config.allow_origins),
+                            limits=limits, control_rate=RateLimiter(
+                                config.control_per_second, burst=max(1, round(4 * config.control_per_second))))
+        self._tasks: tp.List[asyncio.Future] = []
+
+    def start(self) -> None:
+        """On the network loop: the encoders, the status publisher, the Icecast sources."""
+        self.loop = asyncio.get_running_loop()
+        self.broadcaster.start()
+        self._tasks = [asyncio.ensure_future(self.publisher.run())]
+        self._tasks += [asyncio.ensure_future(source.run()) for source in self.icecast_sources]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.broadcaster.stop()
+
+    def _on_heard(self, change, program_sample: int) -> None:
+        """A change is heard (the station's supervisor thread): new stream titles."""
+        title = self.station.now_playing()
+        if title != self.title:
+            self.title = title
+            if self.loop is not None:
+                for source in self.icecast_sources:
+                    self.loop.call_soon_threadsafe(source.title_changed)
+
+
+class NetworkThread(threading.Thread):
+    """Runs the asyncio loop of the network side on one port: one station's routes at `/`, or
+    several stations' under `/s/NAME/` with the lineup at `/` (lineup.py)."""
+
+    def __init__(self, stations: tp.Mapping[str, tp.Any], config: NetworkConfig,
+                 icecast_urls: tp.Optional[tp.Mapping[str, tp.Sequence[str]]] = None):
+        """`stations`: name → Station ({"": station} for the single station at `/`);
+        `icecast_urls`: name → its mounts (default: the --icecast flags, for a single station)."""
+        super().__init__(name="network", daemon=True)
+        self.config = config
+        self.host = config.host
+        self.port = config.port  # the port actually bound, once `ready`
+        self.auth = ControlAuth(config.host, config.control_token)
+        self.limits = ListenerLimits(config.max_listeners, config.max_listeners_per_ip)
+        icecast_urls = icecast_urls or {name: config.icecast_urls for name in stations}
+        self.services = {name: StationService(station, config, self.auth, self.limits, icecast_urls.get(name, ()))
+                         for name, station in stations.items()}
         self.ready = threading.Event()
         self.error: tp.Optional[BaseException] = None
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self._stop_requested: tp.Optional[asyncio.Event] = None
+
+    @property
+    def single(self) -> tp.Optional[StationService]:
+        """The one station served at `/`, if that is how this runs."""
+        return self.services.get("") if len(self.services) == 1 else None
 
     def run(self) -> None:
         try:
@@ -61,12 +109,10 @@ class NetworkThread(threading.Thread):
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        self.broadcaster.start()
         config = self.config
-        app = RadioWeb(self.station, self.broadcaster, self.publisher, self.controller,
-                       now_playing=lambda: self.title, origins=OriginPolicy(config.allow_origins),
-                       limits=self.limits,
-                       control_rate=RateLimiter(config.control_per_second, burst=max(1, round(4 * config.control_per_second)))).app()
+        for service in self.services.values():
+            service.start()
+        app = self.single.web.app() if self.single is not None else LineupWeb(self.services).app()
         runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15.0)
         await runner.setup()
         # The web server's protocol, each connection behind a deadline for its first request.
@@ -74,31 +120,24 @@ class NetworkThread(threading.Thread):
             lambda: FirstRequestDeadline(runner.server(), config.handshake_timeout_seconds, self._handshake_timed_out),
             self.host, self.port, reuse_address=True)
         self.port = server.sockets[0].getsockname()[1]
-        tasks = [asyncio.ensure_future(self.publisher.run())]
-        tasks += [asyncio.ensure_future(source.run()) for source in self.icecast_sources]
-        log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
-                 "/stream.mp3, /status, /control", self.host, self.port, self.host, self.port)
+        if self.single is not None:
+            log.info("network: listening on http://%s:%d/ (page), ws://%s:%d/ws, /stream.opus, "
+                     "/stream.mp3, /status, /control", self.host, self.port, self.host, self.port)
+        else:
+            log.info("network: listening on http://%s:%d/ (the lineup); each station at /s/NAME/ (page), "
+                     "/s/NAME/ws, /s/NAME/stream.opus, .mp3, /status, /control: %s", self.host, self.port,
+                     ", ".join(self.services))
         self._announce_control()
         self.ready.set()
         await self._stop_requested.wait()
-        for task in tasks:
-            task.cancel()
-        await self.broadcaster.stop()
+        for service in self.services.values():
+            await service.stop()
         server.close()
         await runner.cleanup()
 
     def _handshake_timed_out(self) -> None:
         log.info("network: cut a connection that sent no complete request within %g s",
                  self.config.handshake_timeout_seconds)
-
-    def _on_heard(self, change, program_sample: int) -> None:
-        """A change is heard (the station's supervisor thread): new stream titles."""
-        title = self.station.now_playing()
-        if title != self.title:
-            self.title = title
-            if self.loop is not None:
-                for source in self.icecast_sources:
-                    self.loop.call_soon_threadsafe(source.title_changed)
 
     def _announce_control(self) -> None:
         """Say how control works; a generated token is printed once, with the page URL (to the
@@ -120,10 +159,11 @@ class NetworkThread(threading.Thread):
         self.join(timeout=10)
 
 
-def start_network(station, config: NetworkConfig, timeout_seconds: float = 30.0) -> tp.Optional[NetworkThread]:
-    """Start the network side; None (logged, with what to do) when it cannot serve, e.g. the
-    port is taken."""
-    network = NetworkThread(station, config)
+def start_network(stations: tp.Mapping[str, tp.Any], config: NetworkConfig, timeout_seconds: float = 30.0,
+                  icecast_urls: tp.Optional[tp.Mapping[str, tp.Sequence[str]]] = None) -> tp.Optional[NetworkThread]:
+    """Start the network side of `stations` (NetworkThread); None (logged, with what to do)
+    when it cannot serve, e.g. the port is taken."""
+    network = NetworkThread(stations, config, icecast_urls)
     network.start()
     network.ready.wait(timeout_seconds)
     if network.error is not None:

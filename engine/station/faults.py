@@ -1,7 +1,8 @@
 """Fault injection for tests and drills: `RADIO_FAULTS`, a comma list of
 `KIND@stride:N[:SECONDS]` with KIND `raise` (the stride raises), `nan` (its logits turn NaN, as a
 broken GPU or checkpoint would give) or `slow` (it takes SECONDS longer). Each entry fires once,
-on the first attempt at stride N to reach it; the same entry twice fires on two attempts.
+on the first attempt at stride N to reach it; the same entry twice fires on two attempts. With
+several stations, `NAME/KIND@stride:N` fires in station NAME only (unprefixed: in every one).
 
     RADIO_FAULTS="raise@stride:3,nan@stride:5,slow@stride:7:3.0" python server.py --model tiny
 """
@@ -14,10 +15,12 @@ import threading
 import time
 import typing as tp
 
+from .logs import StationLog
+
 log = logging.getLogger(__name__)
 
 KINDS = ("raise", "nan", "slow")
-_ENTRY = re.compile(r"^(raise|nan|slow)@stride:(\d+)(?::(\d+(?:\.\d+)?))?$")
+_ENTRY = re.compile(r"^(?:([\w-]+)/)?(raise|nan|slow)@stride:(\d+)(?::(\d+(?:\.\d+)?))?$")
 
 
 class FaultSpecError(ValueError):
@@ -37,12 +40,14 @@ class Fault:
 
 
 class FaultPlan:
-    def __init__(self, faults: tp.Sequence[Fault] = ()):
+    def __init__(self, faults: tp.Sequence[Fault] = (), station: str = ""):
         self.faults = list(faults)
+        self.log = StationLog(log, station)
         self._lock = threading.Lock()
 
     @classmethod
-    def parse(cls, spec: tp.Optional[str]) -> "FaultPlan":
+    def parse(cls, spec: tp.Optional[str], station: str = "") -> "FaultPlan":
+        """The faults of `spec` for `station` (those of another station's are left out)."""
         faults = []
         for entry in (spec or "").split(","):
             entry = entry.strip()
@@ -50,13 +55,15 @@ class FaultPlan:
                 continue
             match = _ENTRY.match(entry)
             if not match:
-                raise FaultSpecError(f"RADIO_FAULTS entry {entry!r}: use KIND@stride:N[:SECONDS] with KIND "
-                                     f"raise, nan or slow, e.g. raise@stride:3,slow@stride:7:3.0")
-            kind, stride, seconds = match.group(1), int(match.group(2)), float(match.group(3) or 0.0)
+                raise FaultSpecError(f"RADIO_FAULTS entry {entry!r}: use [STATION/]KIND@stride:N[:SECONDS] with "
+                                     f"KIND raise, nan or slow, e.g. raise@stride:3,slow@stride:7:3.0")
+            target, kind, stride, seconds = match.group(1), match.group(2), int(match.group(3)), float(match.group(4) or 0.0)
+            if target is not None and target != station:
+                continue
             if kind == "slow" and seconds <= 0:
                 raise FaultSpecError(f"RADIO_FAULTS entry {entry!r}: slow needs SECONDS, e.g. slow@stride:7:3.0")
             faults.append(Fault(kind, stride, seconds))
-        return cls(faults)
+        return cls(faults, station)
 
     def take(self, stride: int) -> tp.List[Fault]:
         """The faults due at this attempt of `stride` (each fires once; one of each kind per attempt)."""
@@ -74,7 +81,7 @@ class FaultPlan:
         keyword that makes the stride's logits NaN."""
         drill: dict = {}
         for fault in self.take(stride):
-            log.warning("fault drill: %s at stride %d", fault.kind, stride)
+            self.log.warning("fault drill: %s at stride %d", fault.kind, stride)
             if fault.kind == "raise":
                 raise InjectedFault(f"injected fault at stride {stride}")
             if fault.kind == "slow":

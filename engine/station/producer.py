@@ -22,6 +22,7 @@ from ..codec.stitcher import StitchingDecoder
 from ..lm.window import WindowGenerator
 from ..rt.ring import PcmRing
 from .faults import FailurePolicy, FaultPlan
+from .logs import StationLog
 from .metrics import EngineMetrics, StrideRecord
 from .steering import Conditions, Steering
 
@@ -62,7 +63,8 @@ class Producer:
                  steering: tp.Optional[Steering] = None, cut_stride_frames: int = 50,
                  safety_seconds: float = 0.3, fade_seconds: float = 0.03,
                  leveler: tp.Optional[LoudnessLeveler] = None, faults: tp.Optional[FaultPlan] = None,
-                 failures: tp.Optional[FailurePolicy] = None):
+                 failures: tp.Optional[FailurePolicy] = None, name: str = ""):
+        self.log = StationLog(log, name)  # lines prefixed with the station's name in a lineup
         self.generator = generator
         self.stitcher = stitcher
         self.ring = ring
@@ -132,7 +134,7 @@ class Producer:
         started = time.monotonic()
         self.stitcher.push(self.generator.warm_up(self.conditioning))
         self.decoder.reset()
-        log.info("warm-up: decoder and codec ready in %.2f s", time.monotonic() - started)
+        self.log.info("warm-up: decoder and codec ready in %.2f s", time.monotonic() - started)
 
     def run(self) -> None:
         try:
@@ -153,7 +155,7 @@ class Producer:
                 try:
                     self._produce(frames, last)
                 except _CutIn:
-                    log.info("producer: stride abandoned for a cut-in")
+                    self.log.info("producer: stride abandoned for a cut-in")
                     continue
                 except Exception as err:  # noqa: BLE001 - any failure of a stride is retried
                     self.generator.restore(state)
@@ -165,7 +167,7 @@ class Producer:
                 if self.on_stride_done is not None:
                     self.on_stride_done()
                 if last:
-                    log.info("producer: all %.1f s of audio generated", self.end_sample / self.sample_rate)
+                    self.log.info("producer: all %.1f s of audio generated", self.end_sample / self.sample_rate)
                     break
         except _Stopped:
             pass
@@ -173,7 +175,7 @@ class Producer:
             self.error = err
             if not isinstance(err, GenerationFailed):  # (those were counted one by one)
                 self.metrics.generation_errors += 1
-                log.exception("producer: generation failed")
+                self.log.exception("producer: generation failed")
         finally:
             self.ring.closed = True
             self.done.set()
@@ -186,10 +188,10 @@ class Producer:
         give_up, backoff, new_piece = self.failures.failed()
         cause = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         if give_up:
-            log.error("producer: stride %d failed (%s); failing for %.0f s, giving up",
+            self.log.error("producer: stride %d failed (%s); failing for %.0f s, giving up",
                       self.generator.stride_index, cause, self.failures.failing_seconds)
             raise GenerationFailed(f"strides failed for {self.failures.failing_seconds:.0f} s: {cause}") from err
-        log.error("producer: stride %d failed (%s); %s in %.1f s (failure %d in a row)",
+        self.log.error("producer: stride %d failed (%s); %s in %.1f s (failure %d in a row)",
                   self.generator.stride_index, cause,
                   "starting a new piece from the prompt" if new_piece else "retrying from the same context",
                   backoff, self.failures.consecutive)
@@ -206,7 +208,7 @@ class Producer:
             raise _Stopped()
         progress = _ProgressLog(index, started, stop_event=self._stop_event,
                                 in_prefill=lambda: self.metrics.first_sound_seconds is None,
-                                cut_requested=self.steering.cut_requested)
+                                cut_requested=self.steering.cut_requested, logger=self.log)
         codes = self.generator.next_stride(self.conditioning, frames, progress, **drill)
         decode_started = time.monotonic()
         pcm = self.decoder.push(codes)
@@ -224,7 +226,7 @@ class Producer:
                               generation_seconds=elapsed)
         self.metrics.add_stride(record)
         self.steering.forget_before(self.playhead())
-        log.info("stride %d: %.2f s of audio in %.2f s (real-time factor %.2fx), %.1f s buffered "
+        self.log.info("stride %d: %.2f s of audio in %.2f s (real-time factor %.2fx), %.1f s buffered "
                  "ahead, %d underruns so far", index, record.audio_seconds, elapsed,
                  record.real_time_factor, ahead / self.sample_rate, self.underruns())
 
@@ -237,7 +239,7 @@ class Producer:
         self._write(self.decoder.push(codes))
         self.generator.restart_at(codes.shape[-1], codes)
         self.metrics.written_samples = self.ring.written_until
-        log.info("from-audio: the clip's %.1f s start the stream", codes.shape[-1] * self.hop_samples / self.sample_rate)
+        self.log.info("from-audio: the clip's %.1f s start the stream", codes.shape[-1] * self.hop_samples / self.sample_rate)
 
     def _write(self, pcm: np.ndarray) -> None:
         if self._fade_in_at is not None and self._fade_in_at == self.ring.written_until and len(pcm):
@@ -265,7 +267,7 @@ class Producer:
             conditions = change.apply_to(conditions, self.generator.frames_emitted, frame_rate)
         self.generator.sampling = conditions.sampling
         self.steering.record(self.next_stride_sample, conditions, changes)
-        log.info("control: %s from %.2f s of the stream (%s)%s",
+        self.log.info("control: %s from %.2f s of the stream (%s)%s",
                  "; ".join(change.summary() for change in changes), self.next_stride_sample / self.sample_rate,
                  "cut in" if cut else "next stride", ", new piece" if new_piece else "")
 
@@ -279,7 +281,7 @@ class Producer:
         for change in changes:
             conditions = change.apply_to(conditions, first, self.sample_rate / self.hop_samples)
             self.steering.record(change.at_frame * self.hop_samples, conditions, [change])  # its nominal start
-            log.info("schedule: entry %d (%s) from %.2f s of the stream", change.entry + 1,
+            self.log.info("schedule: entry %d (%s) from %.2f s of the stream", change.entry + 1,
                      change.summary(), change.at_frame * self.hop_samples / self.sample_rate)
         self.generator.sampling = conditions.sampling
 
@@ -353,7 +355,8 @@ class _ProgressLog:
     abandons the stride on shutdown and for a cut-in."""
 
     def __init__(self, index: int, started: float, stop_event: threading.Event,
-                 in_prefill: tp.Callable[[], bool], cut_requested: threading.Event):
+                 in_prefill: tp.Callable[[], bool], cut_requested: threading.Event, logger=log):
+        self.log = logger
         self.index = index
         self.cut_requested = cut_requested
         self.started = started
@@ -371,6 +374,6 @@ class _ProgressLog:
             return
         elapsed = time.monotonic() - self.started
         eta = elapsed * (total - step) / max(step, 1)
-        log.info("pre-fill: stride %d %3d%% (%d/%d steps, %.1f s, about %.1f s left)",
+        self.log.info("pre-fill: stride %d %3d%% (%d/%d steps, %.1f s, about %.1f s left)",
                  self.index, percent, step, total, elapsed, eta)
         self.next_percent = (percent // 10 + 1) * 10

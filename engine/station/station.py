@@ -22,6 +22,7 @@ from ..rt.ring import PcmRing
 from .config import EngineConfig
 from .metrics import EngineMetrics
 from .faults import FailurePolicy, FaultPlan
+from .logs import StationLog
 from .producer import Producer
 from .schedule import load_schedule
 from .state import StateError, StateStore, StationState, model_signature
@@ -51,6 +52,7 @@ class Station:
                  release_lm_weights: bool = False, batcher: tp.Optional[StrideBatcher] = None, name: str = ""):
         config.validate(max_duration_seconds=float(model.max_duration))
         self.name = name
+        self.log = StationLog(log, name)  # lines prefixed with the station's name in a lineup
         self.config = config
         self.model = model
         self.sample_rate = int(model.sample_rate)
@@ -86,15 +88,15 @@ class Station:
             first_stride_frames=max(1, round(self.first_stride_seconds * frame_rate)),
             underruns=lambda: self.player.underruns, steering=self.steering,
             leveler=None if config.loudness_lufs is None else LoudnessLeveler(sr, self.channels, config.loudness_lufs),
-            faults=FaultPlan.parse(config.fault_spec),
+            faults=FaultPlan.parse(config.fault_spec, station=name),
             failures=FailurePolicy(give_up_after_seconds=config.give_up_after_seconds),
-            cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)))
+            cut_stride_frames=max(1, round(min(CUT_STRIDE_SECONDS, config.stride_seconds) * frame_rate)), name=name)
         if self.state_store is not None:
             self.producer.on_stride_done = self._save_state
         if self.resumed:
             self.producer.fade_in_at_start()  # the music goes on from the saved context: no hard start
         if config.from_audio_path and self.resumed:
-            log.info("from-audio: not used: the saved state's context goes on (a fresh --state-dir starts from the clip)")
+            self.log.info("from-audio: not used: the saved state's context goes on (a fresh --state-dir starts from the clip)")
         elif config.from_audio_path:
             self._continue_clip(config)
         if config.melody_path:
@@ -103,7 +105,7 @@ class Station:
         self._state_failing = False
         self._heard_listeners: tp.List[tp.Callable[[tp.Any, int], None]] = []
         self._outputs: tp.Dict[str, tp.Callable[[], dict]] = {}  # name → its health (add_output)
-        log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
+        self.log.info("station: window %.1f s, context %.1f s, stride %.1f s (%d frames), buffer ahead "
                  "%.1f s, seam hold-back %d ms, seed %d", config.window_seconds, config.context_seconds,
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, seed)
@@ -117,7 +119,7 @@ class Station:
         if not config.schedule_path:
             return Steering(saved.conditions if saved else Conditions.single(config.prompt, sampling))
         schedule = load_schedule(config.schedule_path)
-        log.info("schedule: %s, %d entries%s", config.schedule_path, len(schedule.entries),
+        self.log.info("schedule: %s, %d entries%s", config.schedule_path, len(schedule.entries),
                  " (loop)" if schedule.loop else "")
         if saved and saved.schedule and saved.schedule.get("path") == config.schedule_path:
             steering = Steering(saved.conditions)
@@ -142,14 +144,14 @@ class Station:
                 aside = store.set_aside()
             except OSError:
                 aside = "left in place"
-            log.warning("state: refused %s; starting fresh (the old file: %s)", err, aside)
+            self.log.warning("state: refused %s; starting fresh (the old file: %s)", err, aside)
             return None
         if state is None:
-            log.info("state: none in %s yet; starting fresh (saved after every stride)", store.folder)
+            self.log.info("state: none in %s yet; starting fresh (saved after every stride)", store.folder)
             return None
         if state.prompt_flag != self.config.prompt:
-            log.info("state: the saved prompts go on (--prompt is used only for a fresh start)")
-        log.info("state: resuming from %s (saved %s): stride %d, %.1f s of stream, prompt %r, seed %d",
+            self.log.info("state: the saved prompts go on (--prompt is used only for a fresh start)")
+        self.log.info("state: resuming from %s (saved %s): stride %d, %.1f s of stream, prompt %r, seed %d",
                  store.path, state.saved_at, state.stride_index, state.stream_seconds,
                  state.conditions.describe(0)["prompt"][:120], state.seed)
         return state
@@ -175,12 +177,12 @@ class Station:
             self.state_store.save(state)
         except OSError as err:
             if not self._state_failing:
-                log.error("state: cannot save to %s (%s); the music goes on, retrying after each stride",
+                self.log.error("state: cannot save to %s (%s); the music goes on, retrying after each stride",
                           self.state_store.folder, err.strerror or err)
             self._state_failing = True
             return
         if self._state_failing:
-            log.info("state: saving again to %s", self.state_store.folder)
+            self.log.info("state: saving again to %s", self.state_store.folder)
         self._state_failing = False
 
     def _continue_clip(self, config: EngineConfig) -> None:
@@ -193,7 +195,7 @@ class Station:
             self.producer.intro_codes = clip.codes
         else:
             self.generator.set_context(clip.codes)
-        log.info("from-audio: %s, %.1f s encoded to %d frames of tokens: the first context%s",
+        self.log.info("from-audio: %s, %.1f s encoded to %d frames of tokens: the first context%s",
                  config.from_audio_path, clip.seconds, clip.codes.shape[-1],
                  "; played first" if config.play_intro else "")
 
@@ -201,7 +203,7 @@ class Station:
         """Melody models: every stride follows this clip's melody (lm/window.py: set_melody)."""
         audio = read_clip(path, self.sample_rate, self.channels, flag="--melody")
         self.generator.set_melody(torch.from_numpy(np.ascontiguousarray(audio.T)))
-        log.info("melody: %s, %.1f s, looped over the stream; each stride follows the part under its window",
+        self.log.info("melody: %s, %.1f s, looped over the stream; each stride follows the part under its window",
                  path, audio.shape[0] / self.sample_rate)
 
     @property
@@ -236,11 +238,11 @@ class Station:
             stop.set()
             supervisor.join(timeout=30)
         status = self.status()
-        log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
+        self.log.info("played %.1f s of audio; %d strides, %d underruns, first sound after %s s",
                  status["played_seconds"], status["strides"], status["underruns"],
                  status["first_sound_seconds"])
         if self.state_store is not None and self.state_store.saves:
-            log.info("state: saved in %s at stride %d; start again with the same --state-dir to go on",
+            self.log.info("state: saved in %s at stride %d; start again with the same --state-dir to go on",
                      self.state_store.path, self.generator.stride_index)
 
     def _supervise(self, clock: Clock, stop: threading.Event, poll_seconds: float) -> None:
@@ -253,7 +255,7 @@ class Station:
                     self._note_heard_changes()
         finally:
             if stop.is_set():
-                log.info("stopping: finishing the outputs")
+                self.log.info("stopping: finishing the outputs")
             clock.stop()
             self.producer.stop()
             self.program_ring.closed = True  # the outputs drain what was played and finish
@@ -275,14 +277,14 @@ class Station:
             if change.latency_seconds is not None:
                 self.metrics.change_latency.observe(change.latency_seconds)
                 self.metrics.last_change_latency_seconds = round(change.latency_seconds, 3)
-                log.info("control: change %d heard %.2f s after the command", change.number,
+                self.log.info("control: change %d heard %.2f s after the command", change.number,
                          change.latency_seconds)
             program_sample = max(0, player.played_samples - (player.playhead - change.heard_from_sample))
             for listener in self._heard_listeners:
                 try:
                     listener(change, program_sample)
                 except Exception as err:  # noqa: BLE001 - e.g. a full disk for the sidecar: playback goes on
-                    log.error("a listener of heard changes failed (%s: %s); playback goes on",
+                    self.log.error("a listener of heard changes failed (%s: %s); playback goes on",
                               type(err).__name__, err)
 
     def _prefill_target_samples(self) -> int:
@@ -292,7 +294,7 @@ class Station:
     def wait_for_prefill(self, stop: threading.Event, poll_seconds: float = 0.05) -> bool:
         """Block until enough audio is buffered to start playing. False if stopped or failed."""
         target = self._prefill_target_samples()
-        log.info("pre-fill: generating the first %.1f s before playback starts",
+        self.log.info("pre-fill: generating the first %.1f s before playback starts",
                  max(target / self.sample_rate, self.first_stride_seconds))
         while not stop.is_set():
             written = self.stream_ring.written_until
@@ -303,10 +305,10 @@ class Station:
             return False
         self.metrics.first_sound_seconds = round(time.monotonic() - self.metrics.started_at, 3)
         rtf = self.metrics.last_real_time_factor
-        log.info("pre-fill: done in %.1f s, %.1f s buffered; playback starts", self.metrics.first_sound_seconds,
+        self.log.info("pre-fill: done in %.1f s, %.1f s buffered; playback starts", self.metrics.first_sound_seconds,
                  self.buffered_samples / self.sample_rate)
         if rtf is not None and rtf < 1.0:
-            log.warning("generation runs at %.2fx real time: playback will pause in silence while "
+            self.log.warning("generation runs at %.2fx real time: playback will pause in silence while "
                         "it catches up; --prefill (with a larger --buffer-ahead) buffers more first",
                         rtf)
         return True
