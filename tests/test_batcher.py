@@ -58,14 +58,17 @@ def run(batcher, requests, start_when=None):
 
 @pytest.fixture(params=["fp32"])
 def batcher(tiny_model, request):
-    fast = FastLM(tiny_model.lm, max_frames=80, dtype=request.param)
-    b = StrideBatcher(BatchedDecoder(fast, slots=4))
+    """A batcher of 4 slots for the three stations: `request.param` is the precision, with
+    "/masked" the step CUDA replays (self-attention over the whole cache under masks)."""
+    dtype, _, masked = request.param.partition("/")
+    fast = FastLM(tiny_model.lm, max_frames=80, dtype=dtype)
+    b = StrideBatcher(BatchedDecoder(fast, slots=4, masked=bool(masked)))
     for name in STATIONS:
         b.join(name)
     return b
 
 
-@pytest.mark.parametrize("batcher", ["fp32", "int8"], indirect=True)
+@pytest.mark.parametrize("batcher", ["fp32", "int8", "fp32/masked"], indirect=True)
 def test_a_stations_tokens_are_the_same_alone_as_in_a_batch(tiny_model, batcher):
     together, errors = run(batcher, [request(tiny_model, name) for name in STATIONS])
     assert not errors and set(together) == set(STATIONS)
@@ -80,6 +83,7 @@ def test_a_stations_tokens_are_the_same_alone_as_in_a_batch(tiny_model, batcher)
         assert torch.equal(staggered[name], together[name]), name
 
 
+@pytest.mark.parametrize("batcher", ["fp32", "fp32/masked"], indirect=True)
 def test_the_batch_computes_what_generate_computes(tiny_model, batcher):
     """Greedy, one prompt: the batched step's tokens are the single-generation loop's."""
     r = request(tiny_model, "jazz")

@@ -5,7 +5,9 @@ rows of the KV cache, its own text condition and its own position. A slot is pre
 (2 rows, its own shapes: `FastLM.prefill` on the slot's views), and every decode step runs all
 slots at once with static shapes: tokens [2S, K, 1], one position per row, the self-attention
 masked per row to the positions that row holds, the cross-attention over the text conditions
-padded to a common length (a multiple of TEXT_BUCKET) and masked per row. The batch is always the
+padded to a common length (a multiple of TEXT_BUCKET) and masked per row (on CPU, where nothing
+is captured, each slot's self-attention reads only its own positions, with the cache's kernels).
+The batch is always the
 full capacity (idle slots are computed and ignored: their rows write only their own cache, which
 their next prefill overwrites), so a slot's numbers never depend on which other slots are busy:
 a station's tokens are the same alone as in any batch. On CUDA the step is one CUDA graph,
@@ -31,11 +33,14 @@ TEXT_BUCKET = 64
 
 
 class BatchedDecoder:
-    """`slots` generations over `fast`'s weights (whose own cache becomes slot 0's rows)."""
+    """`slots` generations over `fast`'s weights (whose own cache becomes slot 0's rows).
+    `masked`: the step's self-attention over the whole cache under per-row masks (static: what
+    the CUDA graph replays); False: each slot over its own positions; None: masked on CUDA."""
 
-    def __init__(self, fast: FastLM, slots: int):
+    def __init__(self, fast: FastLM, slots: int, masked: tp.Optional[bool] = None):
         self.fast = fast
         self.slots = int(slots)
+        self.masked = fast.device.type == "cuda" if masked is None else bool(masked)
         rows = 2 * self.slots
         self.cache = fast.cache.with_rows(rows)
         fast.cache = self.cache.slot(0)  # one allocation: the decoder's own cache is slot 0
@@ -50,6 +55,8 @@ class BatchedDecoder:
         self._grid = torch.arange(self.cache.k.shape[3], device=device)
         self._idle_tokens = torch.full((fast.num_codebooks,), fast.special_token, dtype=torch.long, device=device)
         self._linears = [lin for layer in fast.layers for lin in layer.linears()] + [fast.head]
+        self._slot_caches = [self.cache.slot(slot) for slot in range(self.slots)]
+        self._ends = [1] * self.slots  # positions each slot attends to (host values: CPU only)
         self.step_graph = StepGraph(self._forward_step, device)
 
     # -- conditions -------------------------------------------------------------------------
@@ -106,6 +113,7 @@ class BatchedDecoder:
         self._tokens.copy_(stacked.repeat_interleave(2, dim=0).unsqueeze(-1))
         where = torch.tensor([positions.get(slot, 0) for slot in range(S)], dtype=torch.long)
         self._positions.copy_(where.repeat_interleave(2).to(self._positions.device))
+        self._ends = [int(p) + 1 for p in where]
         return self.step_graph().view(S, 2, K, self.fast.card)
 
     def _forward_step(self) -> torch.Tensor:
@@ -116,9 +124,13 @@ class BatchedDecoder:
         x = fast._embed(tokens, fast.pos_emb.index_select(0, positions).unsqueeze(1))  # [B, 1, D]
         mask = (self._grid.view(1, -1) <= positions.view(-1, 1)).view(B, 1, 1, -1)  # [B, 1, 1, P]
         cache = self.cache
+        masked = self.masked
 
         def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             cache.write_rows(i, positions, k, v)
+            if not masked:  # each slot over its own positions, with the cache's own kernels
+                return torch.cat([self._slot_caches[s].attend(i, q[2 * s:2 * s + 2], self._ends[s])
+                                  for s in range(self.slots)])
             keys, values = cache.k[i], cache.v[i]
             if keys.dtype != q.dtype:
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
