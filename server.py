@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stations", metavar="FILE", default=None,
                    help="several stations from a TOML file: [[station]] tables of name, prompt or schedule, "
                         "seed, temperature, top_k, top_p, cfg, window, context, stride, icecast, record")
+    g.add_argument("--max-stations", type=int, default=None, metavar="N",
+                   help="slots for stations (default: as many as given): more leave room to add stations "
+                        "while the others play (POST /control add_station); on CPU each slot costs compute")
     g.add_argument("--model", default=d.model,
                    help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
                         "folder, 'tiny' (offline random model: noise) or 'random-small' "
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
         lineup = stations_from_args(args, engine)
         if lineup:
             from engine import stations
-            stations.check(lineup, outputs, network)
+            stations.check(lineup, outputs, network, args.max_stations)
     except radio.INPUT_ERRORS as err:
         parser.error(str(err))  # one line, exit code 2
     try:
@@ -231,7 +234,7 @@ def main(argv=None) -> int:
     _stop_on_signals(stop, radio.EXIT_INTERRUPTED)
     if lineup:
         try:
-            return stations.play(model, lineup, outputs, network, stop)
+            return stations.play(model, lineup, outputs, network, stop, args.max_stations)
         except radio.INPUT_ERRORS as err:
             log.error("%s", err)
             return radio.EXIT_BAD_INPUT

@@ -4,7 +4,8 @@ clock, listeners, encoders, Icecast mounts and recording, its routes under `/s/N
 
 The process's main thread runs the shared decode steps; each station plays from a thread of
 its own (its producer waits on the batch and decodes its audio there). A station that fails
-ends alone: the others play on.
+ends alone: the others play on. Stations are added and removed while the others play
+(`Lineup.add`, `Lineup.remove`: the lineup's control commands, net/lineup.py).
 """
 from __future__ import annotations
 
@@ -21,119 +22,204 @@ from .lm.hardware import resolve_dtype
 from .lm.model import FastLM
 from .lm.weights import UnsupportedModel
 from .net.config import NetworkConfig
+from .net.icecast import parse_icecast_url
 from .net.redact import SecretRedactor
-from .net.service import start_network
+from .net.service import NetworkThread, start_network
 from .outputs.config import OutputConfig
 from .outputs.file import FileRecorder, check_record_path
-from .net.icecast import parse_icecast_url
 from .radio import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, raise_open_file_limit
 from .rt.clock import PacedClock
-from .station.config import ConfigError
-from .station.lineup import StationSpec
+from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError
+from .station.lineup import StationSpec, check_lineup, station_from_table
 from .station.schedule import load_schedule
 from .station.station import Station
 
 log = logging.getLogger(__name__)
 
 
-def check(specs: tp.Sequence[StationSpec], outputs: OutputConfig, network: NetworkConfig) -> None:
+def check(specs: tp.Sequence[StationSpec], outputs: OutputConfig, network: NetworkConfig,
+          max_stations: tp.Optional[int] = None) -> None:
     """Refuse, before the model loads, what a lineup cannot do (ConfigError and the like)."""
     if outputs.stdout:
         raise ConfigError("--stdout carries one station; with several, read each from /s/NAME/stream.opus")
     if not network.enabled:
         raise ConfigError("several stations are heard through the network side (/s/NAME/): drop --no-network")
+    if max_stations is not None and max_stations < len(specs):
+        raise ConfigError(f"--max-stations {max_stations} is fewer than the {len(specs)} stations given")
     for spec in specs:
-        if spec.config.schedule_path:
-            load_schedule(spec.config.schedule_path)
-        for url in spec.icecast_urls:
-            parse_icecast_url(url)
-        if spec.record_path:
-            check_record_path(spec.record_path)
+        check_outputs(spec)
 
 
-def play(model, specs: tp.Sequence[StationSpec], outputs: OutputConfig, network: NetworkConfig,
-         stop: threading.Event) -> int:
-    """Run the stations until `stop` or until each has ended; return the exit code."""
-    secrets = [network.control_token] + [parse_icecast_url(u).password for s in specs for u in s.icecast_urls]
-    redactor = SecretRedactor(secrets).install()
-    try:
-        return _play(model, specs, outputs, network, stop, redactor)
-    finally:
-        redactor.uninstall()
+def check_outputs(spec: StationSpec) -> None:
+    if spec.config.schedule_path:
+        load_schedule(spec.config.schedule_path)
+    for url in spec.icecast_urls:
+        parse_icecast_url(url)
+    if spec.record_path:
+        check_record_path(spec.record_path)
 
 
 def batcher_for(model, specs: tp.Sequence[StationSpec], slots: int) -> StrideBatcher:
     """One fast decoder for every station's window, batched over `slots` stations."""
     first = specs[0].config
     device = next(model.lm.parameters()).device
-    frames = max(round((s.config.context_seconds + s.config.stride_seconds) * float(model.frame_rate)) for s in specs)
+    frames = round(MUSICGEN_MAX_DURATION_SECONDS * float(model.frame_rate))  # any window a station may ask for
     try:
         fast = FastLM(model.lm, max_frames=frames, dtype=resolve_dtype(first.dtype, device), device=device)
     except UnsupportedModel as err:
         raise ConfigError(f"several stations share the fast decoder, which does not run {first.model} ({err}); "
                           f"run it as one station") from err
     batcher = StrideBatcher(BatchedDecoder(fast, slots=slots))
-    log.info("stations: one %s decoder for %d stations (%.0f MB of weights, a KV cache of %d positions per station); "
+    log.info("stations: one %s decoder with %d slots (%.0f MB of weights, a KV cache of %d positions per slot); "
              "freed audiocraft's copy of the LM weights (%.0f MB)", fast.mode, slots, fast.parameter_bytes() / 1e6,
              fast.max_positions, fast.release_source_weights() / 1e6)
     return batcher
 
 
-def _play(model, specs, outputs: OutputConfig, network: NetworkConfig, stop: threading.Event,
-          redactor: SecretRedactor) -> int:
-    raise_open_file_limit()
-    batcher = batcher_for(model, specs, slots=len(specs))
-    stations: tp.Dict[str, Station] = {}
-    for spec in specs:
-        batcher.join(spec.name)
+class Lineup:
+    """The stations of the process, from start to end; `add` and `remove` (from any thread but
+    the batch's and the network loop's) change them while the others play."""
+
+    def __init__(self, model, batcher: StrideBatcher, base_spec: StationSpec, outputs: OutputConfig):
+        self.model = model
+        self.batcher = batcher
+        self.base = base_spec.config  # the command line's settings: what an added station starts from
+        self.outputs = outputs
+        self.network: tp.Optional[NetworkThread] = None
+        self.stations: tp.Dict[str, Station] = {}
+        self._threads: tp.Dict[str, threading.Thread] = {}
+        self._ends: tp.Dict[str, threading.Event] = {}
+        self._recorders: tp.Dict[str, FileRecorder] = {}
+        self._added = 0
+        self._lock = threading.Lock()
+
+    def build(self, spec: StationSpec) -> Station:
+        """The station, in its slot of the batch (ValueError when none is free)."""
+        self.batcher.join(spec.name)
         config = spec.config
         if config.state_dir:
             config = dataclasses.replace(config, state_dir=os.path.join(config.state_dir, spec.name))
-        stations[spec.name] = Station(config, model, batcher=batcher, name=spec.name)
+        try:
+            station = Station(config, self.model, batcher=self.batcher, name=spec.name)
+        except BaseException:
+            self.batcher.leave(spec.name)
+            raise
+        self.stations[spec.name] = station
         log.info("station %s: %r, seed %d", spec.name, config.prompt, config.seed)
-    service = start_network(stations, network, icecast_urls={s.name: s.icecast_urls for s in specs})
+        return station
+
+    def start(self, spec: StationSpec) -> None:
+        """Play it: its recording, its clock, its thread."""
+        station = self.stations[spec.name]
+        if spec.record_path:
+            recorder = self._recorders[spec.name] = _recorder(station, spec)
+            recorder.start()
+            station.add_output(recorder.name_for_logs, recorder.health)
+        end = self._ends[spec.name] = threading.Event()
+        clock = PacedClock(station.player, speed=self.outputs.clock_speed)
+        thread = self._threads[spec.name] = threading.Thread(
+            target=_run_station, args=(spec.name, station, clock, end), name=f"station {spec.name}", daemon=True)
+        thread.start()
+
+    # -- LineupControl (net/lineup.py) ------------------------------------------------------------
+    def add(self, name: str, settings: tp.Mapping[str, tp.Any]) -> None:
+        """A new station with `settings` over the command line's (ValueError says what is wrong)."""
+        with self._lock:
+            if name in self.stations:
+                raise ValueError(f"a station named {name!r} already plays; remove it first or pick another name")
+            self._added += 1
+            spec = station_from_table(name, dict(settings), self.base, len(self.stations) + self._added,
+                                      f"add_station {name}")
+            check_lineup([spec], float(self.model.max_duration))
+            check_outputs(spec)
+            self.build(spec)
+            self.network.add_station(name, self.stations[name], spec.icecast_urls)
+            self.start(spec)
+        log.info("stations: %s added (%d playing)", name, len(self.stations))
+
+    def remove(self, name: str) -> None:
+        """Stop station NAME (its listeners are told), free its slot; the others play on."""
+        with self._lock:
+            if name not in self.stations:
+                raise ValueError(f"no station named {name!r}; the stations are {', '.join(sorted(self.stations)) or 'none'}")
+            self._ends[name].set()
+            self._threads[name].join()
+            self.batcher.leave(name)
+            self.network.remove_station(name)
+            recorder = self._recorders.pop(name, None)
+            if recorder is not None:
+                recorder.stop()
+                recorder.join()
+            del self.stations[name], self._threads[name], self._ends[name]
+        log.info("stations: %s removed (%d playing)", name, len(self.stations))
+
+    # -- the end -----------------------------------------------------------------------------------
+    def all_ended(self) -> bool:
+        """Every station has ended (by itself: its duration, a failure); none left after
+        removals is not an end: stations can be added again."""
+        with self._lock:
+            return bool(self._ends) and all(end.is_set() for end in self._ends.values())
+
+    def end_all(self) -> None:
+        with self._lock:
+            ends, threads = list(self._ends.values()), list(self._threads.values())
+        for end in ends:
+            end.set()
+        for thread in threads:
+            thread.join()
+        for recorder in list(self._recorders.values()):
+            recorder.stop()
+            recorder.join()
+
+    def failed(self) -> tp.List[str]:
+        return [name for name, station in self.stations.items() if station.producer.error is not None]
+
+
+def play(model, specs: tp.Sequence[StationSpec], outputs: OutputConfig, network: NetworkConfig,
+         stop: threading.Event, max_stations: tp.Optional[int] = None) -> int:
+    """Run the stations until `stop` or until each has ended; return the exit code."""
+    secrets = [network.control_token] + [parse_icecast_url(u).password for s in specs for u in s.icecast_urls]
+    redactor = SecretRedactor(secrets).install()
+    try:
+        return _play(model, specs, outputs, network, stop, redactor, max_stations or len(specs))
+    finally:
+        redactor.uninstall()
+
+
+def _play(model, specs, outputs: OutputConfig, network: NetworkConfig, stop: threading.Event,
+          redactor: SecretRedactor, slots: int) -> int:
+    raise_open_file_limit()
+    lineup = Lineup(model, batcher_for(model, specs, slots), specs[0], outputs)
+    for spec in specs:
+        lineup.build(spec)
+    service = start_network(dict(lineup.stations), network, icecast_urls={s.name: s.icecast_urls for s in specs},
+                            lineup_control=lineup)
     if service is None:
         return EXIT_BAD_INPUT
+    lineup.network = service
     redactor.add(service.auth.token)
     if outputs.play:
         log.info("several stations: none plays on this machine's sound device; listen at http://%s:%d/",
                  network.host, service.port)
-    recorders = {s.name: _recorder(stations[s.name], s) for s in specs if s.record_path}
-    for name, recorder in recorders.items():
-        recorder.start()
-        stations[name].add_output(recorder.name_for_logs, recorder.health)
-    threads, ends = [], {}
-    for name, station in stations.items():
-        ends[name] = threading.Event()
-        clock = PacedClock(station.player, speed=outputs.clock_speed)
-        threads.append(threading.Thread(target=_run_station, args=(name, station, clock, ends[name]),
-                                        name=f"station {name}", daemon=True))
+    for spec in specs:
+        lineup.start(spec)
     batch_stop = threading.Event()
 
     def watch() -> None:
         """The global stop reaches every station; the batch stops once they have all ended."""
-        while not stop.is_set() and not all(end.is_set() for end in ends.values()):
+        while not stop.is_set() and not lineup.all_ended():
             stop.wait(0.2)
-        for end in ends.values():
-            end.set()
-        for thread in threads:
-            thread.join()
+        lineup.end_all()
         batch_stop.set()
-    for thread in threads:
-        thread.start()
     watcher = threading.Thread(target=watch, name="stations", daemon=True)
     watcher.start()
     try:
-        batcher.run(batch_stop)  # the shared decode steps, in the main thread
+        lineup.batcher.run(batch_stop)  # the shared decode steps, in the main thread
     finally:
         stop.set()
         watcher.join(timeout=60)
-        for recorder in recorders.values():
-            recorder.stop()
-            recorder.join()
         service.stop()
-    failed = [name for name, station in stations.items() if station.producer.error is not None]
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if lineup.failed() else EXIT_OK
 
 
 def _run_station(name: str, station: Station, clock, end: threading.Event) -> None:
@@ -150,4 +236,3 @@ def _recorder(station: Station, spec: StationSpec) -> FileRecorder:
     return FileRecorder(station.program_ring, spec.record_path, station.sample_rate, tags={
         "title": f"MusicGen radio {spec.name}: {spec.config.prompt}"[:500], "software": "musicgen-radio",
         "comment": json.dumps({"model": spec.config.model, "seed": spec.config.seed}, ensure_ascii=False)})
-

@@ -4,6 +4,8 @@ leaves the others playing."""
 import asyncio
 import json
 import os
+import re
+import urllib.error
 import urllib.request
 
 import av
@@ -22,7 +24,8 @@ def lineup(tmp_path_factory):
     stations.write_text(f'[[station]]\nname = "c"\nprompt = "{PROMPTS["c"]}"\nseed = 11\ntemperature = 0.8\n'
                         f'top_k = 100\nstride = 2\nrecord = "{folder / "c.flac"}"\n')
     server = RunningServer("--station", f"a={PROMPTS['a']}", "--station", f"b={PROMPTS['b']}", "--stations",
-                           str(stations), "--stride", "1", "--context", "1", "--seed", "5", stdout=False,
+                           str(stations), "--stride", "1", "--context", "1", "--seed", "5", "--max-stations", "4",
+                           stdout=False,
                            env=dict(os.environ, RADIO_FAULTS="b/raise@stride:2,b/raise@stride:2"))
     for name in PROMPTS:
         server.wait_for_log(f"[{name}] pre-fill: done", timeout=120)
@@ -33,6 +36,17 @@ def lineup(tmp_path_factory):
 def get(server, path):
     with urllib.request.urlopen(server.url + path, timeout=10) as response:
         return response.status, response.read()
+
+
+def post(server, path, command, token=None):
+    """(HTTP status, JSON answer) of a control command."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(server.url + path, data=json.dumps(command).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def test_each_station_plays_its_own_music_under_its_routes(lineup):
@@ -79,3 +93,44 @@ def test_a_stations_page_plays_in_chromium(lineup):
     result = asyncio.run(play_in_chromium(f"{server.url}/s/b/?codec=pcm", os.path.join(ARTIFACTS, "page-station-b.png")))
     assert not result["errors"], result["errors"]
     assert result["stats"]["audible"] > 48000 and result["figures"]["prompt"] == PROMPTS["b"]
+
+
+def test_stations_are_added_and_removed_while_the_others_play(lineup):
+    import aiohttp
+    server, _ = lineup
+    token = re.findall(r"\?token=(\S+)", server.log)[0]
+    add = {"type": "add_station", "name": "d", "prompt": "rainy piano", "seed": 9, "id": 1}
+    assert post(server, "/control", add)[0] == 401  # the control token is needed
+    code, answer = post(server, "/control", add, token)
+    assert code == 200 and answer["ok"] and "d" in answer["stations"] and answer["id"] == 1, answer
+    server.wait_for_log("[d] pre-fill: done", timeout=60)
+    status = json.loads(get(server, "/s/d/status")[1])
+    assert status["prompt"] == "rainy piano" and status["seed"] == 9
+    assert post(server, "/control", add, token)[0] == 409  # the name is taken
+    full = post(server, "/control", {"type": "add_station", "name": "e", "prompt": "x"}, token)
+    assert full[0] == 409 and "slots" in full[1]["error"]  # 4 slots: a, b, c, d
+    assert post(server, "/control", {"type": "add_station", "name": "bad name", "prompt": "x"}, token)[0] == 400
+    assert post(server, "/control", {"type": "set_prompt", "prompt": "x"}, token)[0] == 400  # a station's command
+
+    async def listen_while_removed():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/s/d/ws?codec=pcm") as ws:
+                await ws.receive()  # the hello
+                removal = asyncio.get_running_loop().run_in_executor(
+                    None, post, server, "/control", {"type": "remove_station", "name": "d"}, token)
+                while (msg := await ws.receive(timeout=30)).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    pass
+                return msg, await removal
+    closed, (code, answer) = asyncio.run(listen_while_removed())
+    assert code == 200 and answer["stations"] == ["a", "b", "c"], answer
+    assert closed.data == 1001 and closed.extra == "the station was removed"
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        get(server, "/s/d/status")
+    assert gone.value.code == 404
+    strides = json.loads(get(server, "/s/a/status")[1])["strides"]
+    server.wait_for_log(f"[a] stride {strides + 1}:", timeout=30)  # the others play on
+    statuses = json.loads(get(server, "/status")[1])["stations"]
+    assert set(statuses) == {"a", "b", "c"} and statuses["a"]["underruns"] == 0 and statuses["c"]["underruns"] == 0
+    code, answer = post(server, "/control", {"type": "add_station", "name": "e", "prompt": "slow dub"}, token)
+    assert code == 200, answer  # the freed slot takes a new station
+    server.wait_for_log("[e] pre-fill: done", timeout=60)

@@ -93,13 +93,14 @@ class Broadcaster:
             worker.start()
         self._supervisor = asyncio.create_task(self._supervise())
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str = "the station is shutting down") -> None:
+        """Stop the encoders; every listener is dropped with `reason` (WebSocket close 1001)."""
         for worker in self.workers:
             worker.stop()
         if self._supervisor:
             self._supervisor.cancel()
         for listener in list(self.listeners):
-            self.drop(listener, "the station is shutting down", protocol.CLOSE_GOING_AWAY)
+            self.drop(listener, reason, protocol.CLOSE_GOING_AWAY)
 
     def _wake(self, key: str) -> None:
         event = self._events[key]

@@ -15,7 +15,7 @@ from .config import NetworkConfig
 from .control import ControlAuth, Controller
 from .guard import FirstRequestDeadline, ListenerLimits, OriginPolicy, RateLimiter
 from .icecast import IcecastSource, parse_icecast_url
-from .lineup import LineupWeb
+from .lineup import LineupControl, LineupWeb
 from .status import StatusPublisher
 from .webapp import RadioWeb
 
@@ -57,10 +57,10 @@ class StationService:
         self._tasks = [asyncio.ensure_future(self.publisher.run())]
         self._tasks += [asyncio.ensure_future(source.run()) for source in self.icecast_sources]
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str = "the station is shutting down") -> None:
         for task in self._tasks:
             task.cancel()
-        await self.broadcaster.stop()
+        await self.broadcaster.stop(reason)
 
     def _on_heard(self, change, program_sample: int) -> None:
         """A change is heard (the station's supervisor thread): new stream titles."""
@@ -77,9 +77,11 @@ class NetworkThread(threading.Thread):
     several stations' under `/s/NAME/` with the lineup at `/` (lineup.py)."""
 
     def __init__(self, stations: tp.Mapping[str, tp.Any], config: NetworkConfig,
-                 icecast_urls: tp.Optional[tp.Mapping[str, tp.Sequence[str]]] = None):
+                 icecast_urls: tp.Optional[tp.Mapping[str, tp.Sequence[str]]] = None,
+                 lineup_control: tp.Optional[LineupControl] = None):
         """`stations`: name → Station ({"": station} for the single station at `/`);
-        `icecast_urls`: name → its mounts (default: the --icecast flags, for a single station)."""
+        `icecast_urls`: name → its mounts (default: the --icecast flags, for a single station);
+        `lineup_control`: what adds and removes stations of a lineup (lineup.py)."""
         super().__init__(name="network", daemon=True)
         self.config = config
         self.host = config.host
@@ -89,15 +91,35 @@ class NetworkThread(threading.Thread):
         icecast_urls = icecast_urls or {name: config.icecast_urls for name in stations}
         self.services = {name: StationService(station, config, self.auth, self.limits, icecast_urls.get(name, ()))
                          for name, station in stations.items()}
+        self.lineup_control = lineup_control
+        self.lineup = len(self.services) != 1 or "" not in self.services
         self.ready = threading.Event()
         self.error: tp.Optional[BaseException] = None
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self._stop_requested: tp.Optional[asyncio.Event] = None
 
+    def add_station(self, name: str, station, icecast_urls: tp.Sequence[str] = ()) -> None:
+        """From another thread: serve `station` under /s/NAME/ from now on."""
+        asyncio.run_coroutine_threadsafe(self._add(name, station, icecast_urls), self.loop).result(30)
+
+    async def _add(self, name: str, station, icecast_urls: tp.Sequence[str]) -> None:
+        service = StationService(station, self.config, self.auth, self.limits, icecast_urls)
+        service.start()
+        self.services[name] = service
+
+    def remove_station(self, name: str) -> None:
+        """From another thread: stop serving station NAME; its listeners are told why."""
+        asyncio.run_coroutine_threadsafe(self._remove(name), self.loop).result(30)
+
+    async def _remove(self, name: str) -> None:
+        service = self.services.pop(name, None)
+        if service is not None:
+            await service.stop("the station was removed")
+
     @property
     def single(self) -> tp.Optional[StationService]:
         """The one station served at `/`, if that is how this runs."""
-        return self.services.get("") if len(self.services) == 1 else None
+        return None if self.lineup else self.services[""]
 
     def run(self) -> None:
         try:
@@ -112,7 +134,8 @@ class NetworkThread(threading.Thread):
         config = self.config
         for service in self.services.values():
             service.start()
-        app = self.single.web.app() if self.single is not None else LineupWeb(self.services).app()
+        app = (self.single.web.app() if self.single is not None
+               else LineupWeb(self.services, self.auth, self.lineup_control).app())
         runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15.0)
         await runner.setup()
         # The web server's protocol, each connection behind a deadline for its first request.
@@ -130,7 +153,7 @@ class NetworkThread(threading.Thread):
         self._announce_control()
         self.ready.set()
         await self._stop_requested.wait()
-        for service in self.services.values():
+        for service in list(self.services.values()):
             await service.stop()
         server.close()
         await runner.cleanup()
@@ -160,10 +183,11 @@ class NetworkThread(threading.Thread):
 
 
 def start_network(stations: tp.Mapping[str, tp.Any], config: NetworkConfig, timeout_seconds: float = 30.0,
-                  icecast_urls: tp.Optional[tp.Mapping[str, tp.Sequence[str]]] = None) -> tp.Optional[NetworkThread]:
+                  icecast_urls: tp.Optional[tp.Mapping[str, tp.Sequence[str]]] = None,
+                  lineup_control: tp.Optional[LineupControl] = None) -> tp.Optional[NetworkThread]:
     """Start the network side of `stations` (NetworkThread); None (logged, with what to do)
     when it cannot serve, e.g. the port is taken."""
-    network = NetworkThread(stations, config, icecast_urls)
+    network = NetworkThread(stations, config, icecast_urls, lineup_control)
     network.start()
     network.ready.wait(timeout_seconds)
     if network.error is not None:

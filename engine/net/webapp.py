@@ -35,6 +35,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WEB_ROOT = os.path.join(ROOT, "clients", "web")
 
 
+#: A station's routes: (method, path under the station's root, RadioWeb handler). One station
+#: serves them at `/`; a station of a lineup under `/s/NAME/` (lineup.py).
+ROUTES = (("GET", "", "index"), ("GET", "status", "status"), ("GET", "healthz", "healthz"),
+          ("POST", "control", "control"), ("OPTIONS", "control", "control_preflight"),
+          ("GET", "metrics", "metrics"), ("GET", "ws", "websocket"), ("GET", "stream.opus", "http_stream"),
+          ("GET", "stream.mp3", "http_stream"))
+
+
 class RadioWeb:
     """Handlers bound to one station and its broadcaster."""
 
@@ -54,15 +62,11 @@ class RadioWeb:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/", self.index)
-        app.router.add_get("/status", self.status)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_post("/control", self.control)
-        app.router.add_route("OPTIONS", "/control", self.control_preflight)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/ws", self.websocket)
-        app.router.add_get("/stream.opus", self.http_stream)
-        app.router.add_get("/stream.mp3", self.http_stream)
+        for method, path, handler in ROUTES:
+            if method == "GET":
+                app.router.add_get("/" + path, getattr(self, handler))  # and HEAD
+            else:
+                app.router.add_route(method, "/" + path, getattr(self, handler))
         app.router.add_static("/web/", self.web_root)
         return app
 
@@ -98,10 +102,10 @@ class RadioWeb:
         try:
             body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
                                           timeout=CONTROL_BODY_SECONDS)
-            message = _json(body)
+            message = parse_json(body)
         except asyncio.TimeoutError:
             message = None
-        result = self.controller.handle(message, _request_token(request))
+        result = self.controller.handle(message, request_token(request))
         return web.json_response(result, status=result.pop("http_status", 200), headers=cors)
 
     async def control_preflight(self, request: web.Request) -> web.Response:
@@ -182,10 +186,10 @@ class RadioWeb:
     async def _read_client(self, ws, request) -> None:
         """Client messages: {"type": "ping"} is answered with a pong and control commands with
         their result or error; a message that is not a JSON object closes the connection."""
-        token = _request_token(request)
+        token = request_token(request)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                message = _json(msg.data)
+                message = parse_json(msg.data)
                 if not isinstance(message, dict):
                     await _close_ws(ws, request, WSCloseCode.POLICY_VIOLATION,
                                     "messages are JSON objects with a \"type\"")
@@ -251,7 +255,7 @@ class RadioWeb:
         return response
 
 
-def _json(data: tp.Union[str, bytes]) -> tp.Any:
+def parse_json(data: tp.Union[str, bytes]) -> tp.Any:
     """The JSON value in `data`, or None for anything else (invalid text or UTF-8, nested too
     deeply to parse)."""
     try:
@@ -265,7 +269,7 @@ def _client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _request_token(request: web.Request) -> tp.Optional[str]:
+def request_token(request: web.Request) -> tp.Optional[str]:
     """The control token a request offers: `Authorization: Bearer TOKEN` or `?token=TOKEN`."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):

@@ -72,29 +72,37 @@ def load_stations_file(path: str, base: EngineConfig, first_index: int = 0) -> t
     specs = []
     for i, table in enumerate(tables):
         name = _check_name(table.get("name"), f"{where}, station {i + 1}")
-        unknown = sorted(set(table) - set(SETTINGS) - set(OUTPUTS) - {"name"})
-        if unknown:
-            raise ConfigError(f"{where}, station {name}: unknown key(s) {', '.join(unknown)}; "
-                              f"known: name, {', '.join(list(SETTINGS) + list(OUTPUTS))}")
-        changes: tp.Dict[str, tp.Any] = {"seed": base.seed + first_index + i, "schedule_path": None}
-        for key, field in SETTINGS.items():
-            if key in table:
-                changes[field] = table[key]
-        if "prompt" not in table and "schedule" not in table:
-            raise ConfigError(f"{where}, station {name}: give a prompt (or a schedule)")
-        try:
-            config = dataclasses.replace(base, **changes)
-        except TypeError as err:
-            raise ConfigError(f"{where}, station {name}: {err}") from err
-        icecast = table.get("icecast", [])
-        if isinstance(icecast, str):
-            icecast = [icecast]
-        record = table.get("record")
-        if not isinstance(icecast, list) or not all(isinstance(u, str) for u in icecast) or (
-                record is not None and not isinstance(record, str)):
-            raise ConfigError(f"{where}, station {name}: icecast is a URL or a list of URLs, record a file name")
-        specs.append(StationSpec(name, config, tuple(icecast), record))
+        specs.append(station_from_table(name, table, base, first_index + i, f"{where}, station {name}"))
     return specs
+
+
+def station_from_table(name: str, table: tp.Mapping[str, tp.Any], base: EngineConfig, index: int,
+                       where: str) -> StationSpec:
+    """A station from its settings (a [[station]] table, or an add_station command), over
+    `base`; the seed defaults to base's + `index`. ConfigError says what is wrong."""
+    name = _check_name(name, where)
+    unknown = sorted(set(table) - set(SETTINGS) - set(OUTPUTS) - {"name"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"known: name, {', '.join(list(SETTINGS) + list(OUTPUTS))}")
+    changes: tp.Dict[str, tp.Any] = {"seed": base.seed + index, "schedule_path": None}
+    for key, field in SETTINGS.items():
+        if key in table:
+            changes[field] = table[key]
+    if "prompt" not in table and "schedule" not in table:
+        raise ConfigError(f"{where}: give a prompt (or a schedule)")
+    try:
+        config = dataclasses.replace(base, **changes)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    icecast = table.get("icecast", [])
+    if isinstance(icecast, str):
+        icecast = [icecast]
+    record = table.get("record")
+    if not isinstance(icecast, list) or not all(isinstance(u, str) for u in icecast) or (
+            record is not None and not isinstance(record, str)):
+        raise ConfigError(f"{where}: icecast is a URL or a list of URLs, record a file name")
+    return StationSpec(name, config, tuple(icecast), record)
 
 
 def check_lineup(specs: tp.Sequence[StationSpec], max_duration_seconds: float) -> None:
