@@ -153,6 +153,13 @@ class Lineup:
             del self.stations[name], self._threads[name], self._ends[name]
         log.info("stations: %s removed (%d playing)", name, len(self.stations))
 
+    def figures(self) -> dict:
+        """The shared batch: its slots, the strides in progress, the steps run and how many
+        stations each step carried on average."""
+        b = self.batcher
+        return {"slots": b.decoder.slots, "stations": sorted(self.stations), "steps": b.steps,
+                "stations_per_step": round(b.busy_slot_steps / b.steps, 2) if b.steps else None}
+
     # -- the end -----------------------------------------------------------------------------------
     def all_ended(self) -> bool:
         """Every station has ended (by itself: its duration, a failure); none left after

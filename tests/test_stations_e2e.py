@@ -67,6 +67,12 @@ def test_each_station_plays_its_own_music_under_its_routes(lineup):
     code, station_page = get(server, "/s/a")  # redirected to /s/a/
     assert code == 200 and b"<html" in station_page.lower()
     assert json.loads(get(server, "/healthz")[1])["ok"] is True
+    batch = json.loads(get(server, "/status")[1])["batch"]
+    assert batch["slots"] == 4 and batch["stations"] == ["a", "b", "c"] and batch["stations_per_step"] > 1.0
+    metrics = get(server, "/metrics")[1].decode()
+    for name in PROMPTS:
+        assert f'radio_strides_total{{station="{name}"}}' in metrics
+    assert metrics.count("# TYPE radio_strides_total counter") == 1  # one family, labelled
     container = av.open(f"{server.url}/s/c/stream.opus", timeout=10)
     frames = [f for _, f in zip(range(20), container.decode(container.streams.audio[0]))]
     container.close()

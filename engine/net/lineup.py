@@ -1,8 +1,8 @@
 """Several stations on one port: each station's routes under `/s/NAME/` (its page, `ws`,
 `stream.opus`, `stream.mp3`, `status`, `healthz`, `metrics`, `control`: webapp.ROUTES), and for
 the whole process the lineup page at `/` (every station with what it plays and its listeners),
-`/status` and `/healthz` of every station, and `POST /control` for the lineup itself (with the
-control token):
+`/status`, `/healthz` and `/metrics` (labelled `station`) of every station, and `POST /control`
+for the lineup itself (with the control token):
 
     {"type": "add_station", "name": "jazz", "prompt": "late night jazz trio", "seed": 4,
      "temperature": 1.0, "top_k": 250, "top_p": 0.0, "cfg": 3.0}
@@ -22,6 +22,7 @@ from aiohttp import web
 
 from . import protocol
 from .control import ControlAuth, ControlError, echo_id
+from .prometheus import LineupExporter
 from .status import health
 from .webapp import ROUTES, WEB_ROOT, parse_json, request_token
 
@@ -42,6 +43,9 @@ class LineupControl(tp.Protocol):
 
     def remove(self, name: str) -> None: ...
 
+    def figures(self) -> dict:
+        """The shared batch's figures (slots, steps, stations per step) for /status."""
+
 
 class LineupWeb:
     """The top-level routes of a lineup; `services`: station name → its StationService (the
@@ -53,12 +57,14 @@ class LineupWeb:
         self.auth = auth
         self.lineup_control = control
         self.web_root = web_root
+        self.exporter = LineupExporter(lambda: {name: s.web.exporter.collector for name, s in list(services.items())})
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/", self.index)
         app.router.add_get("/status", self.status)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/control", self.control)
         app.router.add_static("/web/", self.web_root)
         app.router.add_get("/s/{station}", self._to_slash)
@@ -100,8 +106,15 @@ class LineupWeb:
 
     async def status(self, request: web.Request) -> web.Response:
         """Every station's /status, by name."""
-        return web.json_response({"stations": {name: service.publisher.snapshot()
-                                               for name, service in list(self.services.items())}})
+        body = {"stations": {name: service.publisher.snapshot() for name, service in list(self.services.items())}}
+        if self.lineup_control is not None:
+            body["batch"] = self.lineup_control.figures()
+        return web.json_response(body)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics: every station's figures, labelled station="NAME"."""
+        return web.Response(body=self.exporter.exposition(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while every station plays; 503 (with which) when one has failed."""

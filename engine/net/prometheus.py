@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing as tp
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .broadcast import Broadcaster
 from .control import Controller
@@ -59,8 +59,37 @@ class MetricsExporter:
     """The registry of one station and its text exposition."""
 
     def __init__(self, station, broadcaster: Broadcaster, controller: Controller):
+        self.collector = StationCollector(station, broadcaster, controller)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StationCollector(station, broadcaster, controller))
+        self.registry.register(self.collector)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class LineupCollector:
+    """Every station of a lineup in one exposition, each sample labelled with its `station`;
+    `collectors()`: station name → its StationCollector, read at scrape time (stations come and go)."""
+
+    def __init__(self, collectors: tp.Callable[[], tp.Mapping[str, StationCollector]]):
+        self.collectors = collectors
+
+    def collect(self) -> tp.Iterator:
+        merged: tp.Dict[str, Metric] = {}
+        for station, collector in sorted(self.collectors().items()):
+            for family in collector.collect():
+                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    out.add_sample(sample.name, dict(sample.labels, station=station), sample.value, sample.timestamp)
+        yield from merged.values()
+
+
+class LineupExporter:
+    """The lineup's registry and its text exposition (GET /metrics of several stations)."""
+
+    def __init__(self, collectors: tp.Callable[[], tp.Mapping[str, StationCollector]]):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(LineupCollector(collectors))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
