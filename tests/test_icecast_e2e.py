@@ -128,3 +128,32 @@ def test_icecast_mounts_play_and_the_source_reconnects(tmp_path):
     finally:
         server.stop()
         icecast.stop()
+
+
+@pytest.mark.skipif(ICECAST is None, reason="icecast2 is not installed (.ci/run installs it)")
+def test_two_machines_push_their_stations_to_one_icecast(tmp_path):
+    """README "Several machines": two server processes (here on one machine) push different
+    mounts to one Icecast master: a lineup of two stations with a mount each, and a single
+    station; every mount plays from the master."""
+    icecast = Icecast(str(tmp_path), free_port())
+    icecast.start()
+    base = f"icecast://source:{PASSWORD}@127.0.0.1:{icecast.port}"
+    lineup_file = tmp_path / "machine-1.toml"
+    lineup_file.write_text(f'[[station]]\nname = "lofi"\nprompt = "warm lofi"\nicecast = "{base}/lofi.opus"\n\n'
+                           f'[[station]]\nname = "dub"\nprompt = "slow dub"\nicecast = ["{base}/dub.mp3"]\n')
+    first = RunningServer("--stations", str(lineup_file), "--stride", "2", "--context", "2", stdout=False)
+    second = RunningServer("--prompt", "late night jazz", "--stride", "2", "--context", "2",
+                           "--icecast", base + "/jazz.opus")
+    try:
+        for server, mount in ((first, "lofi.opus"), (first, "dub.mp3"), (second, "jazz.opus")):
+            server.wait_for_log(f"{mount}: connected", timeout=60)
+        for mount, codec in (("/lofi.opus", "opus"), ("/dub.mp3", "mp3"), ("/jazz.opus", "opus")):
+            seconds, name = decoded_seconds(f"http://127.0.0.1:{icecast.port}{mount}")
+            assert name.startswith(codec) and seconds > 1.5, (mount, seconds)
+        outputs = json.loads(urllib.request.urlopen(first.url + "/s/dub/status", timeout=10).read())["outputs"]
+        assert outputs[f"icecast icecast://source@127.0.0.1:{icecast.port}/dub.mp3"]["state"] == "connected"
+        assert PASSWORD not in first.log and PASSWORD not in second.log
+    finally:
+        first.stop()
+        second.stop()
+        icecast.stop()
