@@ -20,8 +20,8 @@ log = logging.getLogger("server")
 def build_parser() -> argparse.ArgumentParser:
     from engine.lm.hardware import DTYPE_CHOICES
     from engine.net.config import NetworkConfig
-    from engine.station.config import EngineConfig
-    d, n = EngineConfig(), NetworkConfig()
+    from engine.station.config import ModelConfig, StationConfig
+    d, m, n = StationConfig(), ModelConfig(), NetworkConfig()
     p = argparse.ArgumentParser(
         description="Endless MusicGen radio: generates music stride after stride and plays it.")
     g = p.add_argument_group("music")
@@ -38,16 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-stations", type=int, default=None, metavar="N",
                    help="slots for stations (default: as many as given): more leave room to add stations "
                         "while the others play (POST /control add_station); on CPU each slot costs compute")
-    g.add_argument("--model", default=d.model,
+    g.add_argument("--model", default=m.name,
                    help="facebook/musicgen-{small,medium,large,melody,stereo-*}, a local checkpoint "
                         "folder, 'tiny' (offline random model: noise) or 'random-small' "
                         "(default: %(default)s)")
     g.add_argument("--text-encoder", metavar="DIR", default=None,
                    help="folder of the text encoder (T5) the checkpoint names; default: MODEL_DIR/t5-base "
                         "when --model is a folder holding it, else the Hugging Face cache")
-    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"],
+    g.add_argument("--device", default=m.device, choices=["auto", "cpu", "cuda"],
                    help="where the model runs; auto (default) picks CUDA when present")
-    g.add_argument("--dtype", default=d.dtype, choices=DTYPE_CHOICES,
+    g.add_argument("--dtype", default=m.dtype, choices=DTYPE_CHOICES,
                    help="precision of the language model: auto (default) picks bf16 (else fp16) on "
                         "CUDA and int8 weights on x86 CPUs; fp32 is the reference")
     g.add_argument("--seed", type=int, default=None,
@@ -139,16 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configs_from_args(args):
-    """(EngineConfig, OutputConfig, NetworkConfig) from the parsed flags."""
+    """(ModelConfig, StationConfig, OutputConfig, NetworkConfig) from the parsed flags."""
     from engine.net.config import NetworkConfig
     from engine.outputs.config import OutputConfig
-    from engine.station.config import EngineConfig
-    engine = EngineConfig(
+    from engine.station.config import ModelConfig, StationConfig
+    models = ModelConfig(name=args.model, text_encoder=args.text_encoder, device=args.device, dtype=args.dtype)
+    engine = StationConfig(
         prompt=args.prompt, schedule_path=args.schedule, from_audio_path=args.from_audio,
         trim_start_seconds=args.trim_start, trim_end_seconds=args.trim_end, play_intro=args.play_intro,
-        melody_path=args.melody,
-        model=args.model, text_encoder=args.text_encoder, device=args.device, dtype=args.dtype,
-        window_seconds=args.window,
+        melody_path=args.melody, window_seconds=args.window,
         context_seconds=args.context, stride_seconds=args.stride,
         first_stride_seconds=args.first_stride, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, cfg_coef=args.cfg,
@@ -167,7 +166,7 @@ def configs_from_args(args):
                             max_listeners_per_ip=args.max_listeners_per_ip,
                             handshake_timeout_seconds=args.handshake_timeout,
                             control_per_second=args.control_rate)
-    return engine, outputs, network
+    return models, engine, outputs, network
 
 
 def stations_from_args(args, engine):
@@ -213,9 +212,9 @@ def main(argv=None) -> int:
             log.error("%s", err)
             return radio.EXIT_FAILED
 
-    engine, outputs, network = configs_from_args(args)
+    models, engine, outputs, network = configs_from_args(args)
     try:
-        device = radio.check(engine, outputs, network)
+        device = radio.check(models, engine, outputs, network)
         lineup = stations_from_args(args, engine)
         if lineup:
             from engine import stations
@@ -223,7 +222,7 @@ def main(argv=None) -> int:
     except radio.INPUT_ERRORS as err:
         parser.error(str(err))  # one line, exit code 2
     try:
-        model = radio.load(engine, device)
+        model = radio.load(models, device, melody=bool(engine.melody_path))
     except ModelLoadError as err:
         log.error("%s", err)
         return radio.EXIT_BAD_INPUT
@@ -234,11 +233,11 @@ def main(argv=None) -> int:
     _stop_on_signals(stop, radio.EXIT_INTERRUPTED)
     if lineup:
         try:
-            return stations.play(model, lineup, outputs, network, stop, args.max_stations)
+            return stations.play(model, models, lineup, outputs, network, stop, args.max_stations)
         except radio.INPUT_ERRORS as err:
             log.error("%s", err)
             return radio.EXIT_BAD_INPUT
-    return radio.play(model, engine, outputs, network, stop)
+    return radio.play(model, models, engine, outputs, network, stop)
 
 
 def _stop_on_signals(stop: threading.Event, exit_code: int) -> None:

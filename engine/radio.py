@@ -30,7 +30,7 @@ from .outputs.sidecar import RecordingLog
 from .outputs.stdout import PcmPipeSink
 from .rt.clock import PacedClock
 from .rt.device import AudioDeviceError, DeviceOutput
-from .station.config import ConfigError, EngineConfig
+from .station.config import ConfigError, ModelConfig, StationConfig
 from .station.schedule import ScheduleError, ScheduleWatcher, load_schedule
 from .station.station import Clock, Station
 
@@ -42,9 +42,10 @@ INPUT_ERRORS = (ConfigError, ModelLoadError, RecordPathError, IcecastUrlError, S
                 ClockSpeedError)
 
 
-def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -> str:
+def check(models: ModelConfig, engine: StationConfig, outputs: OutputConfig, network: NetworkConfig) -> str:
     """Refuse, before anything loads, every setting that cannot work; return the device
     ("cpu" | "cuda") the model will run on. Raises one of INPUT_ERRORS."""
+    models.validate()
     engine.validate()
     if engine.schedule_path:
         load_schedule(engine.schedule_path)
@@ -52,42 +53,42 @@ def check(engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig) -
         read_clip(engine.from_audio_path, None, None, engine.trim_start_seconds, engine.trim_end_seconds)
     if engine.melody_path:
         read_clip(engine.melody_path, None, None, flag="--melody")
-    check_model_name(engine.model)
+    check_model_name(models.name)
     outputs.validate()
     network.validate()
-    device = resolve_device(engine.device)
+    device = resolve_device(models.device)
     try:  # e.g. int8 asked for on CUDA: refused before the model loads
-        resolve_dtype(engine.dtype, torch.device(device))
+        resolve_dtype(models.dtype, torch.device(device))
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return device
 
 
-def load(engine: EngineConfig, device: str):
+def load(models: ModelConfig, device: str, melody: bool = False):
     """The model (ModelLoadError with what to do when it cannot be loaded, or when a melody
-    clip is given to a model without melody conditioning)."""
-    model = load_model(engine.model, device=device, seed=0, text_encoder=engine.text_encoder,
-                       dtype=resolve_dtype(engine.dtype, torch.device(device)))
-    if engine.melody_path and not has_melody_conditioning(model):
+    clip is given (`melody`) to a model without melody conditioning)."""
+    model = load_model(models.name, device=device, seed=0, text_encoder=models.text_encoder,
+                       dtype=resolve_dtype(models.dtype, torch.device(device)))
+    if melody and not has_melody_conditioning(model):
         raise ModelLoadError(f"--melody needs a melody model (facebook/musicgen-melody, facebook/musicgen-melody-large, "
-                             f"facebook/musicgen-stereo-melody, ...); {engine.model} has no melody conditioning")
+                             f"facebook/musicgen-stereo-melody, ...); {models.name} has no melody conditioning")
     return model
 
 
-def play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,
+def play(model, models: ModelConfig, engine: StationConfig, outputs: OutputConfig, network: NetworkConfig,
          stop: threading.Event) -> int:
     """Run the station until `stop`, its duration or a failure; return the exit code."""
     redactor = SecretRedactor([network.control_token] + [t.password for t in network.icecast_targets()]).install()
     try:
-        return _play(model, engine, outputs, network, stop, redactor)
+        return _play(model, models, engine, outputs, network, stop, redactor)
     finally:
         redactor.uninstall()
 
 
-def _play(model, engine: EngineConfig, outputs: OutputConfig, network: NetworkConfig,
+def _play(model, models: ModelConfig, engine: StationConfig, outputs: OutputConfig, network: NetworkConfig,
           stop: threading.Event, redactor: SecretRedactor) -> int:
     raise_open_file_limit()
-    station = Station(engine, model, release_lm_weights=True)  # the fast decoder holds its own
+    station = Station(engine, model, model_config=models, release_lm_weights=True)  # the fast decoder holds its own
     service = None
     if network.enabled:
         service = start_network({"": station}, network)
@@ -141,7 +142,7 @@ def _recording_about(station: Station) -> dict:
     config = station.config
     playing = station.steering.latest.describe(0)
     sampling = {k: playing[k] for k in ("temperature", "top_k", "top_p", "cfg")}
-    return {"model": config.model, "seed": config.seed, "sample_rate": station.sample_rate,
+    return {"model": station.model_config.name, "seed": config.seed, "sample_rate": station.sample_rate,
             "channels": station.channels, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "prompt": playing["prompt"], "prompts": playing["prompts"], "sampling": sampling,
             "window": {"window_seconds": config.window_seconds, "context_seconds": config.context_seconds,

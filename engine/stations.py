@@ -29,7 +29,7 @@ from .outputs.config import OutputConfig
 from .outputs.file import FileRecorder, check_record_path
 from .radio import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, raise_open_file_limit
 from .rt.clock import PacedClock
-from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError
+from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError, ModelConfig
 from .station.lineup import StationSpec, check_lineup, station_from_table
 from .station.schedule import load_schedule
 from .station.station import Station
@@ -59,15 +59,14 @@ def check_outputs(spec: StationSpec) -> None:
         check_record_path(spec.record_path)
 
 
-def batcher_for(model, specs: tp.Sequence[StationSpec], slots: int) -> StrideBatcher:
-    """One fast decoder for every station's window, batched over `slots` stations."""
-    first = specs[0].config
+def batcher_for(model, models: ModelConfig, slots: int) -> StrideBatcher:
+    """One fast decoder for any station's window, batched over `slots` stations."""
     device = next(model.lm.parameters()).device
     frames = round(MUSICGEN_MAX_DURATION_SECONDS * float(model.frame_rate))  # any window a station may ask for
     try:
-        fast = FastLM(model.lm, max_frames=frames, dtype=resolve_dtype(first.dtype, device), device=device)
+        fast = FastLM(model.lm, max_frames=frames, dtype=resolve_dtype(models.dtype, device), device=device)
     except UnsupportedModel as err:
-        raise ConfigError(f"several stations share the fast decoder, which does not run {first.model} ({err}); "
+        raise ConfigError(f"several stations share the fast decoder, which does not run {models.name} ({err}); "
                           f"run it as one station") from err
     batcher = StrideBatcher(BatchedDecoder(fast, slots=slots))
     log.info("stations: one %s decoder with %d slots (%.0f MB of weights, a KV cache of %d positions per slot); "
@@ -80,8 +79,10 @@ class Lineup:
     """The stations of the process, from start to end; `add` and `remove` (from any thread but
     the batch's and the network loop's) change them while the others play."""
 
-    def __init__(self, model, batcher: StrideBatcher, base_spec: StationSpec, outputs: OutputConfig):
+    def __init__(self, model, models: ModelConfig, batcher: StrideBatcher, base_spec: StationSpec,
+                 outputs: OutputConfig):
         self.model = model
+        self.model_config = models
         self.batcher = batcher
         self.base = base_spec.config  # the command line's settings: what an added station starts from
         self.outputs = outputs
@@ -100,7 +101,7 @@ class Lineup:
         if config.state_dir:
             config = dataclasses.replace(config, state_dir=os.path.join(config.state_dir, spec.name))
         try:
-            station = Station(config, self.model, batcher=self.batcher, name=spec.name)
+            station = Station(config, self.model, model_config=self.model_config, batcher=self.batcher, name=spec.name)
         except BaseException:
             self.batcher.leave(spec.name)
             raise
@@ -182,21 +183,21 @@ class Lineup:
         return [name for name, station in self.stations.items() if station.producer.error is not None]
 
 
-def play(model, specs: tp.Sequence[StationSpec], outputs: OutputConfig, network: NetworkConfig,
-         stop: threading.Event, max_stations: tp.Optional[int] = None) -> int:
+def play(model, models: ModelConfig, specs: tp.Sequence[StationSpec], outputs: OutputConfig,
+         network: NetworkConfig, stop: threading.Event, max_stations: tp.Optional[int] = None) -> int:
     """Run the stations until `stop` or until each has ended; return the exit code."""
     secrets = [network.control_token] + [parse_icecast_url(u).password for s in specs for u in s.icecast_urls]
     redactor = SecretRedactor(secrets).install()
     try:
-        return _play(model, specs, outputs, network, stop, redactor, max_stations or len(specs))
+        return _play(model, models, specs, outputs, network, stop, redactor, max_stations or len(specs))
     finally:
         redactor.uninstall()
 
 
-def _play(model, specs, outputs: OutputConfig, network: NetworkConfig, stop: threading.Event,
+def _play(model, models: ModelConfig, specs, outputs: OutputConfig, network: NetworkConfig, stop: threading.Event,
           redactor: SecretRedactor, slots: int) -> int:
     raise_open_file_limit()
-    lineup = Lineup(model, batcher_for(model, specs, slots), specs[0], outputs)
+    lineup = Lineup(model, models, batcher_for(model, models, slots), specs[0], outputs)
     for spec in specs:
         lineup.build(spec)
     service = start_network(dict(lineup.stations), network, icecast_urls={s.name: s.icecast_urls for s in specs},
@@ -242,4 +243,4 @@ def _recorder(station: Station, spec: StationSpec) -> FileRecorder:
     log.info("record: station %s to %s", spec.name, spec.record_path)
     return FileRecorder(station.program_ring, spec.record_path, station.sample_rate, tags={
         "title": f"MusicGen radio {spec.name}: {spec.config.prompt}"[:500], "software": "musicgen-radio",
-        "comment": json.dumps({"model": spec.config.model, "seed": spec.config.seed}, ensure_ascii=False)})
+        "comment": json.dumps({"model": station.model_config.name, "seed": spec.config.seed}, ensure_ascii=False)})

@@ -9,7 +9,7 @@ import soundfile
 import torch
 
 from engine.codec.clip import read_clip
-from engine.station.config import EngineConfig
+from engine.station.config import ModelConfig, StationConfig
 from engine.station.station import Station
 from netutil import ROOT
 from test_stitcher import SEAM_SNR_DB, one_shot, snr_db
@@ -28,8 +28,8 @@ def write_clip(tmp_path, seconds=3.0, rate=44100, channels=2, name="clip.wav", l
 
 def test_the_first_context_is_the_clips_last_context_seconds_of_tokens(tiny_model, tmp_path):
     path = write_clip(tmp_path, seconds=3.0)
-    station = Station(EngineConfig(model="tiny", from_audio_path=path, context_seconds=2, stride_seconds=1,
-                                   seed=1), tiny_model)
+    station = Station(StationConfig(from_audio_path=path, context_seconds=2, stride_seconds=1,
+                                   seed=1), tiny_model, model_config=ModelConfig("tiny"))
     import soxr
     audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     mono = soxr.resample(audio, rate, SR).mean(axis=1, keepdims=True)[-2 * SR:]
@@ -41,8 +41,8 @@ def test_the_first_context_is_the_clips_last_context_seconds_of_tokens(tiny_mode
 
 def test_play_intro_starts_with_the_clip_and_joins_seam_free(tiny_model, tmp_path):
     path = write_clip(tmp_path, seconds=1.5, rate=SR, channels=1)
-    station = Station(EngineConfig(model="tiny", from_audio_path=path, play_intro=True, context_seconds=2, loudness_lufs=None,
-                                   stride_seconds=1, duration_seconds=3.0, seed=1), tiny_model)
+    station = Station(StationConfig(from_audio_path=path, play_intro=True, context_seconds=2, loudness_lufs=None,
+                                   stride_seconds=1, duration_seconds=3.0, seed=1), tiny_model, model_config=ModelConfig("tiny"))
     clip_codes = station.producer.intro_codes
     generated = []
     real = station.generator.next_stride

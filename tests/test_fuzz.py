@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.net.control import COMMAND_FIELDS, ControlAuth, Controller
-from engine.station.config import EngineConfig
+from engine.station.config import ModelConfig, StationConfig
 from engine.station.station import Station
 from netutil import RunningServer
 
@@ -34,7 +34,7 @@ messages = commands | json_values
 
 @pytest.fixture(scope="module")
 def controller(tiny_model):
-    station = Station(EngineConfig(model="tiny", stride_seconds=1, context_seconds=1, window_seconds=2), tiny_model)
+    station = Station(StationConfig(stride_seconds=1, context_seconds=1, window_seconds=2), tiny_model, model_config=ModelConfig("tiny"))
     return Controller(station, ControlAuth("127.0.0.1", TOKEN))
 
 

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from engine.station.config import ConfigError, EngineConfig
+from engine.station.config import ConfigError, StationConfig
 from engine.station.lineup import StationSpec, check_lineup, load_stations_file, parse_station_flag
 
-BASE = EngineConfig(seed=7, temperature=1.0, stride_seconds=5.0, context_seconds=10.0)
+BASE = StationConfig(seed=7, temperature=1.0, stride_seconds=5.0, context_seconds=10.0)
 
 
 def test_station_flags_take_the_command_lines_settings_and_their_own_prompt():

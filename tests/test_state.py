@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from engine.station.config import EngineConfig
+from engine.station.config import ModelConfig, StationConfig
 from engine.station.state import FILE_NAME, StateError, StateStore, StationState
 from engine.station.station import Station
 from engine.station.steering import Change
@@ -16,10 +16,10 @@ from netutil import ROOT
 
 
 def make_station(tiny_model, state_dir=None, seconds=3.0, **overrides):
-    config = dict(model="tiny", stride_seconds=1, context_seconds=1, window_seconds=2, duration_seconds=seconds,
+    config = dict(stride_seconds=1, context_seconds=1, window_seconds=2, duration_seconds=seconds,
                   buffer_ahead_seconds=seconds + 1, seed=11, prompt="slow piano", state_dir=state_dir)
     config.update(overrides)
-    return Station(EngineConfig(**config), tiny_model)
+    return Station(StationConfig(**config), tiny_model, model_config=ModelConfig("tiny"))
 
 
 def generate(station):

@@ -7,7 +7,7 @@ import pytest
 from engine.rt.clock import PacedClock
 from engine.rt.device import DeviceOutput
 from engine.rt.ring import RingReader
-from engine.station.config import EngineConfig
+from engine.station.config import ModelConfig, StationConfig
 from engine.station.station import Station
 
 SR = 32000
@@ -15,8 +15,8 @@ SR = 32000
 
 @pytest.fixture()
 def station(tiny_model):
-    return Station(EngineConfig(model="tiny", stride_seconds=1, context_seconds=1, duration_seconds=2.5,
-                                seed=3), tiny_model)
+    return Station(StationConfig(stride_seconds=1, context_seconds=1, duration_seconds=2.5,
+                                seed=3), tiny_model, model_config=ModelConfig("tiny"))
 
 
 def test_status_counts_program_readers_that_fell_behind(station):

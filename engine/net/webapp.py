@@ -152,7 +152,7 @@ class RadioWeb:
             channels=station.channels, frame_samples=int(rate * PACKET_SECONDS),
             burst_seconds=b.burst_samples / station.sample_rate,
             max_lag_seconds=b.max_lag_samples / station.sample_rate,
-            station={"model": station.config.model, "prompt": self.now_playing(),
+            station={"model": station.model_config.name, "prompt": self.now_playing(),
                      "seed": station.config.seed},
             opus_head=b.opus_head if codec == "opus" else None)
         await ws.send_str(json.dumps(hello))

@@ -1,4 +1,6 @@
-"""The station's configuration record (model, window, sampling, buffering) and its validation."""
+"""The configuration records and their validation: the model the process plays from
+(`ModelConfig`) and each station's settings (`StationConfig`: prompt, window, sampling,
+buffering, outputs of generation)."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +44,26 @@ def validate_sampling(temperature: float, top_k: int, top_p: float, cfg: float,
 
 
 @dataclasses.dataclass
-class EngineConfig:
-    """Everything the engine needs to know, in the units its names say."""
+class ModelConfig:
+    """The model every station of the process plays from, and where and how it runs."""
+
+    name: str = "facebook/musicgen-small"  # a hub name, a local folder, tiny or random-*
+    # The folder of the text encoder (T5) the checkpoint names; None: DIR/t5-base beside a model
+    # folder's files, else the Hugging Face cache (models/checkpoint.py).
+    text_encoder: tp.Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")
+
+
+@dataclasses.dataclass
+class StationConfig:
+    """What one station plays and how, in the units its names say."""
 
     prompt: str = "warm lofi hip hop with vinyl crackle"
     schedule_path: tp.Optional[str] = None  # a programme of prompts (station/schedule.py), watched
@@ -60,12 +80,6 @@ class EngineConfig:
     give_up_after_seconds: float = 300.0
     # RADIO_FAULTS: fault drills for tests (station/faults.py); None: none.
     fault_spec: tp.Optional[str] = None
-    model: str = "facebook/musicgen-small"
-    # The folder of the text encoder (T5) the checkpoint names; None: DIR/t5-base beside a model
-    # folder's files, else the Hugging Face cache (models/checkpoint.py).
-    text_encoder: tp.Optional[str] = None
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
     # Sliding window (seconds): each stride sees the last `context_seconds` of tokens.
     window_seconds: float = 30.0
     context_seconds: float = 20.0
@@ -147,7 +161,3 @@ class EngineConfig:
                               f"({self.trim_start_seconds:g} s)")
         if self.state_dir is not None and os.path.exists(self.state_dir) and not os.path.isdir(self.state_dir):
             raise ConfigError(f"--state-dir {self.state_dir!r} is a file; give a folder (created if missing)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
-        if self.dtype not in DTYPE_CHOICES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")

@@ -17,11 +17,11 @@ import re
 import tomllib
 import typing as tp
 
-from .config import ConfigError, EngineConfig
+from .config import ConfigError, StationConfig
 
 #: A station's name: the path segment of its routes.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
-#: Keys of a station in the stations file → EngineConfig fields.
+#: Keys of a station in the stations file → StationConfig fields.
 SETTINGS = {"prompt": "prompt", "schedule": "schedule_path", "seed": "seed", "temperature": "temperature",
             "top_k": "top_k", "top_p": "top_p", "cfg": "cfg_coef", "window": "window_seconds",
             "context": "context_seconds", "stride": "stride_seconds"}
@@ -31,9 +31,9 @@ OUTPUTS = ("icecast", "record")
 
 @dataclasses.dataclass(frozen=True)
 class StationSpec:
-    """One station: its name, its generation settings (EngineConfig) and its own outputs."""
+    """One station: its name, its generation settings (StationConfig) and its own outputs."""
     name: str
-    config: EngineConfig
+    config: StationConfig
     icecast_urls: tp.Tuple[str, ...] = ()
     record_path: tp.Optional[str] = None
 
@@ -45,7 +45,7 @@ def _check_name(name: str, where: str) -> str:
     return name
 
 
-def parse_station_flag(value: str, base: EngineConfig, index: int) -> StationSpec:
+def parse_station_flag(value: str, base: StationConfig, index: int) -> StationSpec:
     """`--station NAME=PROMPT` → a station with the command line's settings and that prompt."""
     name, sep, prompt = value.partition("=")
     if not sep or not prompt.strip():
@@ -55,7 +55,7 @@ def parse_station_flag(value: str, base: EngineConfig, index: int) -> StationSpe
                                                  seed=base.seed + index))
 
 
-def load_stations_file(path: str, base: EngineConfig, first_index: int = 0) -> tp.List[StationSpec]:
+def load_stations_file(path: str, base: StationConfig, first_index: int = 0) -> tp.List[StationSpec]:
     """The stations of a TOML file ([[station]] tables), each over the command line's settings
     (seeds default to the command line's + the station's index). ConfigError says what is wrong."""
     where = f"--stations {path}"
@@ -76,7 +76,7 @@ def load_stations_file(path: str, base: EngineConfig, first_index: int = 0) -> t
     return specs
 
 
-def station_from_table(name: str, table: tp.Mapping[str, tp.Any], base: EngineConfig, index: int,
+def station_from_table(name: str, table: tp.Mapping[str, tp.Any], base: StationConfig, index: int,
                        where: str) -> StationSpec:
     """A station from its settings (a [[station]] table, or an add_station command), over
     `base`; the seed defaults to base's + `index`. ConfigError says what is wrong."""

@@ -19,7 +19,7 @@ from ..lm.batcher import StrideBatcher
 from ..lm.window import PromptMix, SamplingParams, WindowGenerator
 from ..rt.player import Player
 from ..rt.ring import PcmRing
-from .config import EngineConfig
+from .config import ModelConfig, StationConfig
 from .metrics import EngineMetrics
 from .faults import FailurePolicy, FaultPlan
 from .logs import StationLog
@@ -48,9 +48,13 @@ class Station:
     strides run in decode steps shared with the other stations of the process (lm/batcher.py),
     as `name`, which has joined it."""
 
-    def __init__(self, config: EngineConfig, model, *, program_seconds: float = 30.0,
-                 release_lm_weights: bool = False, batcher: tp.Optional[StrideBatcher] = None, name: str = ""):
+    def __init__(self, config: StationConfig, model, *, model_config: tp.Optional[ModelConfig] = None,
+                 program_seconds: float = 30.0, release_lm_weights: bool = False,
+                 batcher: tp.Optional[StrideBatcher] = None, name: str = ""):
+        """`model`: the loaded model; `model_config`: how it was asked for (its name in the
+        status and the saved state, the decoder's precision)."""
         config.validate(max_duration_seconds=float(model.max_duration))
+        self.model_config = model_config or ModelConfig()
         self.name = name
         self.log = StationLog(log, name)  # lines prefixed with the station's name in a lineup
         self.config = config
@@ -63,14 +67,14 @@ class Station:
         context_frames = round(config.context_seconds * frame_rate)
         self.buffer_ahead_samples = int(config.resolved_buffer_ahead_seconds * sr)
         self.end_sample = None if config.duration_seconds is None else int(round(config.duration_seconds * sr))
-        self.state_store = (StateStore(config.state_dir, model_signature(config.model, model))
+        self.state_store = (StateStore(config.state_dir, model_signature(self.model_config.name, model))
                             if config.state_dir else None)
         self.resumed = self._load_state()  # the state this run continues from, or None
         seed = self.resumed.seed if self.resumed else config.seed
-        self.metrics = EngineMetrics(sample_rate=sr, model=config.model, seed=seed)
+        self.metrics = EngineMetrics(sample_rate=sr, model=self.model_config.name, seed=seed)
         self.steering = self._steering(config)
         self.generator = WindowGenerator(model, context_frames, self.steering.latest.sampling, seed=seed,
-                                         dtype=config.dtype, max_frames=context_frames + self.stride_frames,
+                                         dtype=self.model_config.dtype, max_frames=context_frames + self.stride_frames,
                                          release_weights=release_lm_weights, batcher=batcher, station=name,
                                          buffered=lambda: self.buffered_samples / sr)
         if self.resumed:
@@ -110,7 +114,7 @@ class Station:
                  config.stride_seconds, self.stride_frames, config.resolved_buffer_ahead_seconds,
                  1000 * self.stitcher.holdback_frames * self.stitcher.hop_samples // sr, seed)
 
-    def _steering(self, config: EngineConfig) -> Steering:
+    def _steering(self, config: StationConfig) -> Steering:
         """The control side, starting from the flags (prompt or schedule, sampling) or, when
         resuming, from the saved conditions and schedule position."""
         saved = self.resumed
@@ -185,7 +189,7 @@ class Station:
             self.log.info("state: saving again to %s", self.state_store.folder)
         self._state_failing = False
 
-    def _continue_clip(self, config: EngineConfig) -> None:
+    def _continue_clip(self, config: StationConfig) -> None:
         """The clip's tokens become the first context; with play_intro the clip (decoded from
         those tokens, so that the join is seam-exact) is the start of the stream."""
         audio = read_clip(config.from_audio_path, self.sample_rate, self.channels,
