@@ -95,3 +95,39 @@ def test_graph_follows_a_morph_without_capturing_again(cuda_model):
     assert torch.equal(got, expected)
     generate(graph, None, attributes, 60, temperature=0, weights_at=weights_at)
     assert graph.step_graph.graph is captured  # same prompts, new weights: no new capture
+
+
+def test_batched_stations_give_their_alone_tokens_on_cuda(cuda_model):
+    """The batched step as CUDA replays it (one CUDA graph at full capacity, masked attention):
+    three stations' sampled tokens in one batch equal each one's alone (lm/batcher.py)."""
+    import threading
+
+    from engine.lm.batch import BatchedDecoder
+    from engine.lm.batcher import StrideBatcher, StrideRequest
+    prompts = {"a": ("dusty boom bap", 20, 1), "b": ("a slow jazz trio with brushed drums", 35, 2), "c": ("rain", 0, 3)}
+
+    def run(names):
+        fast = FastLM(cuda_model.lm, max_frames=120, dtype="bf16")
+        batcher = StrideBatcher(BatchedDecoder(fast, slots=3))
+        for name in prompts:
+            batcher.join(name)
+        assert batcher.decoder.masked
+        results, stop = {}, threading.Event()
+
+        def station(name):
+            text, context, seed = prompts[name]
+            torch.manual_seed(seed)
+            codes = torch.randint(0, 2048, (1, 4, context)).cuda() if context else None
+            results[name] = batcher.generate(StrideRequest(
+                station=name, prompt=codes, attributes=_attributes(cuda_model, text)[0], new_frames=40,
+                generator=torch.Generator("cuda").manual_seed(seed)))
+            if len(results) == len(names):
+                stop.set()
+        threads = [threading.Thread(target=station, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        batcher.run(stop, poll_seconds=0.001)
+        return results
+    together = run(list(prompts))
+    for name in prompts:
+        assert torch.equal(run([name])[name], together[name]), name
