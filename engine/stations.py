@@ -31,7 +31,7 @@ from .radio import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, raise_open_file_limit
 from .rt.clock import PacedClock
 from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError, ModelConfig
 from .station.lineup import StationSpec, check_lineup, station_from_table
-from .station.schedule import load_schedule
+from .station.schedule import ScheduleWatcher, load_schedule
 from .station.station import Station
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Lineup:
         self._threads: tp.Dict[str, threading.Thread] = {}
         self._ends: tp.Dict[str, threading.Event] = {}
         self._recorders: tp.Dict[str, FileRecorder] = {}
+        self._watchers: tp.Dict[str, ScheduleWatcher] = {}
         self._added = 0
         self._lock = threading.Lock()
 
@@ -116,6 +117,9 @@ class Lineup:
             recorder = self._recorders[spec.name] = _recorder(station, spec)
             recorder.start()
             station.add_output(recorder.name_for_logs, recorder.health)
+        if spec.config.schedule_path:  # the programme file is watched, as one station's is
+            watcher = self._watchers[spec.name] = ScheduleWatcher(spec.config.schedule_path, station.steering.set_schedule)
+            watcher.start()
         end = self._ends[spec.name] = threading.Event()
         clock = PacedClock(station.player, speed=self.outputs.clock_speed)
         thread = self._threads[spec.name] = threading.Thread(
@@ -151,6 +155,9 @@ class Lineup:
             if recorder is not None:
                 recorder.stop()
                 recorder.join()
+            watcher = self._watchers.pop(name, None)
+            if watcher is not None:
+                watcher.stop()
             del self.stations[name], self._threads[name], self._ends[name]
         log.info("stations: %s removed (%d playing)", name, len(self.stations))
 
@@ -178,6 +185,8 @@ class Lineup:
         for recorder in list(self._recorders.values()):
             recorder.stop()
             recorder.join()
+        for watcher in list(self._watchers.values()):
+            watcher.stop()
 
     def failed(self) -> tp.List[str]:
         return [name for name, station in self.stations.items() if station.producer.error is not None]

@@ -55,3 +55,22 @@ def test_a_lineup_is_checked_station_by_station():
         check_lineup([bad], 30.0)
     with pytest.raises(ConfigError, match="station b: temperature must be a number"):
         check_lineup([StationSpec("b", dataclasses.replace(BASE, temperature="hot"))], 30.0)
+
+
+def test_a_station_may_start_from_weighted_prompts(tmp_path, tiny_model):
+    from engine.station.config import ModelConfig
+    from engine.station.station import Station
+    path = tmp_path / "stations.toml"
+    path.write_text('[[station]]\nname = "mix"\nprompts = [{text = "late jazz", weight = 3}, {text = "rain"}]\n')
+    (spec,) = load_stations_file(str(path), BASE)
+    assert spec.config.prompts == (("late jazz", 0.75), ("rain", 0.25)) and spec.config.prompt == "late jazz"
+    station = Station(dataclasses.replace(spec.config, stride_seconds=1, context_seconds=1, window_seconds=2),
+                      tiny_model, model_config=ModelConfig("tiny"))
+    playing = station.control_status()["playing"]
+    assert [(p["text"], p["weight"]) for p in playing["prompts"]] == [("late jazz", 0.75), ("rain", 0.25)], playing
+    path.write_text('[[station]]\nname = "mix"\nprompt = "x"\nprompts = [{text = "y"}]\n')
+    with pytest.raises(ConfigError, match="prompt or prompts, not both"):
+        load_stations_file(str(path), BASE)
+    path.write_text('[[station]]\nname = "mix"\nprompts = [{text = "y", weight = -1}]\n')
+    with pytest.raises(ConfigError, match="each weight must be above 0"):
+        load_stations_file(str(path), BASE)

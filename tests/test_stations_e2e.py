@@ -137,6 +137,9 @@ def test_stations_are_added_and_removed_while_the_others_play(lineup):
     server.wait_for_log(f"[a] stride {strides + 1}:", timeout=30)  # the others play on
     statuses = json.loads(get(server, "/status")[1])["stations"]
     assert set(statuses) == {"a", "b", "c"} and statuses["a"]["underruns"] == 0 and statuses["c"]["underruns"] == 0
-    code, answer = post(server, "/control", {"type": "add_station", "name": "e", "prompt": "slow dub"}, token)
-    assert code == 200, answer  # the freed slot takes a new station
+    mix = [{"text": "slow dub", "weight": 3}, {"text": "rain"}]
+    code, answer = post(server, "/control", {"type": "add_station", "name": "e", "prompts": mix}, token)
+    assert code == 200, answer  # the freed slot takes a new station, here from weighted prompts
     server.wait_for_log("[e] pre-fill: done", timeout=60)
+    playing = json.loads(get(server, "/s/e/status")[1])["control"]["playing"]["prompts"]
+    assert [(p["text"], p["weight"]) for p in playing] == [("slow dub", 0.75), ("rain", 0.25)]

@@ -6,6 +6,7 @@ for the lineup itself (with the control token):
 
     {"type": "add_station", "name": "jazz", "prompt": "late night jazz trio", "seed": 4,
      "temperature": 1.0, "top_k": 250, "top_p": 0.0, "cfg": 3.0}
+    {"type": "add_station", "name": "mix", "prompts": [{"text": "jazz", "weight": 2}, {"text": "rain"}]}
     {"type": "remove_station", "name": "jazz"}
     {"type": "stations"}
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 #: (method, path under /s/NAME/) → the RadioWeb handler.
 HANDLERS = {(method, path): handler for method, path, handler in ROUTES}
 #: Lineup command → the fields it accepts (besides "type", "id" and "token").
-LINEUP_COMMANDS = {"add_station": {"name", "prompt", "seed", "temperature", "top_k", "top_p", "cfg"},
+LINEUP_COMMANDS = {"add_station": {"name", "prompt", "prompts", "seed", "temperature", "top_k", "top_p", "cfg"},
                    "remove_station": {"name"}, "stations": set()}
 
 
@@ -170,6 +171,6 @@ def _parse(message: tp.Any) -> tp.Tuple[str, str, dict]:
     if kind != "stations" and (not isinstance(name, str) or not name):
         raise ControlError(f"{kind} needs the station's \"name\"")
     settings = {key: value for key, value in message.items() if key in LINEUP_COMMANDS[kind] - {"name"}}
-    if kind == "add_station" and "prompt" not in settings:
-        raise ControlError("add_station needs a \"prompt\"")
+    if kind == "add_station" and "prompt" not in settings and "prompts" not in settings:
+        raise ControlError("add_station needs a \"prompt\" (or weighted \"prompts\")")
     return kind, name, settings

@@ -66,6 +66,9 @@ class StationConfig:
     """What one station plays and how, in the units its names say."""
 
     prompt: str = "warm lofi hip hop with vinyl crackle"
+    # Weighted prompts to start from instead (((text, weight), ...), weights summing to 1: a
+    # lineup station's `prompts`); `prompt` is then the strongest of them.
+    prompts: tp.Optional[tp.Tuple[tp.Tuple[str, float], ...]] = None
     schedule_path: tp.Optional[str] = None  # a programme of prompts (station/schedule.py), watched
     # Continue this clip (codec/clip.py): its tokens are the first context; play_intro plays it first.
     from_audio_path: tp.Optional[str] = None

@@ -3,7 +3,8 @@
 
     [[station]]
     name = "lofi"                  # letters, digits, - and _; its routes are /s/NAME/
-    prompt = "warm lofi hip hop"   # or: schedule = "lofi-programme.toml"
+    prompt = "warm lofi hip hop"   # or: schedule = "lofi-programme.toml", or weighted prompts:
+                                   # prompts = [{text = "jazz", weight = 2}, {text = "rain"}]
     seed = 1
     temperature = 1.0              # top_k, top_p, cfg: as the flags
     window = 30                    # context, stride: seconds, as the flags
@@ -18,6 +19,7 @@ import tomllib
 import typing as tp
 
 from .config import ConfigError, StationConfig
+from .prompts import PromptError, weighted_prompts
 
 #: A station's name: the path segment of its routes.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
@@ -81,16 +83,24 @@ def station_from_table(name: str, table: tp.Mapping[str, tp.Any], base: StationC
     """A station from its settings (a [[station]] table, or an add_station command), over
     `base`; the seed defaults to base's + `index`. ConfigError says what is wrong."""
     name = _check_name(name, where)
-    unknown = sorted(set(table) - set(SETTINGS) - set(OUTPUTS) - {"name"})
+    unknown = sorted(set(table) - set(SETTINGS) - set(OUTPUTS) - {"name", "prompts"})
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                          f"known: name, {', '.join(list(SETTINGS) + list(OUTPUTS))}")
+                          f"known: name, prompts, {', '.join(list(SETTINGS) + list(OUTPUTS))}")
     changes: tp.Dict[str, tp.Any] = {"seed": base.seed + index, "schedule_path": None}
     for key, field in SETTINGS.items():
         if key in table:
             changes[field] = table[key]
-    if "prompt" not in table and "schedule" not in table:
-        raise ConfigError(f"{where}: give a prompt (or a schedule)")
+    if "prompts" in table:
+        if "prompt" in table:
+            raise ConfigError(f"{where}: give prompt or prompts, not both")
+        try:
+            mix = weighted_prompts(table["prompts"])
+        except PromptError as err:
+            raise ConfigError(f"{where}: {err}") from err
+        changes.update(prompts=mix, prompt=max(mix, key=lambda pair: pair[1])[0])
+    if "prompt" not in table and "schedule" not in table and "prompts" not in table:
+        raise ConfigError(f"{where}: give a prompt (or prompts, or a schedule)")
     try:
         config = dataclasses.replace(base, **changes)
     except TypeError as err:

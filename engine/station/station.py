@@ -121,7 +121,12 @@ class Station:
         sampling = saved.conditions.sampling if saved else SamplingParams(
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, cfg_coef=config.cfg_coef)
         if not config.schedule_path:
-            return Steering(saved.conditions if saved else Conditions.single(config.prompt, sampling))
+            if saved:
+                return Steering(saved.conditions)
+            if config.prompts:
+                texts, weights = zip(*config.prompts)
+                return Steering(Conditions(PromptMix(tuple(texts), tuple(weights)), sampling))
+            return Steering(Conditions.single(config.prompt, sampling))
         schedule = load_schedule(config.schedule_path)
         self.log.info("schedule: %s, %d entries%s", config.schedule_path, len(schedule.entries),
                  " (loop)" if schedule.loop else "")
