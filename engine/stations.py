@@ -21,6 +21,7 @@ from .lm.batcher import StrideBatcher
 from .lm.hardware import resolve_dtype
 from .lm.model import FastLM
 from .lm.weights import UnsupportedModel
+from .models.memory import available_bytes
 from .net.config import NetworkConfig
 from .net.icecast import parse_icecast_url
 from .net.redact import SecretRedactor
@@ -68,6 +69,12 @@ def batcher_for(model, models: ModelConfig, slots: int) -> StrideBatcher:
     except UnsupportedModel as err:
         raise ConfigError(f"several stations share the fast decoder, which does not run {models.name} ({err}); "
                           f"run it as one station") from err
+    slot_bytes = 2 * fast.cache.k.numel() * fast.cache.k.element_size()  # keys and values of one slot
+    free = available_bytes(device.type)
+    if slots * slot_bytes > 0.9 * free:
+        raise ConfigError(f"{slots} stations need {slots * slot_bytes / 1e9:.1f} GB of KV cache "
+                          f"({slot_bytes / 1e9:.2f} GB each) and {free / 1e9:.1f} GB are free; give fewer stations "
+                          f"or a smaller --max-stations")
     batcher = StrideBatcher(BatchedDecoder(fast, slots=slots))
     log.info("stations: one %s decoder with %d slots (%.0f MB of weights, a KV cache of %d positions per slot); "
              "freed audiocraft's copy of the LM weights (%.0f MB)", fast.mode, slots, fast.parameter_bytes() / 1e6,

@@ -143,3 +143,23 @@ def test_stations_are_added_and_removed_while_the_others_play(lineup):
     server.wait_for_log("[e] pre-fill: done", timeout=60)
     playing = json.loads(get(server, "/s/e/status")[1])["control"]["playing"]["prompts"]
     assert [(p["text"], p["weight"]) for p in playing] == [("slow dub", 0.75), ("rain", 0.25)]
+
+
+def test_lineup_mistakes_fail_in_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    from netutil import ROOT
+    cases = {
+        ("--stdout",): "--stdout carries one station",
+        ("--no-network",): "drop --no-network",
+        ("--max-stations", "1", "--station", "b=y"): "--max-stations 1 is fewer than the 2 stations given",
+        ("--max-stations", "100000"): "100000 stations need",
+        ("--station", "a=z"): "two stations are named 'a'",
+    }
+    for args, message in cases.items():
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "server.py"), "--model", "tiny", "--no-play",
+                                 "--port", "0", "--station", "a=x", *args], cwd=ROOT, capture_output=True, timeout=120)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and message in err, (args, err[-2000:])
+        assert "Traceback" not in err
