@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     _stop_on_signals(stop, radio.EXIT_INTERRUPTED)
     if lineup:
         try:
-            return stations.play(model, models, lineup, outputs, network, stop, args.max_stations)
+            return stations.play(model, models, engine, lineup, outputs, network, stop, args.max_stations)
         except radio.INPUT_ERRORS as err:
             log.error("%s", err)
             return radio.EXIT_BAD_INPUT

@@ -30,7 +30,7 @@ from .outputs.config import OutputConfig
 from .outputs.file import FileRecorder, check_record_path
 from .radio import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, raise_open_file_limit
 from .rt.clock import PacedClock
-from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError, ModelConfig
+from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError, ModelConfig, StationConfig
 from .station.lineup import StationSpec, check_lineup, station_from_table
 from .station.schedule import ScheduleWatcher, load_schedule
 from .station.station import Station
@@ -86,12 +86,12 @@ class Lineup:
     """The stations of the process, from start to end; `add` and `remove` (from any thread but
     the batch's and the network loop's) change them while the others play."""
 
-    def __init__(self, model, models: ModelConfig, batcher: StrideBatcher, base_spec: StationSpec,
+    def __init__(self, model, models: ModelConfig, batcher: StrideBatcher, base: StationConfig,
                  outputs: OutputConfig):
         self.model = model
         self.model_config = models
         self.batcher = batcher
-        self.base = base_spec.config  # the command line's settings: what an added station starts from
+        self.base = base  # the command line's settings: what an added station starts from
         self.outputs = outputs
         self.network: tp.Optional[NetworkThread] = None
         self.stations: tp.Dict[str, Station] = {}
@@ -199,21 +199,22 @@ class Lineup:
         return [name for name, station in self.stations.items() if station.producer.error is not None]
 
 
-def play(model, models: ModelConfig, specs: tp.Sequence[StationSpec], outputs: OutputConfig,
+def play(model, models: ModelConfig, base: StationConfig, specs: tp.Sequence[StationSpec], outputs: OutputConfig,
          network: NetworkConfig, stop: threading.Event, max_stations: tp.Optional[int] = None) -> int:
-    """Run the stations until `stop` or until each has ended; return the exit code."""
+    """Run the stations until `stop` or until each has ended; return the exit code. `base`:
+    the command line's settings, which stations added later start from."""
     secrets = [network.control_token] + [parse_icecast_url(u).password for s in specs for u in s.icecast_urls]
     redactor = SecretRedactor(secrets).install()
     try:
-        return _play(model, models, specs, outputs, network, stop, redactor, max_stations or len(specs))
+        return _play(model, models, base, specs, outputs, network, stop, redactor, max_stations or len(specs))
     finally:
         redactor.uninstall()
 
 
-def _play(model, models: ModelConfig, specs, outputs: OutputConfig, network: NetworkConfig, stop: threading.Event,
-          redactor: SecretRedactor, slots: int) -> int:
+def _play(model, models: ModelConfig, base: StationConfig, specs, outputs: OutputConfig, network: NetworkConfig,
+          stop: threading.Event, redactor: SecretRedactor, slots: int) -> int:
     raise_open_file_limit()
-    lineup = Lineup(model, models, batcher_for(model, models, slots), specs[0], outputs)
+    lineup = Lineup(model, models, batcher_for(model, models, slots), base, outputs)
     for spec in specs:
         lineup.build(spec)
     service = start_network(dict(lineup.stations), network, icecast_urls={s.name: s.icecast_urls for s in specs},

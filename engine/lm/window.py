@@ -14,9 +14,9 @@ import typing as tp
 
 import torch
 
+from .batcher import StrideBatcher, StrideRequest
 from .generate import ProgressCallback, generate
 from .hardware import resolve_dtype
-from .batcher import StrideBatcher, StrideRequest
 from .model import FastLM
 from .weights import UnsupportedModel
 
