@@ -168,3 +168,16 @@ def test_batched_stations_stride_after_stride_give_their_alone_tokens(tiny_model
     for name in settings:
         alone, _ = play([name])
         assert torch.equal(alone[name], together[name]), name
+
+
+def test_int8_groups_are_quantised_on_their_own_and_idle_ones_skipped():
+    from engine.lm.quantize import Int8, activations_per_group
+    torch.manual_seed(0)
+    layer = Int8(torch.randn(96, 64), None)
+    x = torch.randn(6, 64)
+    x[4:] *= 100  # a loud slot: one scale per call would squash the others' activations
+    with activations_per_group([layer], rows=2, active=[True, False, True]):
+        y = layer(x)
+    assert torch.equal(y[:2], layer(x[:2])) and torch.equal(y[4:], layer(x[4:]))
+    assert not y[2:4].any()  # the idle slot was not computed
+    assert layer.group_rows == 0 and layer.active_groups is None  # only while in it

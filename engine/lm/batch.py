@@ -57,6 +57,7 @@ class BatchedDecoder:
         self._linears = [lin for layer in fast.layers for lin in layer.linears()] + [fast.head]
         self._slot_caches = [self.cache.slot(slot) for slot in range(self.slots)]
         self._ends = [1] * self.slots  # positions each slot attends to (host values: CPU only)
+        self._busy = [True] * self.slots  # slots with a stride in this step (CPU only: idle ones skip int8 work)
         self.step_graph = StepGraph(self._forward_step, device)
 
     # -- conditions -------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class BatchedDecoder:
         where = torch.tensor([positions.get(slot, 0) for slot in range(S)], dtype=torch.long)
         self._positions.copy_(where.repeat_interleave(2).to(self._positions.device))
         self._ends = [int(p) + 1 for p in where]
+        self._busy = [slot in tokens for slot in range(S)]
         return self.step_graph().view(S, 2, K, self.fast.card)
 
     def _forward_step(self) -> torch.Tensor:
@@ -136,6 +138,7 @@ class BatchedDecoder:
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
-        with activations_per_group(self._linears, rows=2):  # int8: each slot's activations on their own
+        # int8 (CPU): each slot's activations on their own; idle slots' linears skipped (not in a graph)
+        with activations_per_group(self._linears, rows=2, active=None if masked else self._busy):
             x = fast._layers(x, self_attention, (self.cross_keys, self.cross_values, self.cross_mask))
             return fast._logits(x[:, -1]).view(B, K, fast.card)

@@ -32,9 +32,11 @@ class Int8:
     `native`: True when the decode rows run on the native kernel (input width a multiple of 64).
     `group_rows` (set by `activations_per_group`): quantise the activations of each group of
     that many rows on their own (fbgemm's scale is per call), so that the rows of one station in
-    a batch never depend on another's."""
+    a batch never depend on another's; groups not in `active_groups` (idle slots) are not
+    computed (zeros)."""
 
     group_rows = 0
+    active_groups: tp.Optional[tp.Sequence[bool]] = None
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
         w = weight.detach().float()
@@ -60,7 +62,13 @@ class Int8:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         if self.group_rows and rows.shape[0] > self.group_rows:
-            y = torch.cat([self(group) for group in rows.split(self.group_rows)])
+            groups = rows.split(self.group_rows)
+            active = self.active_groups or [True] * len(groups)
+            outputs = [self(group) if on else None for group, on in zip(groups, active)]
+            done = next((out for out in outputs if out is not None), None)
+            if done is None:
+                done = self(groups[0])
+            y = torch.cat([out if out is not None else done.new_zeros(done.shape) for out in outputs])
         elif self.kernels is not None and rows.shape[0] <= 4:
             y = self.kernels.gemv(rows, self.weight, self.row_sums, self.scales,
                                   self._no_bias if self.bias is None else self.bias)
@@ -76,16 +84,17 @@ Linear = tp.Union[Dense, Int8]
 
 
 @contextlib.contextmanager
-def activations_per_group(linears: tp.Iterable, rows: int):
-    """While in it, the int8 layers among `linears` quantise each `rows` rows on their own."""
+def activations_per_group(linears: tp.Iterable, rows: int, active: tp.Optional[tp.Sequence[bool]] = None):
+    """While in it, the int8 layers among `linears` quantise each `rows` rows on their own, and
+    compute only the groups `active` says (None: all)."""
     int8 = [lin for lin in linears if isinstance(lin, Int8)]
     for lin in int8:
-        lin.group_rows = rows
+        lin.group_rows, lin.active_groups = rows, active
     try:
         yield
     finally:
         for lin in int8:
-            lin.group_rows = 0
+            lin.group_rows, lin.active_groups = 0, None
 
 
 def linear(weight: torch.Tensor, bias: tp.Optional[torch.Tensor], mode: str,
