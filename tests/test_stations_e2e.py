@@ -38,9 +38,10 @@ def get(server, path):
         return response.status, response.read()
 
 
-def post(server, path, command, token=None):
+def post(server, path, command, token=None, origin=None):
     """(HTTP status, JSON answer) of a control command."""
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    headers |= {"Origin": origin} if origin else {}
     request = urllib.request.Request(server.url + path, data=json.dumps(command).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -117,6 +118,8 @@ def test_stations_are_added_and_removed_while_the_others_play(lineup):
     assert full[0] == 409 and "slots" in full[1]["error"]  # 4 slots: a, b, c, d
     assert post(server, "/control", {"type": "add_station", "name": "bad name", "prompt": "x"}, token)[0] == 400
     assert post(server, "/control", {"type": "set_prompt", "prompt": "x"}, token)[0] == 400  # a station's command
+    cross_site = post(server, "/control", {"type": "stations"}, token, origin="https://elsewhere.example")
+    assert cross_site[0] == 403 and "cross-site" in cross_site[1]["error"]
 
     async def listen_while_removed():
         async with aiohttp.ClientSession() as session:

@@ -25,7 +25,8 @@ from . import protocol
 from .control import ControlAuth, ControlError, echo_id
 from .prometheus import LineupExporter
 from .status import health
-from .webapp import ROUTES, WEB_ROOT, parse_json, request_token
+from .guard import OriginPolicy, RateLimiter
+from .webapp import CONTROL_BODY_SECONDS, ROUTES, WEB_ROOT, client_address, parse_json, request_token
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ class LineupWeb:
     network thread adds and removes them on the loop)."""
 
     def __init__(self, services: tp.MutableMapping[str, tp.Any], auth: ControlAuth,
-                 control: tp.Optional[LineupControl] = None, web_root: str = WEB_ROOT):
+                 control: tp.Optional[LineupControl] = None, *, origins: OriginPolicy, control_rate: RateLimiter,
+                 web_root: str = WEB_ROOT):
         self.services = services
         self.auth = auth
+        self.origins = origins  # which browser pages may use POST /control
+        self.control_rate = control_rate  # commands per client address
         self.lineup_control = control
         self.web_root = web_root
         self.exporter = LineupExporter(lambda: {name: s.web.exporter.collector for name, s in list(services.items())})
@@ -128,7 +132,18 @@ class LineupWeb:
     async def control(self, request: web.Request) -> web.Response:
         """POST /control: a lineup command (module docstring); the station's own commands go to
         /s/NAME/control."""
-        body = await request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1)
+        if not self.origins.allows(request.headers):
+            return web.json_response({"type": "error", "id": None, "error": (
+                "cross-site requests are refused: this page's origin is not allowed; start the server "
+                "with --allow-origin ORIGIN to allow it")}, status=403)
+        if not self.control_rate.allow(client_address(request)):
+            return web.json_response({"type": "error", "id": None, "error": (
+                f"too many commands: at most {self.control_rate.rate:g} per second; try again shortly")}, status=429)
+        try:
+            body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
+                                          timeout=CONTROL_BODY_SECONDS)
+        except asyncio.TimeoutError:
+            body = b""
         message = parse_json(body)
         command_id = echo_id(message)
         try:

@@ -22,6 +22,11 @@ from .webapp import RadioWeb
 log = logging.getLogger(__name__)
 
 
+def control_rate(config: NetworkConfig) -> RateLimiter:
+    """Commands per client address: --control-rate, in bursts of 4 times that."""
+    return RateLimiter(config.control_per_second, burst=max(1, round(4 * config.control_per_second)))
+
+
 class StationService:
     """One station's network side: its broadcaster (encoders, listeners), status publisher,
     controller, Icecast sources (`icecast_urls`: its own mounts) and the handlers of its routes
@@ -46,8 +51,7 @@ class StationService:
             station.add_output(f"icecast {source.target}", source.health)
         self.web = RadioWeb(station, self.broadcaster, self.publisher, self.controller,
                             now_playing=lambda: self.title, origins=OriginPolicy(config.allow_origins),
-                            limits=limits, control_rate=RateLimiter(
-                                config.control_per_second, burst=max(1, round(4 * config.control_per_second))))
+                            limits=limits, control_rate=control_rate(config))
         self._tasks: tp.List[asyncio.Future] = []
 
     def start(self) -> None:
@@ -135,7 +139,8 @@ class NetworkThread(threading.Thread):
         for service in self.services.values():
             service.start()
         app = (self.single.web.app() if self.single is not None
-               else LineupWeb(self.services, self.auth, self.lineup_control).app())
+               else LineupWeb(self.services, self.auth, self.lineup_control, origins=OriginPolicy(config.allow_origins),
+                              control_rate=control_rate(config)).app())
         runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15.0)
         await runner.setup()
         # The web server's protocol, each connection behind a deadline for its first request.

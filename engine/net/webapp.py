@@ -116,7 +116,7 @@ class RadioWeb:
     def _too_many(self, request: web.Request) -> tp.Optional[str]:
         """The error for a client over its control rate (counted per address), else None. (The
         page's origin is checked once per request or WebSocket, not per command.)"""
-        if self.control_rate.allow(_client_address(request)):
+        if self.control_rate.allow(client_address(request)):
             return None
         return (f"too many commands: at most {self.control_rate.rate:g} per second "
                 f"(bursts of {self.control_rate.burst:g}); try again shortly")
@@ -132,7 +132,7 @@ class RadioWeb:
         ws = web.WebSocketResponse(max_msg_size=protocol.MAX_CLIENT_MESSAGE_BYTES, heartbeat=20.0,
                                    compress=False)  # audio does not deflate; encode once
         await ws.prepare(request)
-        address = _client_address(request)
+        address = client_address(request)
         full = self.limits.admit(address)
         if full is not None:
             await _close_ws(ws, request, protocol.CLOSE_TRY_AGAIN_LATER, full)
@@ -213,7 +213,7 @@ class RadioWeb:
 
     # -- HTTP streams --------------------------------------------------------------------------
     async def http_stream(self, request: web.Request) -> web.StreamResponse:
-        address = _client_address(request)
+        address = client_address(request)
         full = self.limits.admit(address)
         if full is not None:
             raise web.HTTPServiceUnavailable(text=full + "\n", headers={"Retry-After": "30"})
@@ -264,7 +264,7 @@ def parse_json(data: tp.Union[str, bytes]) -> tp.Any:
         return None
 
 
-def _client_address(request: web.Request) -> str:
+def client_address(request: web.Request) -> str:
     """The peer's address (behind a reverse proxy: the proxy's; see the README)."""
     return request.remote or "unknown"
 
