@@ -7,9 +7,8 @@ slots at once with static shapes: tokens [2S, K, 1], one position per row, the s
 masked per row to the positions that row holds, the cross-attention over the text conditions
 padded to a common length (a multiple of TEXT_BUCKET) and masked per row (on CPU, where nothing
 is captured, each slot's self-attention reads only its own positions, with the cache's kernels).
-The batch is always the
-full capacity (idle slots are computed and ignored: their rows write only their own cache, which
-their next prefill overwrites), so a slot's numbers never depend on which other slots are busy:
+The batch is always the full capacity (idle slots are computed and ignored: their rows write
+only their own cache, which their next prefill overwrites), so a slot's numbers never depend on which other slots are busy:
 a station's tokens are the same alone as in any batch. On CUDA the step is one CUDA graph,
 captured again only when the text bucket grows.
 
@@ -104,7 +103,7 @@ class BatchedDecoder:
     # -- the transformer ----------------------------------------------------------------------
     def prefill(self, slot: int, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [2, K, T] from position 0 into slot `slot` → logits [2, K, card] of the last."""
-        return self.fast.prefill(tokens, cache=self.cache.slot(slot), cross=self.conditions[slot])
+        return self.fast.prefill(tokens, cache=self._slot_caches[slot], cross=self.conditions[slot])
 
     def step(self, tokens: tp.Mapping[int, torch.Tensor], positions: tp.Mapping[int, int]) -> torch.Tensor:
         """One decode step of every slot: `tokens[slot]` [K] at `positions[slot]` for the busy

@@ -24,7 +24,7 @@ import typing as tp
 import torch
 
 from .batch import BatchedDecoder
-from .generate import ProgressCallback, WeightsCallback, pattern_sequence
+from .generate import ProgressCallback, WeightsCallback, check_finite, layout, unpattern
 from .sampling import sample
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,6 @@ class StrideBatcher:
             if running is not None:
                 running.request.progress = _cancelled(station)
 
-    @property
-    def stations(self) -> tp.Dict[str, int]:
-        with self._changed:
-            return dict(self._slots)
-
     # -- the station's side -------------------------------------------------------------------
     def generate(self, request: StrideRequest) -> torch.Tensor:
         """Block until the stride is generated → codes [1, K, P + new_frames] (raises what the
@@ -165,29 +160,14 @@ class StrideBatcher:
 
     def _prefill(self, slot: int, request: StrideRequest, future) -> _Stride:
         """The stride's context into its slot (generate.generate's first half)."""
-        fast = self.fast
-        K, delays = fast.num_codebooks, fast.delays
-        P = 0 if request.prompt is None else request.prompt.shape[-1]
-        total = P + int(request.new_frames)
-        steps = total + max(delays) + 1
-        if steps > fast.max_positions:
-            raise ValueError(f"{total} frames exceed the cache ({fast.max_positions} positions)")
-        weights = None if request.weights_at is None else request.weights_at(P)
-        self.decoder.set_conditions(slot, request.attributes, weights)
-        codes = torch.full((K, total), -1, dtype=torch.long, device=fast.device)
-        if P:
-            codes[:, :P] = request.prompt[0].to(fast.device)
-        sequence = pattern_sequence(fast, codes)
-        first = P + 1 + min(delays)
-        timesteps = torch.arange(steps).view(-1, 1) - 1 - torch.tensor(delays).view(1, -1)
-        generated = ((timesteps >= P) & (timesteps < total)).to(fast.device)
+        sequence, generated, first, steps, total, P = layout(self.fast, request.prompt, request.new_frames)
+        self.decoder.set_conditions(slot, request.attributes, None if request.weights_at is None else request.weights_at(P))
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.decoder.prefill(slot, sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
         if request.logits_hook is not None:
             logits = request.logits_hook(logits)
-        if not bool(torch.isfinite(logits).all()):
-            raise FloatingPointError("the language model gave NaN or inf logits")
+        check_finite(logits)
         return _Stride(request, future, slot, sequence, generated, total, first, first, steps, logits,
                        started, time.perf_counter() - started)
 
@@ -226,8 +206,7 @@ class StrideBatcher:
     def _finish(self, stride: _Stride) -> None:
         with self._changed:
             self._running.pop(stride.slot, None)
-        delays, total = self.fast.delays, stride.total
-        out = torch.stack([stride.sequence[k, 1 + d:1 + d + total] for k, d in enumerate(delays)]).unsqueeze(0)
+        out = unpattern(self.fast, stride.sequence, stride.total)
         if stride.request.timings is not None:
             stride.request.timings.update(prefill_seconds=stride.prefill_seconds,
                                           decode_seconds=time.perf_counter() - stride.started - stride.prefill_seconds,

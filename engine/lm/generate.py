@@ -32,6 +32,47 @@ def pattern_sequence(model: FastLM, codes: torch.Tensor) -> torch.Tensor:
     return sequence
 
 
+class Layout(tp.NamedTuple):
+    """A generation laid out in pattern positions: `sequence` [K, S] (the prompt in place, the
+    rest to fill), `generated` [S, K] (positions holding a timestep to generate: not prompt, not
+    a special token), `first` (the first position to sample), `steps` (S), `total` (frames),
+    `prompt_frames` (P)."""
+    sequence: torch.Tensor
+    generated: torch.Tensor
+    first: int
+    steps: int
+    total: int
+    prompt_frames: int
+
+
+def layout(model: FastLM, prompt: tp.Optional[torch.Tensor], new_frames: int) -> Layout:
+    """prompt codes [1, K, P] (or None) and `new_frames` → their Layout (ValueError when they
+    exceed the cache)."""
+    K, delays = model.num_codebooks, model.delays
+    P = 0 if prompt is None else prompt.shape[-1]
+    total = P + int(new_frames)
+    steps = total + max(delays) + 1  # pattern sequence length S
+    if steps > model.max_positions:
+        raise ValueError(f"{total} frames exceed the cache ({model.max_positions} positions)")
+    codes = torch.full((K, total), -1, dtype=torch.long, device=model.device)
+    if P:
+        codes[:, :P] = prompt[0].to(model.device)
+    timesteps = torch.arange(steps).view(-1, 1) - 1 - torch.tensor(delays).view(1, -1)
+    generated = ((timesteps >= P) & (timesteps < total)).to(model.device)  # [S, K]
+    return Layout(pattern_sequence(model, codes), generated, P + 1 + min(delays), steps, total, P)
+
+
+def unpattern(model: FastLM, sequence: torch.Tensor, total: int) -> torch.Tensor:
+    """The pattern sequence [K, S] → codes [1, K, total] (each codebook without its delay)."""
+    return torch.stack([sequence[k, 1 + d:1 + d + total] for k, d in enumerate(model.delays)]).unsqueeze(0)
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    """FloatingPointError for NaN or inf logits (a broken checkpoint or device)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the language model gave NaN or inf logits")
+
+
 @torch.inference_mode()
 def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_frames: int, *,
              temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
@@ -48,28 +89,13 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
     per timestep (a morph: the step that samples timestep t of the first codebook reads the
     weights of t). `timings`, when given, receives prefill_seconds, decode_seconds and
     decode_steps."""
-    K, delays = model.num_codebooks, model.delays
-    P = 0 if prompt is None else prompt.shape[-1]
-    total = P + int(new_frames)
-    steps = total + max(delays) + 1  # pattern sequence length S
-    if steps > model.max_positions:
-        raise ValueError(f"{total} frames exceed the cache ({model.max_positions} positions)")
+    sequence, generated, first, steps, total, P = layout(model, prompt, new_frames)
     model.set_conditions(attributes, None if weights_at is None else weights_at(P))
-    codes = torch.full((K, total), -1, dtype=torch.long, device=model.device)
-    if P:
-        codes[:, :P] = prompt[0].to(model.device)
-    sequence = pattern_sequence(model, codes)  # [K, S]
-    first = P + 1 + min(delays)  # the first step that holds a timestep to generate
-    # generated[s, k]: position s of codebook k holds a timestep to generate (not prompt,
-    # not a special token).
-    timesteps = torch.arange(steps).view(-1, 1) - 1 - torch.tensor(delays).view(1, -1)
-    generated = ((timesteps >= P) & (timesteps < total)).to(model.device)  # [S, K]
     started = time.perf_counter()
     logits = model.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
     if logits_hook is not None:
         logits = logits_hook(logits)
-    if not bool(torch.isfinite(logits).all()):
-        raise FloatingPointError("the language model gave NaN or inf logits")
+    check_finite(logits)
     prefill_done = time.perf_counter()
     for offset in range(first, steps):
         tokens = sample(logits, cfg_coef, temperature, top_k, top_p, generator)
@@ -86,5 +112,4 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
         timings.update(prefill_seconds=prefill_done - started,
                        decode_seconds=time.perf_counter() - prefill_done,
                        decode_steps=steps - first - 1)
-    out = torch.stack([sequence[k, 1 + d:1 + d + total] for k, d in enumerate(delays)])
-    return out.unsqueeze(0)
+    return unpattern(model, sequence, total)
