@@ -4,8 +4,9 @@
 
 DIR gets the checkpoint (`state_dict.bin`, `compression_state_dict.bin`), in `DIR/t5-base/` the
 text encoder it names (config, tokenizer, weights) and, for a melody model, in `DIR/htdemucs/`
-the Demucs stem splitter its chroma conditioner runs (models/stems.py). The files come through the Hugging Face
-cache (a second fetch, or one with `HF_HUB_OFFLINE=1` and a filled cache, copies from there).
+the Demucs stem splitter its chroma conditioner runs (models/stems.py). The files come through
+the Hugging Face cache (a second fetch, or one with `HF_HUB_OFFLINE=1` and a filled cache,
+copies from there).
 The folder is then loaded as `server.py --model DIR` will load it, with the hub switched off, to
 check that it is complete. Exit code 0 when it is, 2 with one line saying what failed.
 """

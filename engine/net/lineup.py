@@ -21,12 +21,11 @@ import typing as tp
 
 from aiohttp import web
 
-from . import protocol
 from .control import ControlAuth, ControlError, echo_id
+from .guard import OriginPolicy, RateLimiter
 from .prometheus import LineupExporter
 from .status import health
-from .guard import OriginPolicy, RateLimiter
-from .webapp import CONTROL_BODY_SECONDS, ROUTES, WEB_ROOT, client_address, parse_json, request_token
+from .webapp import ROUTES, WEB_ROOT, read_command, request_token
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +131,9 @@ class LineupWeb:
     async def control(self, request: web.Request) -> web.Response:
         """POST /control: a lineup command (module docstring); the station's own commands go to
         /s/NAME/control."""
-        if not self.origins.allows(request.headers):
-            return web.json_response({"type": "error", "id": None, "error": (
-                "cross-site requests are refused: this page's origin is not allowed; start the server "
-                "with --allow-origin ORIGIN to allow it")}, status=403)
-        if not self.control_rate.allow(client_address(request)):
-            return web.json_response({"type": "error", "id": None, "error": (
-                f"too many commands: at most {self.control_rate.rate:g} per second; try again shortly")}, status=429)
-        try:
-            body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
-                                          timeout=CONTROL_BODY_SECONDS)
-        except asyncio.TimeoutError:
-            body = b""
-        message = parse_json(body)
+        message, refused = await read_command(request, self.origins, self.control_rate)
+        if refused is not None:
+            return refused
         command_id = echo_id(message)
         try:
             offered = request_token(request) or (message.get("token") if isinstance(message, dict) else None)

@@ -88,38 +88,17 @@ class RadioWeb:
     async def control(self, request: web.Request) -> web.Response:
         """POST /control: one JSON command; the token as `Authorization: Bearer TOKEN`,
         `?token=TOKEN` or a "token" field."""
-        cors = self.origins.cors_headers(request.headers)
-        if not self.origins.allows(request.headers):
-            return web.json_response({"type": "error", "id": None, "error": (
-                "cross-site requests are refused: this page's origin is not allowed; start the station "
-                "with --allow-origin ORIGIN to allow it")}, status=403, headers=cors)
-        too_many = self._too_many(request)
-        if too_many is not None:
-            return web.json_response({"type": "error", "id": None, "error": too_many}, status=429, headers=cors)
-        if request.content_length is not None and request.content_length > protocol.MAX_CLIENT_MESSAGE_BYTES:
-            return web.json_response({"type": "error", "id": None, "error": (
-                f"a command is at most {protocol.MAX_CLIENT_MESSAGE_BYTES} bytes")}, status=413, headers=cors)
-        try:
-            body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
-                                          timeout=CONTROL_BODY_SECONDS)
-            message = parse_json(body)
-        except asyncio.TimeoutError:
-            message = None
+        message, refused = await read_command(request, self.origins, self.control_rate)
+        if refused is not None:
+            return refused
         result = self.controller.handle(message, request_token(request))
-        return web.json_response(result, status=result.pop("http_status", 200), headers=cors)
+        return web.json_response(result, status=result.pop("http_status", 200),
+                                 headers=self.origins.cors_headers(request.headers))
 
     async def control_preflight(self, request: web.Request) -> web.Response:
         """A browser asks whether a page of another origin may POST /control."""
         headers = self.origins.cors_headers(request.headers)
         return web.Response(status=204 if headers else 403, headers=headers)
-
-    def _too_many(self, request: web.Request) -> tp.Optional[str]:
-        """The error for a client over its control rate (counted per address), else None. (The
-        page's origin is checked once per request or WebSocket, not per command.)"""
-        if self.control_rate.allow(client_address(request)):
-            return None
-        return (f"too many commands: at most {self.control_rate.rate:g} per second "
-                f"(bursts of {self.control_rate.burst:g}); try again shortly")
 
     # -- WebSocket -------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
@@ -197,9 +176,9 @@ class RadioWeb:
                 if message.get("type") == "ping":
                     await ws.send_str(json.dumps({"type": "pong", "time": time.time()}))
                     continue
-                too_many = self._too_many(request)
-                if too_many is not None:
-                    await ws.send_str(json.dumps({"type": "error", "id": echo_id(message), "error": too_many}))
+                over = too_many(request, self.control_rate)  # the origin was checked once, at the upgrade
+                if over is not None:
+                    await ws.send_str(json.dumps({"type": "error", "id": echo_id(message), "error": over}))
                     continue
                 result = self.controller.handle(message, token)
                 result.pop("http_status", None)
@@ -253,6 +232,39 @@ class RadioWeb:
         finally:
             self.broadcaster.leave(listener)
         return response
+
+
+def too_many(request: web.Request, control_rate: RateLimiter) -> tp.Optional[str]:
+    """The error for a client over its control rate (counted per address), else None."""
+    if control_rate.allow(client_address(request)):
+        return None
+    return (f"too many commands: at most {control_rate.rate:g} per second "
+            f"(bursts of {control_rate.burst:g}); try again shortly")
+
+
+async def read_command(request: web.Request, origins: OriginPolicy,
+                       control_rate: RateLimiter) -> tp.Tuple[tp.Any, tp.Optional[web.Response]]:
+    """A POST /control's JSON command (None when it is not JSON or does not arrive within
+    CONTROL_BODY_SECONDS), or the answer refusing it: another origin (403), over the client's
+    rate (429), too large (413)."""
+    cors = origins.cors_headers(request.headers)
+
+    def refuse(error: str, status: int) -> tp.Tuple[None, web.Response]:
+        return None, web.json_response({"type": "error", "id": None, "error": error}, status=status, headers=cors)
+    if not origins.allows(request.headers):
+        return refuse("cross-site requests are refused: this page's origin is not allowed; start the station "
+                      "with --allow-origin ORIGIN to allow it", 403)
+    over = too_many(request, control_rate)
+    if over is not None:
+        return refuse(over, 429)
+    if request.content_length is not None and request.content_length > protocol.MAX_CLIENT_MESSAGE_BYTES:
+        return refuse(f"a command is at most {protocol.MAX_CLIENT_MESSAGE_BYTES} bytes", 413)
+    try:
+        body = await asyncio.wait_for(request.content.read(protocol.MAX_CLIENT_MESSAGE_BYTES + 1),
+                                      timeout=CONTROL_BODY_SECONDS)
+    except asyncio.TimeoutError:
+        return None, None
+    return parse_json(body), None
 
 
 def parse_json(data: tp.Union[str, bytes]) -> tp.Any:
