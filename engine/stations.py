@@ -24,6 +24,7 @@ from .lm.weights import UnsupportedModel
 from .models.memory import available_bytes
 from .net.config import NetworkConfig
 from .net.icecast import parse_icecast_url
+from .net.lineup import LineupConflict
 from .net.redact import SecretRedactor
 from .net.service import NetworkThread, start_network
 from .outputs.config import OutputConfig
@@ -103,8 +104,11 @@ class Lineup:
         self._lock = threading.Lock()
 
     def build(self, spec: StationSpec) -> Station:
-        """The station, in its slot of the batch (ValueError when none is free)."""
-        self.batcher.join(spec.name)
+        """The station, in its slot of the batch (LineupConflict when none is free)."""
+        try:
+            self.batcher.join(spec.name)
+        except ValueError as err:
+            raise LineupConflict(str(err)) from err
         config = spec.config
         if config.state_dir:
             config = dataclasses.replace(config, state_dir=os.path.join(config.state_dir, spec.name))
@@ -138,7 +142,7 @@ class Lineup:
         """A new station with `settings` over the command line's (ValueError says what is wrong)."""
         with self._lock:
             if name in self.stations:
-                raise ValueError(f"a station named {name!r} already plays; remove it first or pick another name")
+                raise LineupConflict(f"a station named {name!r} already plays; remove it first or pick another name")
             self._added += 1
             spec = station_from_table(name, dict(settings), self.base, len(self.stations) + self._added,
                                       f"add_station {name}")

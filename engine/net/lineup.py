@@ -36,9 +36,14 @@ LINEUP_COMMANDS = {"add_station": {"name", "prompt", "prompts", "seed", "tempera
                    "remove_station": {"name"}, "stations": set()}
 
 
+class LineupConflict(ValueError):
+    """The lineup cannot take the change as it stands (the name plays already, no slot is free)."""
+
+
 class LineupControl(tp.Protocol):
     """What adds and removes stations (engine/stations.py: Lineup). Both block until done and
-    raise ValueError with what is wrong; they run in a worker thread, never on the loop."""
+    raise ValueError with what is wrong (LineupConflict: HTTP 409, else 400); they run in a
+    worker thread, never on the loop."""
 
     def add(self, name: str, settings: tp.Mapping[str, tp.Any]) -> None: ...
 
@@ -149,7 +154,7 @@ class LineupWeb:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, call)
             except ValueError as err:
-                raise ControlError(str(err), 409 if "already" in str(err) or "slots" in str(err) else 400) from err
+                raise ControlError(str(err), 409 if isinstance(err, LineupConflict) else 400) from err
         except ControlError as err:
             log.info("control: refused a lineup command: %s", err)
             return web.json_response({"type": "error", "id": command_id, "error": str(err)}, status=err.http_status)
