@@ -95,7 +95,7 @@ def _play(model, models: ModelConfig, engine: StationConfig, outputs: OutputConf
         if service is None:
             return EXIT_BAD_INPUT
         redactor.add(service.auth.token)  # generated on loopback
-    sinks = _sinks(station, outputs)
+    sinks = station_sinks(station, outputs)
     clock = _clock(station, outputs)
     for sink in sinks:
         station.add_output(sink.name_for_logs, sink.health)
@@ -116,7 +116,9 @@ def _play(model, models: ModelConfig, engine: StationConfig, outputs: OutputConf
     return EXIT_FAILED if station.producer.error is not None else EXIT_OK
 
 
-def _sinks(station: Station, outputs: OutputConfig) -> tp.List[RingSink]:
+def station_sinks(station: Station, outputs: OutputConfig) -> tp.List[RingSink]:
+    """The readers of what `station` plays that `outputs` asks for: its recording (with the
+    sidecar of how it was made) and raw PCM on stdout."""
     sinks: tp.List[RingSink] = []
     if outputs.record_path:
         about = _recording_about(station)

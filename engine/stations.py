@@ -10,7 +10,6 @@ ends alone: the others play on. Stations are added and removed while the others 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -27,9 +26,10 @@ from .net.icecast import parse_icecast_url
 from .net.lineup import LineupConflict
 from .net.redact import SecretRedactor
 from .net.service import NetworkThread, start_network
+from .outputs.base import RingSink
 from .outputs.config import OutputConfig
-from .outputs.file import FileRecorder, check_record_path
-from .radio import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, raise_open_file_limit
+from .outputs.file import check_record_path
+from .radio import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, raise_open_file_limit, station_sinks
 from .rt.clock import PacedClock
 from .station.config import MUSICGEN_MAX_DURATION_SECONDS, ConfigError, ModelConfig, StationConfig
 from .station.lineup import StationSpec, check_lineup, station_from_table
@@ -98,7 +98,7 @@ class Lineup:
         self.stations: tp.Dict[str, Station] = {}
         self._threads: tp.Dict[str, threading.Thread] = {}
         self._ends: tp.Dict[str, threading.Event] = {}
-        self._recorders: tp.Dict[str, FileRecorder] = {}
+        self._recorders: tp.Dict[str, RingSink] = {}
         self._watchers: tp.Dict[str, ScheduleWatcher] = {}
         self._added = 0
         self._lock = threading.Lock()
@@ -124,8 +124,11 @@ class Lineup:
     def start(self, spec: StationSpec) -> None:
         """Play it: its recording, its clock, its thread."""
         station = self.stations[spec.name]
-        if spec.record_path:
-            recorder = self._recorders[spec.name] = _recorder(station, spec)
+        if spec.record_path:  # as one station's --record: the file and its sidecar
+            log.info("record: station %s", spec.name)
+            (recorder,) = station_sinks(station, dataclasses.replace(self.outputs, record_path=spec.record_path,
+                                                                     stdout=False))
+            self._recorders[spec.name] = recorder
             recorder.start()
             station.add_output(recorder.name_for_logs, recorder.health)
         if spec.config.schedule_path:  # the programme file is watched, as one station's is
@@ -258,10 +261,3 @@ def _run_station(name: str, station: Station, clock, end: threading.Event) -> No
         log.exception("station %s stopped", name)
     finally:
         end.set()
-
-
-def _recorder(station: Station, spec: StationSpec) -> FileRecorder:
-    log.info("record: station %s to %s", spec.name, spec.record_path)
-    return FileRecorder(station.program_ring, spec.record_path, station.sample_rate, tags={
-        "title": f"MusicGen radio {spec.name}: {spec.config.prompt}"[:500], "software": "musicgen-radio",
-        "comment": json.dumps({"model": station.model_config.name, "seed": spec.config.seed}, ensure_ascii=False)})

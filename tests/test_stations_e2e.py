@@ -80,6 +80,7 @@ def test_each_station_plays_its_own_music_under_its_routes(lineup):
     assert len(frames) == 20
     outputs = json.loads(get(server, "/s/c/status")[1])["outputs"]
     assert any(name.startswith("record") and o["state"] == "writing" for name, o in outputs.items()), outputs
+    assert os.path.exists(str(lineup[1] / "c.flac") + ".json")  # the sidecar of how it is made, as --record's
 
 
 def test_a_fault_in_one_station_leaves_the_others_playing(lineup):
