@@ -5,8 +5,9 @@ machine (the obvious alternative), in one run, on random weights of a real Music
 
 For each N: ms per decode step (one step advances every station by one frame), each station's
 real-time factor (a frame is 1/50 s of audio: RTF = 20 ms / step time), the aggregate real-time
-factor (N × that), and on CUDA the GPU memory in use (so the memory per added station is the
-difference between rows). "held" marks the counts where every station keeps ≥ --goal × real
+factor (N × that), and on CUDA the peak GPU memory in use, the memory per added station (the
+difference from the row above, over the stations added) and how much the memory in use grew
+over the timed steps (it should not). "held" marks the counts where every station keeps ≥ --goal × real
 time. Each station's slot is prefilled with --context seconds of tokens and its own prompt first.
 
     python bench/bench_stations.py --device cuda --model random-small --counts 1,2,4,8,16,32,48
@@ -15,6 +16,7 @@ time. Each station's slot is prefilled with --context seconds of tokens and its 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -35,14 +37,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _build(model_name: str, device: str, dtype: str, context_frames: int):
+def _build(model_name: str, device: str, dtype: str, context_frames: int, steps: int):
     import torch
 
     from engine.lm.model import FastLM
     from engine.models.load import load_model
     torch.manual_seed(0)
     model = load_model(model_name, device=device, seed=0)
-    fast = FastLM(model.lm, max_frames=context_frames + 50, dtype=dtype, device=torch.device(device))
+    # Room in the cache for the context, the warm-up steps and the timed ones.
+    fast = FastLM(model.lm, max_frames=context_frames + steps + 10, dtype=dtype, device=torch.device(device))
     return model, fast
 
 
@@ -52,6 +55,9 @@ def batched(model, fast, count: int, context_frames: int, steps: int, device: st
 
     from engine.lm.batch import BatchedDecoder
     from engine.lm.generate import pattern_sequence
+    gc.collect()  # the previous count's decoder (its graph holds a reference cycle) is freed first
+    if device == "cuda":
+        torch.cuda.empty_cache()
     decoder = BatchedDecoder(fast, slots=count)
     K = fast.num_codebooks
     tokens, positions = {}, {}
@@ -69,14 +75,18 @@ def batched(model, fast, count: int, context_frames: int, steps: int, device: st
         _sync(device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+            before_bytes = torch.cuda.memory_allocated()
         started = time.perf_counter()
         for i in range(steps):
             decoder.step(tokens, {s: p + 1 + i for s, p in positions.items()})
         _sync(device)
         seconds = (time.perf_counter() - started) / steps
     memory = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+    grew = (torch.cuda.memory_allocated() - before_bytes) / 1e6 if device == "cuda" else None
+    del decoder
     return {"stations": count, "ms_per_step": round(1000 * seconds, 3), "station_rtf": round(0.02 / seconds, 2),
-            "aggregate_rtf": round(count * 0.02 / seconds, 2), "gpu_memory_gb": memory}
+            "aggregate_rtf": round(count * 0.02 / seconds, 2), "gpu_memory_gb": memory,
+            "gpu_memory_grew_mb": grew}
 
 
 def single_worker(args) -> None:
@@ -84,7 +94,7 @@ def single_worker(args) -> None:
     import torch
 
     from engine.lm.generate import pattern_sequence
-    model, fast = _build(args.model, args.device, args.dtype, args.context_frames)
+    model, fast = _build(args.model, args.device, args.dtype, args.context_frames, args.steps)
     with torch.inference_mode():
         fast.set_conditions(model._prepare_tokens_and_attributes([PROMPTS[0]], None)[0][0])
         codes = torch.randint(0, fast.card, (fast.num_codebooks, args.context_frames), device=fast.device)
@@ -143,17 +153,24 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> None:
     args.dtype = resolve_dtype(args.dtype, torch.device(args.device))
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} threads)"
     print(f"# {args.model}, {args.dtype}, {args.context:g} s of context per station, {args.steps} steps, on {device_name}")
-    model, fast = _build(args.model, args.device, args.dtype, args.context_frames)
+    model, fast = _build(args.model, args.device, args.dtype, args.context_frames, args.steps)
     rows = [dict(batched(model, fast, n, args.context_frames, args.steps, args.device), how="one batch")
             for n in (int(c) for c in args.counts.split(","))]
     rows += [dict(separate(args, n), how="separate processes")
              for n in (int(c) for c in args.separate.split(",") if c.strip())]
-    print(f"{'how':<20} {'stations':>8} {'ms/step':>9} {'RTF each':>9} {'aggregate':>10} {'GPU GB':>7} held")
+    print(f"{'how':<20} {'stations':>8} {'ms/step':>9} {'RTF each':>9} {'aggregate':>10} {'GPU GB':>7} "
+          f"{'GB/added':>8} {'grew MB':>7} held")
+    previous = None
     for r in rows:
-        memory = "" if r.get("gpu_memory_gb") is None else f"{r['gpu_memory_gb']:.2f}"
+        memory = per_station = grew = ""
+        if r.get("gpu_memory_gb") is not None:
+            memory, grew = f"{r['gpu_memory_gb']:.2f}", f"{r['gpu_memory_grew_mb']:.1f}"
+            if previous is not None and r["stations"] > previous["stations"]:
+                per_station = f"{(r['gpu_memory_gb'] - previous['gpu_memory_gb']) / (r['stations'] - previous['stations']):.3f}"
+            previous = r
         held = "yes" if r["station_rtf"] >= args.goal else "no"
         print(f"{r['how']:<20} {r['stations']:>8} {r['ms_per_step']:>9.2f} {r['station_rtf']:>9.2f} "
-              f"{r['aggregate_rtf']:>10.2f} {memory:>7} {held}")
+              f"{r['aggregate_rtf']:>10.2f} {memory:>7} {per_station:>8} {grew:>7} {held}")
     print(json.dumps(rows))
 
 

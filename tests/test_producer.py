@@ -107,3 +107,32 @@ def test_first_strides_ramp_up_to_the_stride(tiny_model):
     assert frames == [6, 12, 24, 40, 40, 28]
     assert ring.written_until == end
 
+
+
+def test_a_stop_in_the_middle_of_a_stride_is_no_failure(tiny_model, caplog):
+    """Stopping while a stride is generated (a shutdown, an end of duration) abandons the
+    stride quietly: no ERROR in the log, no generation error counted, no error reported."""
+    producer, ring, metrics = make_producer(tiny_model, lambda: 0, stride_frames=100)
+    thread = ProducerThread(producer)
+    original = producer.generator.next_stride
+    stopped_at = []
+
+    def next_stride(conditioning, frames, progress=None, **drill):
+        if progress is None:  # the warm-up stride
+            return original(conditioning, frames, **drill)
+
+        def progress_then_stop(step, total):
+            if step == total // 2 and not stopped_at:
+                stopped_at.append(step)
+                producer.stop()  # as the station's supervisor does on shutdown
+            progress(step, total)
+        return original(conditioning, frames, progress_then_stop, **drill)
+    producer.generator.next_stride = next_stride
+    with caplog.at_level("INFO"):
+        thread.start()
+        assert producer.done.wait(60)
+        thread.join(timeout=30)
+    assert stopped_at, "the stride never reached its middle"
+    assert producer.error is None
+    assert metrics.generation_errors == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

@@ -157,6 +157,8 @@ class Producer:
                 except _CutIn:
                     self.log.info("producer: stride abandoned for a cut-in")
                     continue
+                except _Stopped:
+                    raise  # a shutdown in the middle of a stride: no failure
                 except Exception as err:  # noqa: BLE001 - any failure of a stride is retried
                     self.generator.restore(state)
                     if self.decoder.frames_pushed != pushed:
