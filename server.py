@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the model runs; auto (default) picks CUDA when present")
     g.add_argument("--dtype", default=m.dtype, choices=DTYPE_CHOICES,
                    help="precision of the language model: auto (default) picks bf16 (else fp16) on "
-                        "CUDA and int8 weights on x86 CPUs; fp32 is the reference")
+                        "CUDA and int8 weights on x86 CPUs; int4 (CPU) is faster and less faithful; "
+                        "fp32 is the reference")
     g.add_argument("--seed", type=int, default=None,
                    help="sampling seed; the same seed and flags give the same audio (default: random, logged)")
     g.add_argument("--from-audio", metavar="FILE", default=None,

@@ -18,7 +18,9 @@ context tokens:
 
 For each: prefill seconds (processing the context, up to the first new token), ms per decode
 step (mean over the stride), the stride's wall time and real-time factor (stride seconds / wall),
-and peak RSS (and GPU memory); then each one's speed relative to the engine. For the engine also
+and peak RSS (and GPU memory); then each one's speed relative to the engine. For the engine
+also the bytes its average step reads and how far the step is from reading them at the memory
+read bandwidth measured in the same run (before and after the methods). For the engine also
 the time to first sound: from the loaded model to the first stride's audio (--first-stride
 seconds: 1 s), CUDA graph capture and all first-call costs included. Each method runs in its own
 process.
@@ -116,8 +118,12 @@ def run_engine(model, args) -> dict:
     clock = StepClock(args.device, args.steps)
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
-    return {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
-            "dtype": gen.dtype + (f"/{gen.fast.kernels}" if gen.fast is not None else "/audiocraft")}
+    result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
+              "dtype": gen.dtype + (f"/{gen.fast.kernels}" if gen.fast is not None else "/audiocraft")}
+    if gen.fast is not None:  # bytes read by the stride's average step (its middle position)
+        steps = result["steps_timed"] or stride_frames
+        result["step_bytes"] = gen.fast.step_bytes(context.shape[-1] + max(gen.fast.delays) + steps // 2)
+    return result
 
 
 def run_seed(model, args) -> dict:
@@ -214,6 +220,21 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def read_bandwidth_gbs(device: str, gigabytes: float = 1.0, repeats: int = 6) -> float:
+    """Memory read bandwidth as the decode step sees it (all of torch's threads summing a buffer
+    far larger than the caches; the best of `repeats`), in GB/s."""
+    import torch
+    buffer = torch.ones(int(gigabytes * 1e9) // 4, dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        buffer.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return buffer.numel() * 4 / best / 1e9
+
+
 def _stride_seconds_estimate(r: dict, args) -> float:
     """Wall time of the stride: measured, or (with --steps) prefill + all steps at the mean."""
     if r["stride_wall_s"] is not None:
@@ -248,6 +269,8 @@ def main() -> None:
           f"({where}); window {args.window:g} s, context {args.context:g} s, "
           f"stride {args.stride:g} s; CFG 3, top-k 250"
           + (f"; {args.steps} steps timed, strides projected" if args.steps else ""), flush=True)
+    bandwidth_before = read_bandwidth_gbs(args.device)
+    print(f"memory read bandwidth: {bandwidth_before:.1f} GB/s (measured now)", flush=True)
     runs = []
     for method in args.methods.split(","):
         runs += [(f"engine[{d}]", method, d) for d in args.dtypes.split(",")] if method == "engine" \
@@ -273,6 +296,16 @@ def main() -> None:
               f"real-time factor {r['rtf']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB"
               + (f" | peak GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else "")
               + (f" | first sound {r['first_sound_s']:.2f} s" if "first_sound_s" in r else ""), flush=True)
+    bandwidth_after = read_bandwidth_gbs(args.device)
+    bandwidth = (bandwidth_before + bandwidth_after) / 2
+    print(f"memory read bandwidth: {bandwidth_after:.1f} GB/s after the runs; {bandwidth:.1f} GB/s on average",
+          flush=True)
+    for label, r in results.items():
+        if "step_bytes" in r:  # how far each step is from reading its bytes at that bandwidth
+            floor_ms = r["step_bytes"] / (bandwidth * 1e9) * 1000
+            print(f"{label:22s} reads {r['step_bytes'] / 1e6:.0f} MB per step (weights, KV cache, text condition): "
+                  f"floor {floor_ms:.2f} ms at {bandwidth:.1f} GB/s; the step takes {r['step_ms'] / floor_ms:.2f}x "
+                  f"the floor", flush=True)
     engines = [k for k in results if k.startswith("engine")]
     if engines:  # everything relative to the first engine run (--dtypes' first: auto)
         engine = engines[0]

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """What reduced precision costs in model quality: tokens sampled by the fp32 model are scored
 (mean cross-entropy per token, teacher-forced, CFG 3) under each precision of the fast decoder;
-the gap to fp32's own cross-entropy is the usual quantisation-quality figure.
+the gap to fp32's own cross-entropy is the usual quantisation-quality figure. Beside it, along
+the same teacher-forced sequence: the relative error of each precision's guided logits against
+fp32's, and how many of fp32's top-10 and top-250 codes (250: the sampler's top-k) stay in its own.
 
     python bench/bench_quality.py                      # random-small (musicgen-small shape), CPU
     python bench/bench_quality.py --model /path/to/musicgen-small --frames 500
 
-With random weights the model's predictions are nearly flat, so the gap says little about a
-trained checkpoint: run it on real weights (a local folder) where they are available.
+With random weights the model's predictions are nearly flat, so the cross-entropy gap says little
+about a trained checkpoint (the logit error and top-k overlap still compare precisions): run it on
+real weights (a local folder) where they are available.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def main() -> None:
     p.add_argument("--model", default="random-small")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--frames", type=int, default=150, help="frames sampled by fp32 (50 per second)")
-    p.add_argument("--dtypes", default="bf16,int8")
+    p.add_argument("--dtypes", default="bf16,int8,int4")
     p.add_argument("--prompt", default="warm lofi hip hop with vinyl crackle")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -36,7 +39,7 @@ def main() -> None:
     import torch
     from engine.lm.generate import generate
     from engine.lm.model import FastLM
-    from engine.lm.quality import cross_entropy
+    from engine.lm.quality import cross_entropy, guided_logits, logit_agreement
     from engine.models.load import load_model
     model = load_model(args.model, device=args.device, seed=0)
     attributes = model._prepare_tokens_and_attributes([args.prompt], None)[0][0]
@@ -48,12 +51,18 @@ def main() -> None:
           f"top-k 250, CFG 3", flush=True)
     baseline = cross_entropy(reference, codes, attributes)
     print(f"fp32   cross-entropy {baseline:.5f} nats/token", flush=True)
+    reference_logits, targets = guided_logits(reference, codes, attributes)
+    special = reference.special_token
     del reference
     for dtype in args.dtypes.split(","):
         reduced = FastLM(model.lm, max_frames=args.frames, dtype=dtype)
         ce = cross_entropy(reduced, codes, attributes)
-        print(f"{dtype:6s} cross-entropy {ce:.5f} nats/token, gap {100 * (ce - baseline) / baseline:+.3f} %",
-              flush=True)
+        agreement = logit_agreement(reference_logits, guided_logits(reduced, codes, attributes)[0], targets, special)
+        print(f"{dtype:6s} cross-entropy {ce:.5f} nats/token, gap {100 * (ce - baseline) / baseline:+.3f} % | "
+              f"logits' relative error {100 * agreement['logit_relative_error']:.2f} % | "
+              f"top-10 overlap {100 * agreement['top10_overlap']:.1f} % | "
+              f"top-250 overlap {100 * agreement['top250_overlap']:.1f} %", flush=True)
+        del reduced
 
 
 if __name__ == "__main__":

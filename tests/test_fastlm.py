@@ -98,8 +98,10 @@ def test_top_k_1_sampling_is_greedy(tiny_model):
 
 
 @pytest.mark.parametrize("dtype, kernels", [
-    ("bf16", "eager"), ("int8", "eager"),
+    ("bf16", "eager"), ("int8", "eager"), ("int4", "eager"),
     pytest.param("int8", "native", marks=pytest.mark.skipif(
+        not NATIVE, reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)")),
+    pytest.param("int4", "native", marks=pytest.mark.skipif(
         not NATIVE, reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)"))])
 def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype, kernels):
     lm = tiny_model.lm
@@ -125,10 +127,11 @@ def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype, kerne
 def test_dtype_choices():
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) in ("int8", "fp32")
-    for name in ("fp32", "bf16", "int8"):
+    for name in ("fp32", "bf16", "int8", "int4"):
         assert resolve_dtype(name, cpu) == name
-    with pytest.raises(ValueError, match="int8 is a CPU path"):
-        resolve_dtype("int8", torch.device("cuda"))
+    for name in ("int8", "int4"):
+        with pytest.raises(ValueError, match=f"{name} is a CPU path"):
+            resolve_dtype(name, torch.device("cuda"))
     with pytest.raises(ValueError, match="must be one of"):
         resolve_dtype("fp8", cpu)
 
@@ -194,6 +197,53 @@ def test_native_int8_linear_is_close_to_fp32():
         exact = x @ weight.T + bias
         error = (linear(x) - exact).norm() / exact.norm()
         assert error < 0.02, (rows, error)
+
+
+def test_native_int4_linear_computes_its_4_bit_weights():
+    """The int4 kernel computes exactly what its packed weights say (int8-quantised rows times
+    the dequantised 4-bit weights), the prefill path (fbgemm, > 4 rows) uses the same weights,
+    and it reads about half the bytes of int8."""
+    from engine.lm.kernels import load_cpu_kernels
+    from engine.lm.quantize import INT4_GROUP, Int4, Int8
+    torch.manual_seed(2)
+    weight, bias = torch.randn(160, 384) * 0.05, torch.randn(160)
+    kernels = load_cpu_kernels()
+    linear = Int4(weight, bias, kernels)
+    assert linear.kernels is not None
+    assert linear.q.min() >= -8 and linear.q.max() <= 7
+    dequantised = (linear.q.float().view(160, -1, INT4_GROUP) * linear.group_scales.unsqueeze(-1)).view(160, 384)
+    for rows in (1, 2, 3, 4, 7):
+        x = torch.randn(rows, 384)
+        scale = x.abs().amax(dim=1, keepdim=True) / 127
+        expected = (torch.round(x / scale) @ dequantised.T) * scale + bias
+        got = linear(x)
+        if rows <= 4:  # the native kernel: exact up to float rounding
+            assert (got - expected).abs().max() < 1e-4 * expected.abs().max(), rows
+        same_weights = x @ dequantised.T + bias
+        assert (got - same_weights).norm() / same_weights.norm() < 0.02, rows
+        exact = x @ weight.T + bias
+        assert (got - exact).norm() / exact.norm() < 0.15, rows  # 4-bit weights: ~10 % here
+    assert linear.weight_bytes() < 0.56 * Int8(weight, bias, kernels).weight_bytes()
+
+
+def test_int4_scales_are_chosen_for_the_least_error():
+    """Each group's scale comes from a small grid: never worse than scaling by max|w| alone,
+    and better for weights with outliers (clipping one weight loses less than coarse steps)."""
+    from engine.lm.quantize import INT4_GROUP, quantize_int4
+    torch.manual_seed(3)
+    weight = torch.randn(64, 4 * INT4_GROUP)
+    weight[:, ::97] *= 6  # outliers
+    q, scales = quantize_int4(weight)
+    assert q.dtype == torch.int8 and q.min() >= -8 and q.max() <= 7
+    assert scales.shape == (64, 4)
+    groups = weight.view(64, 4, INT4_GROUP)
+    plain_scales = groups.abs().amax(dim=-1, keepdim=True) / 7
+    plain = torch.clamp(torch.round(groups / plain_scales), -8, 7) * plain_scales
+    chosen = q.float().view(64, 4, INT4_GROUP) * scales.unsqueeze(-1)
+    plain_error = ((plain - groups) ** 2).sum(-1)
+    chosen_error = ((chosen - groups) ** 2).sum(-1)
+    assert (chosen_error <= plain_error + 1e-6).all()
+    assert chosen_error.sum() < 0.95 * plain_error.sum()
 
 
 def test_released_source_weights_leave_the_decoder_working():

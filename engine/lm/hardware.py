@@ -6,7 +6,9 @@ import typing as tp
 import torch
 
 #: Precisions of the language model (`resolve_dtype` says what auto picks).
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
+#: The precisions with quantised weights (CPU paths: fp32 activations, fp16 KV cache).
+QUANTISED = ("int8", "int4")
 #: How the decode step runs (`resolve_kernels` says what auto picks; FastLM says what each is).
 KERNEL_CHOICES = ("auto", "graph", "native", "compiled", "eager")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,8 +33,8 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     if name not in DTYPE_CHOICES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {name!r})")
     if device.type == "cuda":
-        if name == "int8":
-            raise ValueError("--dtype int8 is a CPU path; use bf16 or fp16 on CUDA")
+        if name in QUANTISED:
+            raise ValueError(f"--dtype {name} is a CPU path; use bf16 or fp16 on CUDA")
         if name == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return name
@@ -47,8 +49,9 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 
 def compute_dtypes(mode: str) -> tp.Tuple[torch.dtype, torch.dtype]:
     """(activations, KV cache) for a resolved precision. int8: fp32 activations (the quantised
-    kernels take fp32) and an fp16 KV cache; otherwise both in the precision itself."""
-    if mode == "int8":
+    kernels take fp32) and an fp16 KV cache (int4 likewise); otherwise both in the precision
+    itself."""
+    if mode in QUANTISED:
         return torch.float32, torch.float16
     return TORCH_DTYPES[mode], TORCH_DTYPES[mode]
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .cache import KVCache, prefill_attention_backends
 from .conditions import CrossConditions
 from .graph import StepGraph
-from .hardware import compute_dtypes, resolve_dtype, resolve_kernels
+from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels
 from .kernels import load_cpu_kernels
 from .weights import activation, check_supported, convert, release_source_weights
 
@@ -42,7 +42,7 @@ class FastLM:
 
     `max_frames`: the longest sequence (prompt + new frames) a generation will ask for; the
     KV cache holds max_frames + max(delays) + 1 positions.
-    `dtype`: "auto" | "fp32" | "bf16" | "fp16" | "int8" (hardware.resolve_dtype).
+    `dtype`: "auto" | "fp32" | "bf16" | "fp16" | "int8" | "int4" (hardware.resolve_dtype).
     `kernels`: "auto" | "graph" | "native" | "compiled" | "eager". graph: the decode step with
     static shapes (attention over the whole cache under a mask), captured once as a CUDA graph
     and replayed at every position (on CPU the same step runs eagerly: for tests); native: the
@@ -99,14 +99,24 @@ class FastLM:
         return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
     def parameter_bytes(self) -> int:
-        """Bytes of weights read per decode step (the memory-bandwidth floor of a step)."""
+        """Bytes of the layers' weights read per decode step (the memory-bandwidth floor of a step)."""
         return sum(lin.weight_bytes() for layer in self.layers for lin in layer.linears())
+
+    def step_bytes(self, positions: int) -> int:
+        """Bytes one decode step reads with `positions` cached: every layer's weights and the
+        output heads, the self-attention keys and values of both CFG rows up to there, and the
+        text condition's cross-attention keys and values."""
+        cache = self.cache.k
+        per_position = 2 * len(self.layers) * cache.shape[1] * self.dim * cache.element_size()
+        cross = self.cross.keys
+        cross_bytes = 0 if cross is None else 2 * cross.numel() * cross.element_size()
+        return self.parameter_bytes() + self.head.weight_bytes() + positions * per_position + cross_bytes
 
     @property
     def native_linears(self) -> bool:
-        """Every int8 linear of the decode step runs on the native kernel."""
+        """Every int8 (int4) linear of the decode step runs on the native kernel."""
         linears = [lin for layer in self.layers for lin in layer.linears()]
-        return self.mode == "int8" and all(getattr(lin, "native", False) for lin in linears)
+        return self.mode in QUANTISED and all(getattr(lin, "native", False) for lin in linears)
 
     def release_source_weights(self) -> int:
         """Free audiocraft's copies of the weights this decoder converted (weights.py)."""

@@ -1,4 +1,5 @@
-"""The linear layers of the fast decoder in each precision: dense (fp32 / bf16 / fp16) and int8."""
+"""The linear layers of the fast decoder in each precision: dense (fp32 / bf16 / fp16), int8 and
+int4 (group-wise scales)."""
 from __future__ import annotations
 
 import contextlib
@@ -70,17 +71,88 @@ class Int8:
                 done = self(groups[0])
             y = torch.cat([out if out is not None else done.new_zeros(done.shape) for out in outputs])
         elif self.kernels is not None and rows.shape[0] <= 4:
-            y = self.kernels.gemv(rows, self.weight, self.row_sums, self.scales,
-                                  self._no_bias if self.bias is None else self.bias)
+            y = self._decode_rows(rows)
         else:
             y = torch.ops.quantized.linear_dynamic(rows, self.packed, True)
         return y.view(*shape[:-1], y.shape[-1])
+
+    def _decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """1 to 4 rows [M, in] fp32 on the native kernel → [M, out] fp32."""
+        return self.kernels.gemv(rows, self.weight, self.row_sums, self.scales,
+                                 self._no_bias if self.bias is None else self.bias)
 
     def weight_bytes(self) -> int:
         return self.packed.unpack()[0].numel() if self.kernels is None else self.weight.numel()
 
 
-Linear = tp.Union[Dense, Int8]
+#: Inputs per int4 scale (the native kernel's kGroup).
+INT4_GROUP = 128
+#: Scales tried per group (fractions of max|w| / 7); the one with the least squared error wins.
+INT4_SCALE_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+#: Rows quantised at a time (their working tensors stay in the CPU's caches).
+QUANTIZE_ROWS = 64
+
+
+def quantize_int4(weight: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+    """W [out, in] → (q [out, in] int8 in -8..7, scales [out, in / INT4_GROUP] fp32): symmetric
+    per group of INT4_GROUP inputs, each group's scale picked from INT4_SCALE_GRID for the least
+    squared error (clipping the largest weights a little often loses less than coarser steps)."""
+    w = weight.detach().float()
+    out_features, in_features = w.shape
+    q_all = torch.empty(out_features, in_features, dtype=torch.int8)
+    scales_all = torch.empty(out_features, in_features // INT4_GROUP)
+    for start in range(0, out_features, QUANTIZE_ROWS):  # a cache-sized block of rows at a time
+        groups = w[start:start + QUANTIZE_ROWS].reshape(-1, in_features // INT4_GROUP, INT4_GROUP)
+        peak = groups.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12).div_(7.0)
+        best_q = best_scale = best_error = None
+        for fraction in INT4_SCALE_GRID:
+            scale = peak * fraction
+            q = torch.div(groups, scale).round_().clamp_(-8, 7)
+            error = (q * scale).sub_(groups).square_().sum(dim=-1, keepdim=True)
+            if best_error is None:
+                best_q, best_scale, best_error = q, scale, error
+                continue
+            better = error < best_error
+            best_q = torch.where(better, q, best_q)
+            best_scale = torch.where(better, scale, best_scale)
+            best_error = torch.minimum(error, best_error)
+        rows = groups.shape[0]
+        q_all[start:start + rows] = best_q.view(rows, in_features).to(torch.int8)
+        scales_all[start:start + rows] = best_scale.view(rows, -1)
+    return q_all, scales_all
+
+
+class Int4(Int8):
+    """Group-wise symmetric 4-bit weights (`quantize_int4`): half the bytes of int8 per decode
+    step. Decode rows (≤ 4): the native kernel (kernels/int4_gemv.cpp) reads the packed nibbles
+    and the group scales. Prefill (many rows), and everywhere the kernel is missing: fbgemm's
+    int8 GEMM of the same 4-bit weights, dequantised (so prefill and steps use one model)."""
+
+    def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
+        out_features, in_features = weight.shape
+        if in_features % INT4_GROUP:
+            raise ValueError(f"int4 needs layer inputs in multiples of {INT4_GROUP} (got {in_features})")
+        q, scales = quantize_int4(weight)
+        dequantised = (q.float().view(out_features, -1, INT4_GROUP) * scales.unsqueeze(-1)).view_as(q)
+        super().__init__(dequantised, bias, kernels=None)
+        self.kernels = kernels
+        self.q = q  # [out, in] int8 in -8..7 (tests compare the kernel against it)
+        self.group_scales = scales
+        if kernels is not None:
+            self.packed4, self.offsets4 = kernels.pack4(q.contiguous(), scales)
+            self._no_bias = torch.empty(0)
+
+    def _decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.kernels.gemv4(rows, self.packed4, self.group_scales, self.offsets4,
+                                  self._no_bias if self.bias is None else self.bias)
+
+    def weight_bytes(self) -> int:
+        if self.kernels is None:
+            return super().weight_bytes()
+        return self.packed4.numel() + 4 * self.group_scales.numel()
+
+
+Linear = tp.Union[Dense, Int8, Int4]
 
 
 @contextlib.contextmanager
@@ -99,5 +171,10 @@ def activations_per_group(linears: tp.Iterable, rows: int, active: tp.Optional[t
 
 def linear(weight: torch.Tensor, bias: tp.Optional[torch.Tensor], mode: str,
            compute_dtype: torch.dtype, kernels=None) -> Linear:
-    """W [out, in], b [out] → an Int8 layer for mode "int8", else a Dense one in `compute_dtype`."""
-    return Int8(weight, bias, kernels) if mode == "int8" else Dense(weight, bias, compute_dtype)
+    """W [out, in], b [out] → an Int8 layer for mode "int8", an Int4 one for "int4", else a
+    Dense one in `compute_dtype`."""
+    if mode == "int8":
+        return Int8(weight, bias, kernels)
+    if mode == "int4":  # (a layer whose inputs do not fill whole groups stays int8)
+        return Int4(weight, bias, kernels) if weight.shape[1] % INT4_GROUP == 0 else Int8(weight, bias, kernels)
+    return Dense(weight, bias, compute_dtype)

@@ -95,8 +95,9 @@ class Weights:
 
 @torch.no_grad()
 def convert(lm, mode: str, compute_dtype: torch.dtype, native=None) -> Weights:
-    """The weights of audiocraft's `lm` in precision `mode` ("fp32" | "bf16" | "fp16" | "int8"),
-    dense ones in `compute_dtype`; `native`: the loaded CPU kernels for the int8 decode rows."""
+    """The weights of audiocraft's `lm` in precision `mode` ("fp32" | "bf16" | "fp16" | "int8" |
+    "int4"), dense ones in `compute_dtype`; `native`: the loaded CPU kernels for the quantised
+    decode rows."""
     cd = compute_dtype
 
     def norm(module) -> Norm:

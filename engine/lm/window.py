@@ -16,7 +16,7 @@ import torch
 
 from .batcher import StrideBatcher, StrideRequest
 from .generate import ProgressCallback, generate
-from .hardware import resolve_dtype
+from .hardware import QUANTISED, resolve_dtype
 from .model import FastLM
 from .weights import UnsupportedModel
 
@@ -78,7 +78,7 @@ class WindowGenerator:
     maximum duration).
     `seed`: each stride n is sampled from a generator seeded with (seed, n), so a run is
     reproducible stride by stride whatever else the process does between strides.
-    `dtype`: precision of the fast decoder (hardware.resolve_dtype: auto | fp32 | bf16 | fp16 | int8).
+    `dtype`: precision of the fast decoder (hardware.resolve_dtype: auto | fp32 | bf16 | fp16 | int8 | int4).
     Models the fast decoder does not implement (e.g. melody conditioning) run through
     audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
     `kernels`: how the fast decoder's step runs (FastLM: auto | graph | native | compiled | eager).
@@ -128,7 +128,7 @@ class WindowGenerator:
                 log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
                          self.fast.release_source_weights() / 1e6)
         else:
-            if self.dtype == "int8":
+            if self.dtype in QUANTISED:
                 self.dtype = "fp32"
             log.info("decoder: audiocraft's generate loop (%s), %s", reason, self.dtype)
 

@@ -13,7 +13,8 @@ import typing as tp
 
 GB = 1e9
 #: Bytes per LM parameter in the fast decoder's copy, per --dtype.
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+#: (int4 keeps an int8 copy of its 4-bit weights for the prefill's GEMMs beside the packed nibbles.)
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 1.5}
 #: T5-base encoder (fp32), the EnCodec codec, the KV cache and working room, in bytes.
 OVERHEAD_BYTES = {"cpu": 1.2 * GB, "cuda": 1.5 * GB}
 #: The published checkpoints' LM shapes (dim, layers), smallest first: what to suggest instead.

@@ -52,7 +52,7 @@ class ModelConfig:
     # folder's files, else the Hugging Face cache (models/checkpoint.py).
     text_encoder: tp.Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (lm/hardware.py: resolve_dtype)
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 | int4 (lm/hardware.py: resolve_dtype)
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

@@ -6,4 +6,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted", &weighted, "softmax weights times the values of an fp16 cache");
   m.def("prepare", &prepare, "row sums of an int8 weight");
   m.def("gemv", &gemv, "int8 linear for 1 to 4 rows (VNNI)");
+  m.def("pack4", &pack4, "pack int4 weights (-8..7 in int8) two to a byte, with their offsets");
+  m.def("gemv4", &gemv4, "int4 linear with group scales for 1 to 4 rows (VNNI)");
 }

@@ -1,0 +1,127 @@
+// The decode step's linear layers with 4-bit weights: y = x W^T for 1 to 4 rows of x, W int4
+// [out, in] in groups of kGroup = 128 inputs, each group with its own fp32 scale. Half the
+// bytes of int8, so less time where the pass is bound by reading the weights.
+//
+// Packing (pack4): 64 bytes per group; byte j holds input j in its low nibble and input 64 + j
+// in its high nibble, each stored as w + 8 (0..15). One mask gives inputs 0..63, a shift and the
+// mask 64..127; subtracting 8 makes them signed bytes for AVX-512 VNNI (vpdpbusd multiplies
+// unsigned by signed bytes). x is quantised per row to int8 and shifted by +128 to be the
+// unsigned side, as in int8_gemv.cpp: sum((x + 128) w) = sum(x w) + 128 sum(w), and the second
+// term, with the group scales, is one constant per output (pack4 returns it).
+//
+//   pack4(W [out, in] int8 in -8..7, scales [out, in / 128] fp32)
+//     -> (packed [out, in / 2] uint8, offsets [out] fp32 = 128 sum_g scale_g sum(W in g))
+//   gemv4(x [M, in] fp32, packed, scales, offsets, bias [out] fp32 or empty) -> [M, out] fp32
+#include "kernels.h"
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cmath>
+
+static constexpr int64_t kMaxRows = 4;
+static constexpr int64_t kGroup = 128;  // inputs per scale (two 64-input blocks)
+
+std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
+              "weight: [out, in] int8 holding -8..7");
+  const int64_t out_features = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(in % kGroup == 0, "in features must be a multiple of 128");
+  const int64_t groups = in / kGroup;
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+              scales.numel() == out_features * groups, "scales: [out, in / 128] fp32");
+  auto packed = at::empty({out_features, in / 2}, weight.options().dtype(at::kByte));
+  auto offsets = at::empty({out_features}, scales.options());
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  uint8_t* pp = packed.data_ptr<uint8_t>();
+  float* op = offsets.data_ptr<float>();
+  for (int64_t o = 0; o < out_features; ++o) {
+    double offset = 0.0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int8_t* group = wp + o * in + g * kGroup;
+      uint8_t* dst = pp + o * (in / 2) + g * 64;
+      int64_t sum = 0;
+      for (int64_t j = 0; j < 64; ++j) {
+        TORCH_CHECK(group[j] >= -8 && group[j] <= 7 && group[64 + j] >= -8 && group[64 + j] <= 7,
+                    "int4 weights must lie in -8..7");
+        dst[j] = static_cast<uint8_t>((group[j] + 8) | ((group[64 + j] + 8) << 4));
+        sum += group[j] + group[64 + j];
+      }
+      offset += 128.0 * sp[o * groups + g] * static_cast<double>(sum);
+    }
+    op[o] = static_cast<float>(offset);
+  }
+  return {packed, offsets};
+}
+
+template <int64_t Rows>
+static void rows_kernel4(const uint8_t* xq, const uint8_t* pp, const float* x_scales, const float* sp,
+                         const float* offsets, const float* bp, float* yp, int64_t in, int64_t out_features) {
+  const int64_t groups = in / kGroup;
+  const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+  const __m512i eight = _mm512_set1_epi8(8);
+  at::parallel_for(0, out_features, 32, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const uint8_t* row = pp + o * (in / 2);
+      const float* scales = sp + o * groups;
+      __m512 accf[Rows];
+      for (int64_t m = 0; m < Rows; ++m) accf[m] = _mm512_setzero_ps();
+      for (int64_t g = 0; g < groups; ++g) {
+        const __m512i both = _mm512_loadu_si512(reinterpret_cast<const void*>(row + g * 64));
+        const __m512i w0 = _mm512_sub_epi8(_mm512_and_si512(both, low_nibbles), eight);  // inputs 0..63
+        const __m512i w1 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(both, 4), low_nibbles), eight);
+        const __m512 s = _mm512_set1_ps(scales[g]);
+        for (int64_t m = 0; m < Rows; ++m) {
+          const uint8_t* xg = xq + m * in + g * kGroup;
+          __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                            _mm512_loadu_si512(reinterpret_cast<const void*>(xg)), w0);
+          acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(reinterpret_cast<const void*>(xg + 64)), w1);
+          accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, accf[m]);
+        }
+      }
+      for (int64_t m = 0; m < Rows; ++m) {
+        const float v = (_mm512_reduce_add_ps(accf[m]) - offsets[o]) * x_scales[m];
+        yp[m * out_features + o] = bp ? v + bp[o] : v;
+      }
+    }
+  });
+}
+
+at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2, "x: [M, in] fp32");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 2,
+              "packed: [out, in / 2] uint8 (pack4)");
+  x = x.contiguous();
+  const int64_t rows = x.size(0), in = x.size(1), out_features = packed.size(0);
+  TORCH_CHECK(packed.size(1) * 2 == in && in % kGroup == 0, "in features must match and be a multiple of 128");
+  TORCH_CHECK(rows >= 1 && rows <= kMaxRows, "1 to 4 rows");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+              scales.numel() == out_features * (in / kGroup), "scales: [out, in / 128] fp32");
+  TORCH_CHECK(offsets.scalar_type() == at::kFloat && offsets.numel() == out_features, "offsets: [out] fp32 (pack4)");
+  // Quantise each row of x: symmetric int8, stored +128 as uint8.
+  auto xq = at::empty({rows, in}, x.options().dtype(at::kByte));
+  float x_scales[kMaxRows];
+  const float* xp = x.data_ptr<float>();
+  uint8_t* qp = xq.data_ptr<uint8_t>();
+  for (int64_t m = 0; m < rows; ++m) {
+    float peak = 0.f;
+    for (int64_t i = 0; i < in; ++i) peak = std::max(peak, std::fabs(xp[m * in + i]));
+    const float s = peak > 0.f ? peak / 127.f : 1.f;
+    const float inv = 1.f / s;
+    x_scales[m] = s;
+    for (int64_t i = 0; i < in; ++i)
+      qp[m * in + i] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(xp[m * in + i] * inv)) + 128);
+  }
+  auto y = at::empty({rows, out_features}, x.options());
+  const uint8_t* pp = packed.data_ptr<uint8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* op = offsets.data_ptr<float>();
+  const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  switch (rows) {
+    case 1: rows_kernel4<1>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
+    case 2: rows_kernel4<2>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
+    case 3: rows_kernel4<3>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
+    default: rows_kernel4<4>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
+  }
+  return y;
+}
