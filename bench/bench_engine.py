@@ -5,7 +5,8 @@ random-medium, random-large), the same settings for all (CFG 3, top-k 250) and t
 context tokens:
 
   engine[dtype]  this engine: fast decoder (engine/lm/) + seam-free stitcher, per --dtypes
-                 (each `dtype` or `dtype/kernels`, e.g. bf16/eager for no CUDA graph)
+                 (each `dtype`, `dtype/kernels` or `dtype/kernels/kv-cache`, e.g. bf16/eager for
+                 no CUDA graph, int4/native/fp16 for int4 weights over an fp16 KV cache)
   seed           the seed notebook's cycle: audiocraft `generate_continuation` on the last
                  `context` seconds of waveform (re-encoded), audio decoded every cycle; fp32 on
                  CPU, audiocraft's own fp16 autocast on CUDA
@@ -101,11 +102,13 @@ def run_engine(model, args) -> dict:
     from engine.codec.stitcher import StitchingDecoder
     fr = model.frame_rate
     stride_frames = round(args.stride * fr)
-    dtype, _, kernels = args.dtype.partition("/")
+    dtype, _, rest = args.dtype.partition("/")
+    kernels, _, kv_cache = rest.partition("/")
     _sync(args.device)
     first_started = time.perf_counter()
     gen = WindowGenerator(model, round(args.context * fr), SamplingParams(), seed=args.seed,
-                          dtype=dtype, max_frames=round(args.window * fr), kernels=kernels or "auto")
+                          dtype=dtype, max_frames=round(args.window * fr), kernels=kernels or "auto",
+                          kv_cache=kv_cache or "auto")
     stitcher = StitchingDecoder(model.compression_model)
     first_audio = stitcher.push(gen.next_stride(PROMPT, round(args.first_stride * fr)))
     _sync(args.device)
@@ -119,7 +122,8 @@ def run_engine(model, args) -> dict:
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
     result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
-              "dtype": gen.dtype + (f"/{gen.fast.kernels}" if gen.fast is not None else "/audiocraft")}
+              "dtype": gen.dtype + (f"/{gen.fast.kernels}/{str(gen.fast.cache_dtype)[6:]}-cache"
+                                    if gen.fast is not None else "/audiocraft")}
     if gen.fast is not None:  # bytes read by the stride's average step (its middle position)
         steps = result["steps_timed"] or stride_frames
         result["step_bytes"] = gen.fast.step_bytes(context.shape[-1] + max(gen.fast.delays) + steps // 2)

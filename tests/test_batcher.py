@@ -9,6 +9,8 @@ import torch
 from engine.lm.batch import BatchedDecoder
 from engine.lm.batcher import StrideBatcher, StrideRequest
 from engine.lm.generate import generate
+from engine.lm.hardware import cpu_flags
+from engine.lm.kernels import REQUIRED_CPU_FLAGS
 from engine.lm.model import FastLM
 
 #: station → (prompt, context frames, new frames, sampling, seed)
@@ -59,16 +61,24 @@ def run(batcher, requests, start_when=None):
 @pytest.fixture(params=["fp32"])
 def batcher(tiny_model, request):
     """A batcher of 4 slots for the three stations: `request.param` is the precision, with
-    "/masked" the step CUDA replays (self-attention over the whole cache under masks)."""
-    dtype, _, masked = request.param.partition("/")
-    fast = FastLM(tiny_model.lm, max_frames=80, dtype=dtype)
-    b = StrideBatcher(BatchedDecoder(fast, slots=4, masked=bool(masked)))
+    "/masked" the step CUDA replays (self-attention over the whole cache under masks) and
+    "/native" the native CPU kernels (with int8 or int4 weights: over an 8-bit KV cache)."""
+    dtype, *flags = request.param.split("/")
+    fast = FastLM(tiny_model.lm, max_frames=80, dtype=dtype, kernels="native" if "native" in flags else "auto")
+    if "native" in flags:
+        assert fast.kernels == "native" and fast.cache.quantized
+    b = StrideBatcher(BatchedDecoder(fast, slots=4, masked="masked" in flags))
     for name in STATIONS:
         b.join(name)
     return b
 
 
-@pytest.mark.parametrize("batcher", ["fp32", "int8", "fp32/masked"], indirect=True)
+NATIVE = pytest.mark.skipif(not (REQUIRED_CPU_FLAGS <= cpu_flags()),
+                            reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)")
+
+
+@pytest.mark.parametrize("batcher", ["fp32", "int8", "fp32/masked", pytest.param("int4/native", marks=NATIVE),
+                                     pytest.param("int8/native/masked", marks=NATIVE)], indirect=True)
 def test_a_stations_tokens_are_the_same_alone_as_in_a_batch(tiny_model, batcher):
     together, errors = run(batcher, [request(tiny_model, name) for name in STATIONS])
     assert not errors and set(together) == set(STATIONS)

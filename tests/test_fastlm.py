@@ -226,6 +226,55 @@ def test_native_int4_linear_computes_its_4_bit_weights():
     assert linear.weight_bytes() < 0.56 * Int8(weight, bias, kernels).weight_bytes()
 
 
+def test_8_bit_kv_cache_kernels_compute_the_dequantised_attention():
+    """Rows are stored as int8 with one scale per head and position; the native attention over
+    them equals attention over the dequantised cache, and reads back within int8 rounding."""
+    from engine.lm.cache import KVCache
+    from engine.lm.kernels import load_cpu_kernels
+    native = load_cpu_kernels()
+    torch.manual_seed(5)
+    cache = KVCache(layers=2, heads=3, positions=48, head_dim=32, dtype=torch.int8, device=torch.device("cpu"),
+                    kernels="native", native=native)
+    assert cache.quantized and cache.kernel == "native"
+    k, v = torch.randn(2, 3, 40, 32), torch.randn(2, 3, 40, 32) * 3
+    cache.write(1, 0, k[:, :, :30], v[:, :, :30])  # a prefill chunk
+    for t in range(30, 40):  # decode steps
+        cache.write(1, t, k[:, :, t:t + 1], v[:, :, t:t + 1])
+    keys, values = cache.read(1, 40, torch.float32)
+    assert (keys - k).abs().max() <= k.abs().amax(-1, keepdim=True).max() / 127 * 0.51
+    assert (values - v).abs().max() <= v.abs().amax(-1, keepdim=True).max() / 127 * 0.51
+    q = torch.randn(2, 3, 1, 32)
+    expected = F.scaled_dot_product_attention(q, keys, values)
+    got = cache.attend(1, q, 40)
+    assert (got - expected).abs().max() < 1e-4
+    exact = F.scaled_dot_product_attention(q, k, v)
+    assert (got - exact).norm() / exact.norm() < 0.02
+    with pytest.raises(ValueError, match="native CPU kernels"):
+        KVCache(1, 1, 16, 16, torch.int8, torch.device("cpu"), kernels="eager")
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)")
+def test_8_bit_kv_cache_keeps_the_decoders_predictions(tiny_model):
+    """int8 weights over an 8-bit cache (what auto picks with the native kernels) against the
+    same weights over an fp16 cache: nearly the same logits along a generated sequence."""
+    from engine.lm.quality import guided_logits, logit_agreement
+    lm = tiny_model.lm
+    attributes = _attributes(tiny_model)[0]
+    eight = FastLM(lm, max_frames=80, dtype="int8", kernels="native")
+    half = FastLM(lm, max_frames=80, dtype="int8", kernels="native", kv_cache="fp16")
+    assert eight.cache.quantized and eight.cache_dtype == torch.int8 and half.cache_dtype == torch.float16
+    assert eight.step_bytes(60) < half.step_bytes(60)
+    codes = generate(eight, None, attributes, 60, generator=torch.Generator().manual_seed(4))[0]
+    reference, targets = guided_logits(half, codes, attributes)
+    figures = logit_agreement(reference, guided_logits(eight, codes, attributes)[0], targets, eight.special_token)
+    assert figures["logit_relative_error"] < 0.03, figures
+    assert figures["top10_overlap"] > 0.9, figures
+    same = logit_agreement(reference, reference, targets, eight.special_token)
+    assert same["logit_relative_error"] == 0 and same["top10_overlap"] == 1 and same["top250_overlap"] == 1
+    with pytest.raises(ValueError, match="8-bit KV cache needs"):
+        FastLM(lm, max_frames=80, dtype="fp32", kv_cache="int8")
+
+
 def test_int4_scales_are_chosen_for_the_least_error():
     """Each group's scale comes from a small grid: never worse than scaling by max|w| alone,
     and better for weights with outliers (clipping one weight loses less than coarse steps)."""

@@ -132,9 +132,7 @@ class BatchedDecoder:
             if not masked:  # each slot over its own positions, with the cache's own kernels
                 return torch.cat([self._slot_caches[s].attend(i, q[2 * s:2 * s + 2], self._ends[s])
                                   for s in range(self.slots)])
-            keys, values = cache.k[i], cache.v[i]
-            if keys.dtype != q.dtype:
-                keys, values = keys.to(q.dtype), values.to(q.dtype)
+            keys, values = cache.layer(i, q.dtype)
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
         # int8 (CPU): each slot's activations on their own; idle slots' linears skipped (not in a graph)

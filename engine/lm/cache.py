@@ -29,32 +29,43 @@ class KVCache:
     """Self-attention keys and values of every layer, allocated once: [layers, B, H, positions,
     Dh] in `dtype` (B = `rows`: 2, or 2 per slot of a batched decoder; `slot` views one pair).
 
+    `dtype` torch.int8: an 8-bit cache (CPU, native kernels only): each key and value row of Dh
+    numbers as int8 with one fp32 scale per row, head and position (`k_scale`, `v_scale`
+    [layers, B, H, positions]); rows are quantised as they are written (by the native kernel in
+    the decode step), read back dequantised for the prefill's chunks, and attended without
+    conversion by the native kernels (kernels/kv8_attention.cpp).
+
     `kernels`: "native" | "compiled" | anything else (eager). The first two run `attend` as
     a kernel that reads the cache once, converting as it goes (CPU attention kernels for a single
     query over an fp16/bf16 cache are 4-6x slower than fp32, and the cache is as many bytes per
-    step as the weights): the native AVX-512 one (`native`: the loaded kernels module, fp16
-    only) or one made by torch.compile. "eager": torch's SDPA or `decode_attention`.
-    (An int8 cache with per-position scales halved the bytes again but was no faster end to end.)"""
+    step as the weights): the native AVX-512 one (`native`: the loaded kernels module, fp16 or
+    int8) or one made by torch.compile. "eager": torch's SDPA or `decode_attention`."""
 
     def __init__(self, layers: int, heads: int, positions: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, kernels: str, native=None, rows: int = 2):
-        shape = (layers, rows, heads, positions, head_dim)
         self.dtype = dtype
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self._native = native if (kernels == "native" and dtype == torch.float16
+        self.quantized = dtype == torch.int8
+        if self.quantized and (native is None or kernels != "native" or head_dim % 16):
+            raise ValueError("an 8-bit KV cache needs the native CPU kernels")
+        self._allocate((layers, rows, heads, positions, head_dim), device)
+        self._native = native if (kernels == "native" and dtype in (torch.float16, torch.int8)
                                   and head_dim % 16 == 0) else None
         self._kernel = (torch.compile(decode_attention, dynamic=True)
                         if kernels in ("native", "compiled") and self._native is None else None)
+
+    def _allocate(self, shape: tp.Tuple[int, ...], device: torch.device) -> None:
+        self.k = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=device)
+        scales = (lambda: torch.ones(shape[:-1], dtype=torch.float32, device=device)) if self.quantized else None
+        self.k_scale = scales() if scales else None
+        self.v_scale = scales() if scales else None
 
     def with_rows(self, rows: int) -> "KVCache":
         """A new cache of `rows` rows, with this one's positions, precision and kernels."""
         other = object.__new__(KVCache)
         other.__dict__.update(self.__dict__)
         layers, _, heads, positions, head_dim = self.k.shape
-        shape = (layers, rows, heads, positions, head_dim)
-        other.k = torch.zeros(shape, dtype=self.dtype, device=self.k.device)
-        other.v = torch.zeros(shape, dtype=self.dtype, device=self.k.device)
+        other._allocate((layers, rows, heads, positions, head_dim), self.k.device)
         return other
 
     def slot(self, index: int) -> "KVCache":
@@ -62,12 +73,29 @@ class KVCache:
         own: views of this one's tensors, with its kernels."""
         view = object.__new__(KVCache)
         view.__dict__.update(self.__dict__)
-        view.k, view.v = self.k[:, 2 * index:2 * index + 2], self.v[:, 2 * index:2 * index + 2]
+        rows = slice(2 * index, 2 * index + 2)
+        view.k, view.v = self.k[:, rows], self.v[:, rows]
+        if self.quantized:
+            view.k_scale, view.v_scale = self.k_scale[:, rows], self.v_scale[:, rows]
         return view
+
+    @staticmethod
+    def _quantize(x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """x [..., Dh] → (int8 [..., Dh], fp32 scales [...]): one symmetric scale per row."""
+        x = x.float()
+        scale = x.abs().amax(dim=-1) / 127.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return torch.round(x / scale.unsqueeze(-1)).to(torch.int8), scale
 
     def write_rows(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v [B, H, 1, Dh]: row b at position `positions[b]` (a device tensor [B])."""
         rows = torch.arange(k.shape[0], device=k.device)
+        if self.quantized:
+            for cache, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+                q, scale = self._quantize(x[:, :, 0])
+                cache[layer][rows, :, positions] = q
+                scales[layer][rows, :, positions] = scale
+            return
         self.k[layer][rows, :, positions] = k[:, :, 0].to(self.dtype)
         self.v[layer][rows, :, positions] = v[:, :, 0].to(self.dtype)
 
@@ -78,6 +106,10 @@ class KVCache:
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v [B, H, T, Dh] for positions start..start+T-1."""
+        if self.quantized:
+            self._native.quantize_into(self.k[layer], self.k_scale[layer], k, start)
+            self._native.quantize_into(self.v[layer], self.v_scale[layer], v, start)
+            return
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
@@ -88,13 +120,21 @@ class KVCache:
         self.k[layer].index_copy_(2, position, k)
         self.v[layer].index_copy_(2, position, v)
 
+    def layer(self, layer: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+        """Every cached position of `layer` as [B, H, P, Dh] in `dtype` (dequantised)."""
+        return self.read(layer, self.k.shape[3], dtype)
+
     def attend_masked(self, layer: int, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q [B, H, 1, Dh] against every cached position where `mask` [1, 1, 1, positions] is
         True → [B, H, 1, Dh] (shapes independent of how many are cached)."""
-        return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask)
+        keys, values = (self.k[layer], self.v[layer]) if not self.quantized else self.layer(layer, q.dtype)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
     def read(self, layer: int, end: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Positions 0..end-1 as [B, H, end, Dh] in `dtype`."""
+        if self.quantized:
+            return tuple((cache[layer, :, :, :end].to(dtype) * scales[layer, :, :, :end, None].to(dtype))
+                         for cache, scales in ((self.k, self.k_scale), (self.v, self.v_scale)))
         return self.k[layer, :, :, :end].to(dtype), self.v[layer, :, :, :end].to(dtype)
 
     def attend(self, layer: int, q: torch.Tensor, end: int) -> torch.Tensor:
@@ -102,9 +142,16 @@ class KVCache:
         if self._native is not None:
             B, H, _, Dh = q.shape
             P = self.k.shape[3]
-            scores = self._native.scores(q.reshape(B * H, Dh).float(), self.k[layer].view(B * H, P, Dh), end)
-            weights = torch.softmax(scores, dim=-1)
-            return self._native.weighted(weights, self.v[layer].view(B * H, P, Dh)).view(B, H, 1, Dh)
+            q = q.reshape(B * H, Dh).float()
+            keys, values = self.k[layer].view(B * H, P, Dh), self.v[layer].view(B * H, P, Dh)
+            if self.quantized:
+                scores = self._native.scores_q8(q, keys, self.k_scale[layer].view(B * H, P), end)
+                weights = torch.softmax(scores, dim=-1)
+                out = self._native.weighted_q8(weights, values, self.v_scale[layer].view(B * H, P))
+            else:
+                weights = torch.softmax(self._native.scores(q, keys, end), dim=-1)
+                out = self._native.weighted(weights, values)
+            return out.view(B, H, 1, Dh)
         k, v = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
         if self._kernel is not None:
             try:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .cache import KVCache, prefill_attention_backends
 from .conditions import CrossConditions
 from .graph import StepGraph
-from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels
+from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels, resolve_kv_cache
 from .kernels import load_cpu_kernels
 from .weights import activation, check_supported, convert, release_source_weights
 
@@ -53,7 +53,7 @@ class FastLM:
     """
 
     def __init__(self, lm, max_frames: int, dtype: str = "auto",
-                 device: tp.Optional[torch.device] = None, kernels: str = "auto"):
+                 device: tp.Optional[torch.device] = None, kernels: str = "auto", kv_cache: str = "auto"):
         self.delays = check_supported(lm)
         self.lm = lm  # for the condition provider (text encoder), kept in its own precision
         self.device = device or next(lm.parameters()).device
@@ -79,6 +79,7 @@ class FastLM:
         self.layers, self.embeddings = weights.layers, weights.embeddings  # embeddings [K, card+1, D]
         self.out_norm, self.head = weights.out_norm, weights.head
         self.cross = CrossConditions(lm, self.layers, self.heads, self.head_dim, self.compute_dtype)
+        self.cache_dtype = resolve_kv_cache(kv_cache, self.mode, self.cache_dtype, native, self.kernels)
         self.cache = KVCache(len(self.layers), self.heads, cache_positions, self.head_dim,
                              self.cache_dtype, self.device, self.kernels, native)
         # Positional embeddings for every cached position, computed once: [positions, D].

@@ -82,6 +82,7 @@ class WindowGenerator:
     Models the fast decoder does not implement (e.g. melody conditioning) run through
     audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
     `kernels`: how the fast decoder's step runs (FastLM: auto | graph | native | compiled | eager).
+    `kv_cache`: the KV cache's precision (hardware.resolve_kv_cache: auto | fp16 | int8).
     `release_weights`: once the fast decoder holds its own copy, free audiocraft's (the model's
     LM can no longer generate by itself: for a process that owns the model, like the server).
     `batcher`: run the strides in the shared decode steps of several stations (batcher.py),
@@ -92,7 +93,8 @@ class WindowGenerator:
 
     def __init__(self, model, context_frames: int, sampling: SamplingParams, seed: int,
                  max_frames: tp.Optional[int] = None, dtype: str = "auto", fast: bool = True,
-                 release_weights: bool = False, kernels: str = "auto", batcher: tp.Optional[StrideBatcher] = None,
+                 release_weights: bool = False, kernels: str = "auto", kv_cache: str = "auto",
+                 batcher: tp.Optional[StrideBatcher] = None,
                  station: str = "", buffered: tp.Callable[[], float] = lambda: 0.0):
         self.model = model
         self.lm = model.lm
@@ -117,13 +119,13 @@ class WindowGenerator:
         if fast:
             try:
                 self.fast = FastLM(self.lm, max_frames=max_frames, dtype=self.dtype, device=self.device,
-                                   kernels=kernels)
+                                   kernels=kernels, kv_cache=kv_cache)
             except UnsupportedModel as err:
                 reason = str(err)
         if self.fast is not None:
-            log.info("decoder: fast loop, %s weights (%.1f MB read per step), KV cache of %d positions, "
+            log.info("decoder: fast loop, %s weights (%.1f MB read per step), %s KV cache of %d positions, "
                      "%s decode step", self.dtype, self.fast.parameter_bytes() / 1e6,
-                     self.fast.max_positions, self.fast.kernels)
+                     str(self.fast.cache_dtype).replace("torch.", ""), self.fast.max_positions, self.fast.kernels)
             if release_weights:
                 log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
                          self.fast.release_source_weights() / 1e6)

@@ -10,3 +10,6 @@ at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor
                    at::Tensor bias);
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales);
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias);
+void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t start);
+at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
+at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
