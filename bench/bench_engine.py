@@ -21,7 +21,9 @@ For each: prefill seconds (processing the context, up to the first new token), m
 step (mean over the stride), the stride's wall time and real-time factor (stride seconds / wall),
 and peak RSS (and GPU memory); then each one's speed relative to the engine. For the engine
 also the bytes its average step reads and how far the step is from reading them at the memory
-read bandwidth measured in the same run (before and after the methods). For the engine also
+read bandwidth measured in the same run (before and after the methods), and on CPU how far
+its int8 prefill is from the cores' int8 compute peak (a VNNI loop on registers, measured
+first). For the engine also
 the time to first sound: from the loaded model to the first stride's audio (--first-stride
 seconds: 1 s), CUDA graph capture and all first-call costs included. Each method runs in its own
 process.
@@ -127,6 +129,10 @@ def run_engine(model, args) -> dict:
     if gen.fast is not None:  # bytes read by the stride's average step (its middle position)
         steps = result["steps_timed"] or stride_frames
         result["step_bytes"] = gen.fast.step_bytes(context.shape[-1] + max(gen.fast.delays) + steps // 2)
+        text = gen.fast.cross.keys
+        result["prefill_ops"] = gen.fast.prefill_ops(context.shape[-1] + max(gen.fast.delays) + 1,
+                                                     0 if text is None else text.shape[3])
+        result["quantised"] = gen.fast.mode in ("int8", "int4")
     return result
 
 
@@ -239,6 +245,23 @@ def read_bandwidth_gbs(device: str, gigabytes: float = 1.0, repeats: int = 6) ->
     return buffer.numel() * 4 / best / 1e9
 
 
+def int8_peak_gops() -> tp.Optional[float]:
+    """The cores' int8 compute peak (VNNI multiply-adds on registers on every torch thread),
+    in GOPS; None without the native kernels."""
+    import torch
+    from engine.lm.kernels import load_cpu_kernels
+    kernels = load_cpu_kernels()
+    if kernels is None:
+        return None
+    kernels.vnni_peak(10**6)  # threads up
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        operations = 2 * kernels.vnni_peak(2 * 10**7)
+        best = max(best, operations / (time.perf_counter() - started) / 1e9)
+    return best
+
+
 def _stride_seconds_estimate(r: dict, args) -> float:
     """Wall time of the stride: measured, or (with --steps) prefill + all steps at the mean."""
     if r["stride_wall_s"] is not None:
@@ -275,6 +298,9 @@ def main() -> None:
           + (f"; {args.steps} steps timed, strides projected" if args.steps else ""), flush=True)
     bandwidth_before = read_bandwidth_gbs(args.device)
     print(f"memory read bandwidth: {bandwidth_before:.1f} GB/s (measured now)", flush=True)
+    peak = int8_peak_gops() if args.device == "cpu" else None
+    if peak is not None:
+        print(f"int8 compute peak: {peak:.0f} GOPS (VNNI on {torch.get_num_threads()} threads, measured now)", flush=True)
     runs = []
     for method in args.methods.split(","):
         runs += [(f"engine[{d}]", method, d) for d in args.dtypes.split(",")] if method == "engine" \
@@ -310,6 +336,11 @@ def main() -> None:
             print(f"{label:22s} reads {r['step_bytes'] / 1e6:.0f} MB per step (weights, KV cache, text condition): "
                   f"floor {floor_ms:.2f} ms at {bandwidth:.1f} GB/s; the step takes {r['step_ms'] / floor_ms:.2f}x "
                   f"the floor", flush=True)
+    for label, r in results.items():
+        if peak is not None and r.get("quantised") and r["prefill_s"] > 0:
+            rate = r["prefill_ops"] / r["prefill_s"] / 1e9
+            print(f"{label:22s} prefill: {r['prefill_ops'] / 1e9:.0f} G operations in {r['prefill_s']:.2f} s = "
+                  f"{rate:.0f} GOPS; {peak / rate:.2f}x from the int8 peak", flush=True)
     engines = [k for k in results if k.startswith("engine")]
     if engines:  # everything relative to the first engine run (--dtypes' first: auto)
         engine = engines[0]

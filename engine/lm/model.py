@@ -113,6 +113,14 @@ class FastLM:
         cross_bytes = 0 if cross is None else 2 * cross.numel() * cross.element_size()
         return self.parameter_bytes() + self.head.weight_bytes() + positions * per_position + cross_bytes
 
+    def prefill_ops(self, positions: int, text_positions: int = 0) -> int:
+        """Arithmetic operations (2 per multiply-add) of a prefill of `positions` for both CFG
+        rows: the layers' linears at every position and the causal self-attention (plus the
+        cross-attention over `text_positions`); the output heads run at the last position only."""
+        per_row = sum(lin.shape[0] * lin.shape[1] for layer in self.layers for lin in layer.linears())
+        attention = len(self.layers) * self.dim * (positions * positions + 2 * positions * text_positions)
+        return 2 * 2 * (positions * per_row + attention)
+
     @property
     def native_linears(self) -> bool:
         """Every int8 (int4) linear of the decode step runs on the native kernel."""

@@ -14,6 +14,7 @@ class Dense:
     """y = x W^T + b with W [out, in] stored in `dtype`."""
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], dtype: torch.dtype):
+        self.shape = tuple(weight.shape)  # (out, in)
         self.weight = weight.detach().to(dtype).contiguous()
         self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
 
@@ -40,6 +41,7 @@ class Int8:
     active_groups: tp.Optional[tp.Sequence[bool]] = None
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
+        self.shape = tuple(weight.shape)  # (out, in)
         w = weight.detach().float()
         scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
         self.bias = None if bias is None else bias.detach().float().contiguous()

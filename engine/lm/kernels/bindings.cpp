@@ -6,6 +6,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted", &weighted, "softmax weights times the values of an fp16 cache");
   m.def("prepare", &prepare, "row sums of an int8 weight");
   m.def("gemv", &gemv, "int8 linear for 1 to 4 rows (VNNI)");
+  m.def("vnni_peak", &vnni_peak, "multiply-adds of a register-only VNNI loop on every thread");
   m.def("pack4", &pack4, "pack int4 weights (-8..7 in int8) two to a byte, with their offsets");
   m.def("quantize_into", &quantize_into, "write rows into an int8 cache with per-row scales");
   m.def("scores_q8", &scores_q8, "q.k / sqrt(Dh) over the first positions of an int8 cache");

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cmath>
+#include <vector>
 
 static constexpr int64_t kMaxRows = 4;  // rows of x per call
 
@@ -80,4 +81,25 @@ at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor
     default: rows_kernel<4>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
   }
   return y;
+}
+
+// The int8 compute peak of the cores (what the prefill's GEMMs are measured against): each of
+// torch's threads runs `iterations` rounds of 8 independent vpdpbusd (64 multiply-adds each) on
+// registers, no memory traffic. Returns the multiply-adds done (x2 for operations).
+int64_t vnni_peak(int64_t iterations) {
+  const int64_t threads = at::get_num_threads();
+  std::vector<int32_t> sink(threads * 16, 0);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      __m512i acc[8];
+      const __m512i a = _mm512_set1_epi8(static_cast<char>(t + 1)), b = _mm512_set1_epi8(3);
+      for (int k = 0; k < 8; ++k) acc[k] = _mm512_set1_epi32(k);
+      for (int64_t i = 0; i < iterations; ++i)
+        for (int k = 0; k < 8; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
+      __m512i total = acc[0];
+      for (int k = 1; k < 8; ++k) total = _mm512_add_epi32(total, acc[k]);
+      _mm512_storeu_si512(reinterpret_cast<void*>(sink.data() + t * 16), total);
+    }
+  });
+  return threads * iterations * 8 * 64 + (sink[0] & 0);  // (the sink keeps the loop alive)
 }
