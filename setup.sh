@@ -21,6 +21,8 @@ echo "setup: installing torch and the pinned dependencies (several GB the first 
 .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 .venv/bin/python -c "import torch, audiocraft.models, soundfile"
+echo "setup: building the native CPU kernels (about half a minute, once; skipped without AVX-512)"
+.venv/bin/python -c "from engine.lm.kernels import load_cpu_kernels; load_cpu_kernels()"
 echo "setup: done"
 
 if [ "${1:-}" != "--no-run" ]; then

@@ -1,9 +1,13 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.lm.window import SamplingParams, WindowGenerator
+from engine.codec.activations import NativeELU, use_native_elu
 from engine.codec.stitcher import StitchingDecoder
+from engine.lm.hardware import cpu_flags
+from engine.lm.kernels import REQUIRED_CPU_FLAGS, load_cpu_kernels
 
 FRAME_RATE = 50
 SEAM_HALF_WIDTH_SECONDS = 0.2
@@ -109,3 +113,41 @@ def test_stereo_models_decode_seam_free(tiny_model):
     assert out.shape == reference.shape and out.shape[1] == 2
     assert snr_db(out, reference) >= SEAM_SNR_DB
     assert not np.allclose(out[:, 0], out[:, 1])  # left and right are different channels
+
+
+NATIVE = pytest.mark.skipif(not (REQUIRED_CPU_FLAGS <= cpu_flags()),
+                            reason="the native kernels need AVX-512 (CI's CPU has them)")
+
+
+@NATIVE
+def test_native_elu_agrees_with_torchs_to_a_float_ulp():
+    kernels = load_cpu_kernels()
+    x = torch.cat([torch.randn(100_003) * 4, torch.linspace(-120, 3, 50_001),
+                   torch.tensor([0.0, -0.0, -1e-30, -1e-7, -0.3466, -0.6931, -0.69315, -88.5, 1e30,
+                                 float("inf"), float("-inf")])])
+    exact = F.elu(x.double())
+    got = kernels.elu(x)
+    assert got.shape == x.shape and got.dtype == torch.float32
+    finite = exact.isfinite()
+    assert torch.equal(got[~finite].double(), exact[~finite])
+    assert ((got[finite].double() - exact[finite]).abs() <= 1.2e-7 * exact[finite].abs()).all()
+    assert torch.isnan(kernels.elu(torch.tensor([float("nan")]))).all()
+    strided = torch.randn(3, 40).T  # not contiguous
+    assert torch.allclose(kernels.elu(strided), F.elu(strided), rtol=1.2e-7, atol=0)
+
+
+@NATIVE
+def test_native_elu_decodes_what_torchs_elu_decodes_seam_free(tiny_model, strides):
+    """The codec's ELU on the native kernel (what codecs of real size get on CPU:
+    codec/activations.py): the same audio as torch's ELU, and still seam-exact."""
+    from engine.models.load import load_model
+    cm = load_model("tiny", seed=0).compression_model  # the fixture's weights, a codec of its own
+    assert use_native_elu(cm) == 0  # the tiny codec is too small for it to pay: left as it is
+    swapped = use_native_elu(cm, min_parameters=0)
+    assert swapped > 0 and sum(isinstance(m, NativeELU) for m in cm.decoder.modules()) == swapped
+    codes = torch.cat(strides, dim=-1)
+    native = one_shot(cm, codes)
+    assert snr_db(native, one_shot(tiny_model.compression_model, codes)) >= SEAM_SNR_DB
+    stitcher = StitchingDecoder(cm)
+    stitched = np.concatenate([stitcher.push(c) for c in strides] + [stitcher.flush()])
+    assert snr_db(stitched, native) >= SEAM_SNR_DB

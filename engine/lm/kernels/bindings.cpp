@@ -11,5 +11,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_into", &quantize_into, "write rows into an int8 cache with per-row scales");
   m.def("scores_q8", &scores_q8, "q.k / sqrt(Dh) over the first positions of an int8 cache");
   m.def("weighted_q8", &weighted_q8, "softmax weights times the values of an int8 cache");
+  m.def("elu", &elu, "ELU (alpha 1) of fp32, 16 at a time");
   m.def("gemv4", &gemv4, "int4 linear with group scales for 1 to 4 rows (VNNI)");
 }

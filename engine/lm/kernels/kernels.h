@@ -14,3 +14,4 @@ void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t st
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 int64_t vnni_peak(int64_t iterations);
+at::Tensor elu(at::Tensor x);
