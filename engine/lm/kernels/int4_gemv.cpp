@@ -100,17 +100,8 @@ at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor 
   // Quantise each row of x: symmetric int8, stored +128 as uint8.
   auto xq = at::empty({rows, in}, x.options().dtype(at::kByte));
   float x_scales[kMaxRows];
-  const float* xp = x.data_ptr<float>();
   uint8_t* qp = xq.data_ptr<uint8_t>();
-  for (int64_t m = 0; m < rows; ++m) {
-    float peak = 0.f;
-    for (int64_t i = 0; i < in; ++i) peak = std::max(peak, std::fabs(xp[m * in + i]));
-    const float s = peak > 0.f ? peak / 127.f : 1.f;
-    const float inv = 1.f / s;
-    x_scales[m] = s;
-    for (int64_t i = 0; i < in; ++i)
-      qp[m * in + i] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(xp[m * in + i] * inv)) + 128);
-  }
+  quantize_rows_u8(x.data_ptr<float>(), rows, in, qp, x_scales);
   auto y = at::empty({rows, out_features}, x.options());
   const uint8_t* pp = packed.data_ptr<uint8_t>();
   const float* sp = scales.data_ptr<float>();

@@ -15,6 +15,19 @@
 
 static constexpr int64_t kMaxRows = 4;  // rows of x per call
 
+void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* row = x + m * in;
+    float peak = 0.f;
+    for (int64_t i = 0; i < in; ++i) peak = std::max(peak, std::fabs(row[i]));
+    const float s = peak > 0.f ? peak / 127.f : 1.f;
+    const float inv = 1.f / s;
+    scales[m] = s;
+    for (int64_t i = 0; i < in; ++i)
+      out[m * in + i] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(row[i] * inv)) + 128);
+  }
+}
+
 at::Tensor prepare(at::Tensor weight) {
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
               "weight: [out, in] int8");
@@ -60,17 +73,8 @@ at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor
   // Quantise each row of x: symmetric int8, stored +128 as uint8.
   auto xq = at::empty({rows, in}, x.options().dtype(at::kByte));
   float x_scales[kMaxRows];
-  const float* xp = x.data_ptr<float>();
   uint8_t* qp = xq.data_ptr<uint8_t>();
-  for (int64_t m = 0; m < rows; ++m) {
-    float peak = 0.f;
-    for (int64_t i = 0; i < in; ++i) peak = std::max(peak, std::fabs(xp[m * in + i]));
-    const float s = peak > 0.f ? peak / 127.f : 1.f;
-    const float inv = 1.f / s;
-    x_scales[m] = s;
-    for (int64_t i = 0; i < in; ++i)
-      qp[m * in + i] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(xp[m * in + i] * inv)) + 128);
-  }
+  quantize_rows_u8(x.data_ptr<float>(), rows, in, qp, x_scales);
   auto y = at::empty({rows, out_features}, x.options());
   const int8_t* wp = weight.data_ptr<int8_t>();
   const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;

@@ -1,4 +1,5 @@
-// The native CPU kernels of the decoder (see each .cpp); bound to Python in bindings.cpp.
+// The native CPU kernels of the decoder and the codec (see each .cpp); bound to Python in
+// bindings.cpp.
 #pragma once
 #include <ATen/ATen.h>
 #include <vector>
@@ -6,6 +7,9 @@
 at::Tensor scores(at::Tensor q, at::Tensor keys, int64_t positions);
 at::Tensor weighted(at::Tensor weights, at::Tensor values);
 at::Tensor prepare(at::Tensor weight);
+// Each of `rows` rows of `in` floats as symmetric int8 (scale max |x| / 127, into `scales`),
+// stored +128 as uint8: the unsigned side of vpdpbusd (int8_gemv.cpp, int4_gemv.cpp).
+void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales);
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias);
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales);

@@ -11,14 +11,13 @@
 //   weighted_q8(weights [BH, T] fp32, values [BH, P, Dh] int8, value scales [BH, P])
 //     -> [BH, Dh] fp32
 // P is the cache capacity (positions allocated); only the first T are read. Dh % 16 == 0.
+#include "attention.h"
 #include "kernels.h"
-#include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <cmath>
 
-static inline __m512 load16(const int8_t* p) {
+static const auto load16 = [](const int8_t* p) {  // (a lambda, so that the loops inline it)
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
+};
 
 static void check_q8(const at::Tensor& cache, const at::Tensor& scales, int64_t bh, int64_t dh) {
   TORCH_CHECK(cache.scalar_type() == at::kChar && cache.is_contiguous(), "cache: contiguous int8");
@@ -60,25 +59,10 @@ at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64
   check_q8(keys, key_scales, bh, dh);
   TORCH_CHECK(positions > 0 && positions <= capacity, "positions out of range");
   auto out = at::empty({bh, positions}, q.options());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  const float* qp = q.data_ptr<float>();
-  const int8_t* kp = keys.data_ptr<int8_t>();
   const float* sp = key_scales.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t h = begin; h < end; ++h) {
-      const float* qh = qp + h * dh;
-      const int8_t* kh = kp + h * capacity * dh;
-      const float* sh = sp + h * capacity;
-      float* oh = op + h * positions;
-      for (int64_t t = 0; t < positions; ++t) {
-        const int8_t* row = kh + t * dh;
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t d = 0; d < dh; d += 16) acc = _mm512_fmadd_ps(load16(row + d), _mm512_loadu_ps(qh + d), acc);
-        oh[t] = _mm512_reduce_add_ps(acc) * scale * sh[t];
-      }
-    }
-  });
+  scores_loop(q.data_ptr<float>(), keys.data_ptr<int8_t>(), bh, positions, capacity, dh,
+              1.0f / std::sqrt(static_cast<float>(dh)), load16,
+              [sp, capacity](int64_t h, int64_t t) { return sp[h * capacity + t]; }, out.data_ptr<float>());
   return out;
 }
 
@@ -91,25 +75,8 @@ at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_s
   TORCH_CHECK(positions <= capacity, "positions out of range");
   TORCH_CHECK(dh <= 256, "head dim above 256");
   auto out = at::empty({bh, dh}, weights.options());
-  const float* wp = weights.data_ptr<float>();
-  const int8_t* vp = values.data_ptr<int8_t>();
   const float* sp = value_scales.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
-    __m512 acc[16];
-    const int64_t blocks = dh / 16;
-    for (int64_t h = begin; h < end; ++h) {
-      for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_setzero_ps();
-      const float* wh = wp + h * positions;
-      const float* sh = sp + h * capacity;
-      const int8_t* vh = vp + h * capacity * dh;
-      for (int64_t t = 0; t < positions; ++t) {
-        const __m512 w = _mm512_set1_ps(wh[t] * sh[t]);
-        const int8_t* row = vh + t * dh;
-        for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_fmadd_ps(w, load16(row + 16 * j), acc[j]);
-      }
-      for (int64_t j = 0; j < blocks; ++j) _mm512_storeu_ps(op + h * dh + 16 * j, acc[j]);
-    }
-  });
+  weighted_loop(weights.data_ptr<float>(), values.data_ptr<int8_t>(), bh, positions, capacity, dh, load16,
+                [sp, capacity](int64_t h, int64_t t) { return sp[h * capacity + t]; }, out.data_ptr<float>());
   return out;
 }
