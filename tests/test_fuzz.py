@@ -126,3 +126,18 @@ def test_the_server_is_up_and_well_after_the_fuzzing(server):
     assert status == 200 and json.loads(data)["ok"]
     assert "Traceback" not in server.log and "Error handling request" not in server.log, server.log[-3000:]
     assert server.status()["underruns"] == 0
+
+
+def test_a_generated_token_goes_on_a_command_line_as_printed():
+    """The printed token is pasted after `--token` (clients/control.py, curl): it must never
+    look like a flag, nor need quoting in a URL or a shell."""
+    import argparse
+    import re
+    tokens = {ControlAuth("127.0.0.1", None).token for _ in range(3000)}
+    assert len(tokens) == 3000  # fresh each start
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token")
+    for token in tokens:
+        assert re.fullmatch(r"[0-9a-f]{32}", token), token
+        assert parser.parse_args(["--token", token]).token == token
+    assert ControlAuth("0.0.0.0", None).token is None  # off the loopback: no token, control off

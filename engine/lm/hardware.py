@@ -7,7 +7,8 @@ import torch
 
 #: Precisions of the language model (`resolve_dtype` says what auto picks).
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
-#: The precisions with quantised weights (CPU paths: fp32 activations, fp16 KV cache).
+#: The precisions with quantised weights (CPU paths: fp32 activations; the KV cache fp16, or
+#: 8-bit with the native kernels: resolve_kv_cache).
 QUANTISED = ("int8", "int4")
 #: How the decode step runs (`resolve_kernels` says what auto picks; FastLM says what each is).
 KERNEL_CHOICES = ("auto", "graph", "native", "compiled", "eager")
@@ -48,9 +49,9 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 
 
 def compute_dtypes(mode: str) -> tp.Tuple[torch.dtype, torch.dtype]:
-    """(activations, KV cache) for a resolved precision. int8: fp32 activations (the quantised
-    kernels take fp32) and an fp16 KV cache (int4 likewise); otherwise both in the precision
-    itself."""
+    """(activations, KV cache) for a resolved precision. int8 and int4: fp32 activations (the
+    quantised kernels take fp32) and an fp16 KV cache (resolve_kv_cache may make it 8-bit);
+    otherwise both in the precision itself."""
     if mode in QUANTISED:
         return torch.float32, torch.float16
     return TORCH_DTYPES[mode], TORCH_DTYPES[mode]

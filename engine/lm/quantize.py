@@ -138,8 +138,7 @@ class Int4(Int8):
         dequantised = (q.float().view(out_features, -1, INT4_GROUP) * scales.unsqueeze(-1)).view_as(q)
         super().__init__(dequantised, bias, kernels=None)
         self.kernels = kernels
-        self.q = q  # [out, in] int8 in -8..7 (tests compare the kernel against it)
-        self.group_scales = scales
+        self.group_scales = scales  # [out, in / INT4_GROUP]
         if kernels is not None:
             self.packed4, self.offsets4 = kernels.pack4(q.contiguous(), scales)
             self._no_bias = torch.empty(0)

@@ -61,7 +61,8 @@ class ControlAuth:
 
     def __init__(self, host: str, token: tp.Optional[str]):
         self.generated = token is None and is_loopback(host)
-        self.token = secrets.token_urlsafe(16) if self.generated else token
+        # (hex: a generated token never starts with "-", which a command line would take for a flag)
+        self.token = secrets.token_hex(16) if self.generated else token
         self.host = host
 
     @property
