@@ -182,8 +182,9 @@ def test_a_model_too_large_for_the_machine_is_refused_with_what_fits():
     message = shortage(large, "facebook/musicgen-large", "cpu", "fp32", available=8 * GB)
     assert message.startswith("facebook/musicgen-large needs about 27.") and "8.0 GB are free" in message
     assert message.endswith("facebook/musicgen-small fits")
-    assert shortage(large, "facebook/musicgen-large", "cpu", "fp32", available=20 * GB).endswith("--dtype int8 fits")
-    assert shortage(large, "facebook/musicgen-large", "cpu", "int8", available=20 * GB) is None
+    assert shortage(large, "facebook/musicgen-large", "cpu", "fp32", available=22 * GB).endswith("--dtype int8 fits")
+    assert shortage(large, "facebook/musicgen-large", "cpu", "int8", available=22 * GB) is None
+    assert shortage(large, "facebook/musicgen-large", "cpu", "int8", available=20 * GB).endswith("--dtype int4 fits")
     assert "no MusicGen fits" in shortage(large, "big", "cuda", "bf16", available=1 * GB)
 
 

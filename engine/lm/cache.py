@@ -79,23 +79,19 @@ class KVCache:
             view.k_scale, view.v_scale = self.k_scale[:, rows], self.v_scale[:, rows]
         return view
 
-    @staticmethod
-    def _quantize(x: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor]:
-        """x [..., Dh] → (int8 [..., Dh], fp32 scales [...]): one symmetric scale per row."""
-        x = x.float()
-        scale = x.abs().amax(dim=-1) / 127.0
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return torch.round(x / scale.unsqueeze(-1)).to(torch.int8), scale
-
     def write_rows(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v [B, H, 1, Dh]: row b at position `positions[b]` (a device tensor [B])."""
-        rows = torch.arange(k.shape[0], device=k.device)
-        if self.quantized:
-            for cache, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
-                q, scale = self._quantize(x[:, :, 0])
-                cache[layer][rows, :, positions] = q
-                scales[layer][rows, :, positions] = scale
+        if self.quantized:  # (CPU: the positions are host values) each run of rows at one position in one call
+            where = positions.tolist()
+            start = 0
+            for end in range(1, len(where) + 1):
+                if end == len(where) or where[end] != where[start]:
+                    rows = slice(start, end)
+                    self._native.quantize_into(self.k[layer, rows], self.k_scale[layer, rows], k[rows], where[start])
+                    self._native.quantize_into(self.v[layer, rows], self.v_scale[layer, rows], v[rows], where[start])
+                    start = end
             return
+        rows = torch.arange(k.shape[0], device=k.device)
         self.k[layer][rows, :, positions] = k[:, :, 0].to(self.dtype)
         self.v[layer][rows, :, positions] = v[:, :, 0].to(self.dtype)
 

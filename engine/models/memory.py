@@ -13,8 +13,9 @@ import typing as tp
 
 GB = 1e9
 #: Bytes per LM parameter in the fast decoder's copy, per --dtype.
-#: (int4 keeps an int8 copy of its 4-bit weights for the prefill's GEMMs beside the packed nibbles.)
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 1.5}
+#: int8 keeps two int8 copies: fbgemm's packed one for the prefill's GEMMs and the native
+#: decode kernel's; int4 keeps fbgemm's and the packed nibbles.
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 2, "int4": 1.5}
 #: T5-base encoder (fp32), the EnCodec codec, the KV cache and working room, in bytes.
 OVERHEAD_BYTES = {"cpu": 1.2 * GB, "cuda": 1.5 * GB}
 #: The published checkpoints' LM shapes (dim, layers), smallest first: what to suggest instead.
@@ -61,8 +62,8 @@ def shortage(cfg, name: str, device: str, dtype: str,
         return None
     fits = [model for model, dim, layers in PUBLISHED_SHAPES
             if needed_bytes(lm_parameters(dim, layers), device, dtype) <= free]
-    cheaper = [d for d in ("int8",) if device == "cpu" and dtype != "int8"
-               and needed_bytes(parameters, device, d) <= free]
+    cheaper = [d for d in ("int8", "int4") if device == "cpu"
+               and DTYPE_BYTES[d] < DTYPE_BYTES.get(dtype, 4) and needed_bytes(parameters, device, d) <= free]
     advice = (f"--dtype {cheaper[0]} fits" if cheaper else
               f"{fits[-1]} fits" if fits else "no MusicGen fits; free memory or use --model tiny")
     return (f"{name} needs about {need / GB:.1f} GB on {device} with --dtype {dtype} "
