@@ -206,15 +206,15 @@ def test_native_int4_linear_computes_its_4_bit_weights():
     from engine.lm.kernels import load_cpu_kernels
     from engine.lm.quantize import INT4_GROUP, Int4, Int8, quantize_int4
     torch.manual_seed(2)
-    weight, bias = torch.randn(160, 384) * 0.05, torch.randn(160)
+    weight, bias = torch.randn(160, 768) * 0.05, torch.randn(160)
     kernels = load_cpu_kernels()
     linear = Int4(weight, bias, kernels)
     assert linear.kernels is not None
     q, scales = quantize_int4(weight)  # what the layer packed
     assert torch.equal(scales, linear.group_scales)
-    dequantised = (q.float().view(160, -1, INT4_GROUP) * scales.unsqueeze(-1)).view(160, 384)
+    dequantised = (q.float().view(160, -1, INT4_GROUP) * scales.unsqueeze(-1)).view(160, 768)
     for rows in (1, 2, 3, 4, 7):
-        x = torch.randn(rows, 384)
+        x = torch.randn(rows, 768)
         scale = x.abs().amax(dim=1, keepdim=True) / 127
         expected = (torch.round(x / scale) @ dequantised.T) * scale + bias
         got = linear(x)

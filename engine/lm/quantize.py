@@ -88,7 +88,7 @@ class Int8:
 
 
 #: Inputs per int4 scale (the native kernel's kGroup).
-INT4_GROUP = 128
+INT4_GROUP = 256
 #: Scales tried per group (fractions of max|w| / 7); the one with the least squared error wins.
 INT4_SCALE_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 #: Rows quantised at a time (their working tensors stay in the CPU's caches).
