@@ -20,12 +20,11 @@ context tokens:
 For each: prefill seconds (processing the context, up to the first new token), ms per decode
 step (mean over the stride), the stride's wall time and real-time factor (stride seconds / wall),
 and peak RSS (and GPU memory); then each one's speed relative to the engine. For the engine
-also the bytes its average step reads and how far the step is from reading them at the memory
-read bandwidth measured in the same run (before and after the methods), and on CPU how far
-its int8 prefill is from the cores' int8 compute peak (a VNNI loop on registers, measured
-first). For the engine also
-the time to first sound: from the loaded model to the first stride's audio (--first-stride
-seconds: 1 s), CUDA graph capture and all first-call costs included. Each method runs in its own
+also: the time to first sound (from the loaded model to the first stride's audio, --first-stride
+seconds: 1 s, CUDA graph capture and all first-call costs included); the bytes its average step
+reads and how far the step is from reading them at the memory read bandwidth measured in the
+same run (before and after the methods); and on CPU how far its int8 prefill is from the cores'
+int8 compute peak (a VNNI loop on registers, measured first). Each method runs in its own
 process.
 
     python bench/bench_engine.py                          # 30 / 20 / 10 s, CPU (~10 minutes)
@@ -100,8 +99,9 @@ def _context_codes(model, args):
 
 
 def run_engine(model, args) -> dict:
-    from engine.lm.window import SamplingParams, WindowGenerator
     from engine.codec.stitcher import StitchingDecoder
+    from engine.lm.hardware import QUANTISED
+    from engine.lm.window import SamplingParams, WindowGenerator
     fr = model.frame_rate
     stride_frames = round(args.stride * fr)
     dtype, _, rest = args.dtype.partition("/")
@@ -124,7 +124,7 @@ def run_engine(model, args) -> dict:
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
     result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
-              "dtype": gen.dtype + (f"/{gen.fast.kernels}/{str(gen.fast.cache_dtype)[6:]}-cache"
+              "dtype": gen.dtype + (f"/{gen.fast.kernels}/{str(gen.fast.cache_dtype).replace('torch.', '')}-cache"
                                     if gen.fast is not None else "/audiocraft")}
     if gen.fast is not None:  # bytes read by the stride's average step (its middle position)
         steps = result["steps_timed"] or stride_frames
@@ -132,7 +132,7 @@ def run_engine(model, args) -> dict:
         text = gen.fast.cross.keys
         result["prefill_ops"] = gen.fast.prefill_ops(context.shape[-1] + max(gen.fast.delays) + 1,
                                                      0 if text is None else text.shape[3])
-        result["quantised"] = gen.fast.mode in ("int8", "int4")
+        result["quantised"] = gen.fast.mode in QUANTISED
     return result
 
 

@@ -16,16 +16,7 @@
 static constexpr int64_t kMaxRows = 4;  // rows of x per call
 
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales) {
-  for (int64_t m = 0; m < rows; ++m) {
-    const float* row = x + m * in;
-    float peak = 0.f;
-    for (int64_t i = 0; i < in; ++i) peak = std::max(peak, std::fabs(row[i]));
-    const float s = peak > 0.f ? peak / 127.f : 1.f;
-    const float inv = 1.f / s;
-    scales[m] = s;
-    for (int64_t i = 0; i < in; ++i)
-      out[m * in + i] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(row[i] * inv)) + 128);
-  }
+  for (int64_t m = 0; m < rows; ++m) scales[m] = quantize_row<128>(x + m * in, in, out + m * in);
 }
 
 at::Tensor prepare(at::Tensor weight) {
@@ -92,7 +83,7 @@ at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor
 // registers, no memory traffic. Returns the multiply-adds done (x2 for operations).
 int64_t vnni_peak(int64_t iterations) {
   const int64_t threads = at::get_num_threads();
-  std::vector<int32_t> sink(threads * 16, 0);
+  std::vector<int32_t> sink(threads * 16, 0);  // each thread's sums, read below: the loops stay
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       __m512i acc[8];
@@ -105,5 +96,7 @@ int64_t vnni_peak(int64_t iterations) {
       _mm512_storeu_si512(reinterpret_cast<void*>(sink.data() + t * 16), total);
     }
   });
-  return threads * iterations * 8 * 64 + (sink[0] & 0);  // (the sink keeps the loop alive)
+  volatile int32_t kept = 0;  // (a volatile read of every sum: no loop can be optimised away)
+  for (const int32_t v : sink) kept = kept + v;
+  return threads * iterations * 8 * 64;
 }

@@ -2,13 +2,28 @@
 // bindings.cpp.
 #pragma once
 #include <ATen/ATen.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 at::Tensor scores(at::Tensor q, at::Tensor keys, int64_t positions);
 at::Tensor weighted(at::Tensor weights, at::Tensor values);
 at::Tensor prepare(at::Tensor weight);
-// Each of `rows` rows of `in` floats as symmetric int8 (scale max |x| / 127, into `scales`),
-// stored +128 as uint8: the unsigned side of vpdpbusd (int8_gemv.cpp, int4_gemv.cpp).
+// One row of n floats as symmetric int8 (scale max |x| / 127, returned), each stored plus
+// `Offset` as T: int8 for the 8-bit KV cache (kv8_attention.cpp), uint8 + 128 for the unsigned
+// side of vpdpbusd (the linears' activations: quantize_rows_u8).
+template <int Offset, typename T>
+inline float quantize_row(const float* row, int64_t n, T* out) {
+  float peak = 0.f;
+  for (int64_t i = 0; i < n; ++i) peak = std::max(peak, std::fabs(row[i]));
+  const float s = peak > 0.f ? peak / 127.f : 1.f;
+  const float inv = 1.f / s;
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<int32_t>(std::nearbyint(row[i] * inv)) + Offset);
+  return s;
+}
+// Each of `rows` rows of `in` floats by quantize_row, stored +128 as uint8, scales into `scales`
+// (int8_gemv.cpp, int4_gemv.cpp).
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales);
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias);

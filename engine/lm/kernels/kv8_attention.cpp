@@ -41,14 +41,7 @@ void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t st
   at::parallel_for(0, bh * positions, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t h = r / positions, t = r % positions;
-      const float* row = xp + r * dh;
-      float peak = 0.f;
-      for (int64_t d = 0; d < dh; ++d) peak = std::max(peak, std::fabs(row[d]));
-      const float s = peak > 0.f ? peak / 127.f : 1.f;
-      const float inv = 1.f / s;
-      int8_t* dst = cp + (h * capacity + start + t) * dh;
-      for (int64_t d = 0; d < dh; ++d) dst[d] = static_cast<int8_t>(std::nearbyint(row[d] * inv));
-      sp[h * capacity + start + t] = s;
+      sp[h * capacity + start + t] = quantize_row<0>(xp + r * dh, dh, cp + (h * capacity + start + t) * dh);
     }
   });
 }
