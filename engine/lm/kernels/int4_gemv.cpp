@@ -22,6 +22,10 @@
 static constexpr int64_t kMaxRows = 4;
 static constexpr int64_t kGroup = 256;  // inputs per scale
 static constexpr int64_t kBlock = 128;  // inputs per 64 packed bytes
+// The weights are read this far ahead by software prefetch: the unpacking between loads leaves the
+// hardware prefetcher behind (measured on 2 cores: 22 GB/s of weights without, 28-30 with, where
+// a plain read runs at 31; the int8 kernel, with less work per byte, gains nothing from it).
+static constexpr int64_t kPrefetchBytes = 4096;
 
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales) {
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
@@ -69,21 +73,24 @@ static void rows_kernel4(const uint8_t* xq, const uint8_t* pp, const float* x_sc
       __m512 accf[Rows];
       for (int64_t m = 0; m < Rows; ++m) accf[m] = _mm512_setzero_ps();
       for (int64_t g = 0; g < groups; ++g) {
-        __m512i acc[Rows];
-        for (int64_t m = 0; m < Rows; ++m) acc[m] = _mm512_setzero_si512();
+        __m512i acc0[Rows], acc1[Rows];  // one per half block: shorter chains of dependent vpdpbusd
+        for (int64_t m = 0; m < Rows; ++m) acc0[m] = acc1[m] = _mm512_setzero_si512();
         for (int64_t b = 0; b < kGroup / kBlock; ++b) {
           const int64_t first = g * kGroup + b * kBlock;  // the block's first input
-          const __m512i both = _mm512_loadu_si512(reinterpret_cast<const void*>(row + first / 2));
+          const uint8_t* bytes = row + first / 2;
+          _mm_prefetch(reinterpret_cast<const char*>(bytes + kPrefetchBytes), _MM_HINT_T0);
+          const __m512i both = _mm512_loadu_si512(reinterpret_cast<const void*>(bytes));
           const __m512i w0 = _mm512_sub_epi8(_mm512_and_si512(both, low_nibbles), eight);  // inputs 0..63
           const __m512i w1 = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(both, 4), low_nibbles), eight);
           for (int64_t m = 0; m < Rows; ++m) {
             const uint8_t* xb = xq + m * in + first;
-            acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_loadu_si512(reinterpret_cast<const void*>(xb)), w0);
-            acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_loadu_si512(reinterpret_cast<const void*>(xb + 64)), w1);
+            acc0[m] = _mm512_dpbusd_epi32(acc0[m], _mm512_loadu_si512(reinterpret_cast<const void*>(xb)), w0);
+            acc1[m] = _mm512_dpbusd_epi32(acc1[m], _mm512_loadu_si512(reinterpret_cast<const void*>(xb + 64)), w1);
           }
         }
         const __m512 s = _mm512_set1_ps(scales[g]);
-        for (int64_t m = 0; m < Rows; ++m) accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), s, accf[m]);
+        for (int64_t m = 0; m < Rows; ++m)
+          accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc0[m], acc1[m])), s, accf[m]);
       }
       for (int64_t m = 0; m < Rows; ++m) {
         const float v = (_mm512_reduce_add_ps(accf[m]) - offsets[o]) * x_scales[m];
