@@ -6,7 +6,9 @@ context tokens:
 
   engine[dtype]  this engine: fast decoder (engine/lm/) + seam-free stitcher, per --dtypes
                  (each `dtype`, `dtype/kernels` or `dtype/kernels/kv-cache`, e.g. bf16/eager for
-                 no CUDA graph, int4/native/fp16 for int4 weights over an fp16 KV cache)
+                 no CUDA graph, int4/native/fp16 for int4 weights over an fp16 KV cache,
+                 int4/native-ops for the native kernels with the layers run as torch ops around
+                 them, not as one fused native step)
   seed           the seed notebook's cycle: audiocraft `generate_continuation` on the last
                  `context` seconds of waveform (re-encoded), audio decoded every cycle; fp32 on
                  CPU, audiocraft's own fp16 autocast on CUDA
@@ -106,11 +108,15 @@ def run_engine(model, args) -> dict:
     stride_frames = round(args.stride * fr)
     dtype, _, rest = args.dtype.partition("/")
     kernels, _, kv_cache = rest.partition("/")
+    unfused = kernels == "native-ops"
+    kernels = "native" if unfused else kernels
     _sync(args.device)
     first_started = time.perf_counter()
     gen = WindowGenerator(model, round(args.context * fr), SamplingParams(), seed=args.seed,
                           dtype=dtype, max_frames=round(args.window * fr), kernels=kernels or "auto",
                           kv_cache=kv_cache or "auto")
+    if unfused and gen.fast is not None:
+        gen.fast.native_step = None
     stitcher = StitchingDecoder(model.compression_model)
     first_audio = stitcher.push(gen.next_stride(PROMPT, round(args.first_stride * fr)))
     _sync(args.device)
@@ -124,7 +130,8 @@ def run_engine(model, args) -> dict:
     started = time.perf_counter()
     wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
     result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
-              "dtype": gen.dtype + (f"/{gen.fast.kernels}/{str(gen.fast.cache_dtype).replace('torch.', '')}-cache"
+              "dtype": gen.dtype + (f"/{gen.fast.kernels}{'-ops' if unfused else ''}/"
+                                    f"{str(gen.fast.cache_dtype).replace('torch.', '')}-cache"
                                     if gen.fast is not None else "/audiocraft")}
     if gen.fast is not None:  # bytes read by the stride's average step (its middle position)
         steps = result["steps_timed"] or stride_frames

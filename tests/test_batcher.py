@@ -9,9 +9,8 @@ import torch
 from engine.lm.batch import BatchedDecoder
 from engine.lm.batcher import StrideBatcher, StrideRequest
 from engine.lm.generate import generate
-from engine.lm.hardware import cpu_flags
-from engine.lm.kernels import REQUIRED_CPU_FLAGS
 from engine.lm.model import FastLM
+from nativeutil import needs_native
 
 #: station → (prompt, context frames, new frames, sampling, seed)
 STATIONS = {
@@ -65,20 +64,16 @@ def batcher(tiny_model, request):
     "/native" the native CPU kernels (with int8 or int4 weights: over an 8-bit KV cache)."""
     dtype, *flags = request.param.split("/")
     fast = FastLM(tiny_model.lm, max_frames=80, dtype=dtype, kernels="native" if "native" in flags else "auto")
-    if "native" in flags:
-        assert fast.kernels == "native" and fast.cache.quantized
+    if "native" in flags:  # (unmasked: the fused native step, native_step.py)
+        assert fast.kernels == "native" and fast.cache.quantized and fast.native_step is not None
     b = StrideBatcher(BatchedDecoder(fast, slots=4, masked="masked" in flags))
     for name in STATIONS:
         b.join(name)
     return b
 
 
-NATIVE = pytest.mark.skipif(not (REQUIRED_CPU_FLAGS <= cpu_flags()),
-                            reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)")
-
-
-@pytest.mark.parametrize("batcher", ["fp32", "int8", "fp32/masked", pytest.param("int4/native", marks=NATIVE),
-                                     pytest.param("int8/native/masked", marks=NATIVE)], indirect=True)
+@pytest.mark.parametrize("batcher", ["fp32", "int8", "fp32/masked", pytest.param("int4/native", marks=needs_native),
+                                     pytest.param("int8/native/masked", marks=needs_native)], indirect=True)
 def test_a_stations_tokens_are_the_same_alone_as_in_a_batch(tiny_model, batcher):
     together, errors = run(batcher, [request(tiny_model, name) for name in STATIONS])
     assert not errors and set(together) == set(STATIONS)

@@ -6,16 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.lm.generate import generate, pattern_sequence
-from engine.lm.hardware import cpu_flags, resolve_dtype
-from engine.lm.kernels import REQUIRED_CPU_FLAGS
+from engine.lm.hardware import resolve_dtype
 from engine.lm.model import FastLM
 from engine.lm.quality import cross_entropy
 from engine.lm.sampling import sample
 from engine.lm.weights import UnsupportedModel
 from engine.lm.window import SamplingParams, WindowGenerator
-
-
-NATIVE = REQUIRED_CPU_FLAGS <= cpu_flags()
+from nativeutil import HAS_NATIVE, needs_native
 
 
 def _attributes(model, text="lofi hip hop"):
@@ -99,10 +96,7 @@ def test_top_k_1_sampling_is_greedy(tiny_model):
 
 @pytest.mark.parametrize("dtype, kernels", [
     ("bf16", "eager"), ("int8", "eager"), ("int4", "eager"),
-    pytest.param("int8", "native", marks=pytest.mark.skipif(
-        not NATIVE, reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)")),
-    pytest.param("int4", "native", marks=pytest.mark.skipif(
-        not NATIVE, reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)"))])
+    pytest.param("int8", "native", marks=needs_native), pytest.param("int4", "native", marks=needs_native)])
 def test_reduced_precision_keeps_the_models_predictions(tiny_model, dtype, kernels):
     lm = tiny_model.lm
     attributes = _attributes(tiny_model)[0]
@@ -166,7 +160,7 @@ def test_decode_attention_kernels_compute_the_same():
     from engine.lm.cache import KVCache
     from engine.lm.kernels import load_cpu_kernels
     native = load_cpu_kernels()
-    assert (native is not None) == NATIVE
+    assert (native is not None) == HAS_NATIVE
     torch.manual_seed(0)
     keys, values = torch.randn(2, 2, 4, 50, 32), torch.randn(2, 2, 4, 50, 32)
     q = torch.randn(2, 4, 1, 32)
@@ -176,7 +170,7 @@ def test_decode_attention_kernels_compute_the_same():
         cache.write(0, 0, keys[0], values[0])
         cache.write(1, 0, keys[1], values[1])
         results[cache.kernel] = torch.stack([cache.attend(layer, q, 37) for layer in (0, 1)])
-    assert set(results) == ({"eager", "compiled", "native"} if NATIVE else {"eager", "compiled"})
+    assert set(results) == ({"eager", "compiled", "native"} if HAS_NATIVE else {"eager", "compiled"})
     exact = torch.stack([F.scaled_dot_product_attention(q, keys[i, :, :, :37].half().float(),
                                                         values[i, :, :, :37].half().float())
                          for i in (0, 1)])
@@ -184,7 +178,7 @@ def test_decode_attention_kernels_compute_the_same():
         assert torch.allclose(result.float(), exact, atol=1e-5), kernel
 
 
-@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX-512 VNNI (CI's CPU has it)")
+@needs_native
 def test_native_int8_linear_is_close_to_fp32():
     from engine.lm.kernels import load_cpu_kernels
     from engine.lm.quantize import Int8
@@ -254,7 +248,7 @@ def test_8_bit_kv_cache_kernels_compute_the_dequantised_attention():
         KVCache(1, 1, 16, 16, torch.int8, torch.device("cpu"), kernels="eager")
 
 
-@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX-512 VNNI/F16C (CI's CPU has them)")
+@needs_native
 def test_8_bit_kv_cache_keeps_the_decoders_predictions(tiny_model):
     """int8 weights over an 8-bit cache (what auto picks with the native kernels) against the
     same weights over an fp16 cache: nearly the same logits along a generated sequence."""

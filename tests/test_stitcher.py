@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from engine.lm.window import SamplingParams, WindowGenerator
 from engine.codec.activations import NativeELU, use_native_elu
 from engine.codec.stitcher import StitchingDecoder
-from engine.lm.hardware import cpu_flags
-from engine.lm.kernels import REQUIRED_CPU_FLAGS, load_cpu_kernels
+from engine.lm.kernels import load_cpu_kernels
+from nativeutil import needs_native
 
 FRAME_RATE = 50
 SEAM_HALF_WIDTH_SECONDS = 0.2
@@ -115,11 +115,9 @@ def test_stereo_models_decode_seam_free(tiny_model):
     assert not np.allclose(out[:, 0], out[:, 1])  # left and right are different channels
 
 
-NATIVE = pytest.mark.skipif(not (REQUIRED_CPU_FLAGS <= cpu_flags()),
-                            reason="the native kernels need AVX-512 (CI's CPU has them)")
 
 
-@NATIVE
+@needs_native
 def test_native_elu_agrees_with_torchs_to_a_float_ulp():
     kernels = load_cpu_kernels()
     x = torch.cat([torch.randn(100_003) * 4, torch.linspace(-120, 3, 50_001),
@@ -136,7 +134,7 @@ def test_native_elu_agrees_with_torchs_to_a_float_ulp():
     assert torch.allclose(kernels.elu(strided), F.elu(strided), rtol=1.2e-7, atol=0)
 
 
-@NATIVE
+@needs_native
 def test_native_elu_decodes_what_torchs_elu_decodes_seam_free(tiny_model, strides):
     """The codec's ELU on the native kernel (what codecs of real size get on CPU:
     codec/activations.py): the same audio as torch's ELU, and still seam-exact."""

@@ -121,6 +121,8 @@ class BatchedDecoder:
         """The batched decode step of `_tokens` [B, K, 1] at `_positions` [B] (device tensors:
         no shape or host value depends on them) → logits [B, K, card]."""
         fast, tokens, positions = self.fast, self._tokens, self._positions
+        if fast.native_step is not None and not self.masked:
+            return self._forward_native()
         B, K, _ = tokens.shape
         x = fast._embed(tokens, fast.pos_emb.index_select(0, positions).unsqueeze(1))  # [B, 1, D]
         mask = (self._grid.view(1, -1) <= positions.view(-1, 1)).view(B, 1, 1, -1)  # [B, 1, 1, P]
@@ -139,3 +141,21 @@ class BatchedDecoder:
         with activations_per_group(self._linears, rows=2, active=None if masked else self._busy):
             x = fast._layers(x, self_attention, (self.cross_keys, self.cross_values, self.cross_mask))
             return fast._logits(x[:, -1]).view(B, K, fast.card)
+
+    def _forward_native(self) -> torch.Tensor:
+        """The CPU step of the busy slots' rows on the native fused step (native_step.py: each
+        row computed on its own, so a slot's numbers are the same in any batch) → logits
+        [B, K, card], zeros for the idle slots' rows."""
+        fast = self.fast
+        B, K, _ = self._tokens.shape
+        logits = torch.zeros(B, K, fast.card)
+        rows = [row for slot in range(self.slots) if self._busy[slot] for row in (2 * slot, 2 * slot + 1)]
+        if not rows:
+            return logits
+        where = self._positions[rows]
+        x = fast._embed(self._tokens[rows], fast.pos_emb.index_select(0, where).unsqueeze(1)).view(len(rows), -1)
+        lengths = [self.conditions[row // 2].keys.shape[3] for row in rows]
+        x = fast.native_step(x, self.cache, rows, where.tolist(), self.cross_keys, self.cross_values, lengths)
+        with activations_per_group([fast.head], rows=2):
+            logits[rows] = fast._logits(x).view(len(rows), K, fast.card)
+        return logits

@@ -23,6 +23,7 @@ from .conditions import CrossConditions
 from .graph import StepGraph
 from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels, resolve_kv_cache
 from .kernels import load_cpu_kernels
+from .native_step import NativeStep, why_not_fused
 from .weights import activation, check_supported, convert, release_source_weights
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class FastLM:
     `kernels`: "auto" | "graph" | "native" | "compiled" | "eager". graph: the decode step with
     static shapes (attention over the whole cache under a mask), captured once as a CUDA graph
     and replayed at every position (on CPU the same step runs eagerly: for tests); native: the
-    AVX-512 kernels of `kernels/` for the decode step's int8 linears and fp16 attention (built
-    once, about half a minute, cached on disk; where they cannot be built: compiled); compiled:
+    AVX-512 kernels of `kernels/` for the decode step's int8 / int4 linears and its attention
+    over an fp16 or 8-bit cache, the whole step through the layers in one native call where all
+    of it can be (`native_step`; built once, about half a minute, cached on disk; where they
+    cannot be built: compiled); compiled:
     the decode attention made by torch.compile, fbgemm's int8 linears; eager: torch's kernels
     only. auto: hardware.resolve_kernels.
     """
@@ -89,6 +92,11 @@ class FastLM:
         self._step_position = torch.zeros(1, dtype=torch.long, device=self.device)
         self._positions = torch.arange(cache_positions, device=self.device)
         self.step_graph = StepGraph(self._forward_static, self.device)
+        # native: the decode step's layers in one native call where everything in them can be.
+        unfused = why_not_fused(self) if native is not None else "no native kernels"
+        self.native_step = NativeStep(self, native) if unfused is None else None
+        if self.kernels == "native" and unfused is not None:
+            log.info("decoder: the decode step runs as torch ops around the native kernels (%s)", unfused)
 
     def _sin_embedding(self, length: int) -> torch.Tensor:
         """audiocraft's `create_sin_embedding` for positions 0..length-1, in fp32: [length, D]."""
@@ -230,11 +238,21 @@ class FastLM:
         """tokens [K] at `position` → logits [2, K, card]. kernels="graph": the static step
         (step_graph: replayed as a CUDA graph on CUDA, captured on first use and again after the
         text condition changes shape; eager elsewhere); otherwise `forward`."""
+        if self.native_step is not None:
+            return self._step_native(tokens, position)
         if self.kernels != "graph":
             return self.forward(tokens.view(1, -1, 1).expand(2, -1, -1), position)
         self._step_tokens.copy_(tokens.view(1, -1, 1).expand(2, -1, -1))
         self._step_position.fill_(position)
         return self.step_graph()
+
+    def _step_native(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """`step` on the native fused step (native_step.py): tokens [K] → logits [2, K, card]."""
+        x = self._embed(tokens.view(1, -1, 1), self.pos_emb[position:position + 1]).view(1, self.dim)
+        text = self.cross.keys.shape[3]
+        x = self.native_step(x.expand(2, -1), self.cache, (0, 1), (position, position),
+                             self.cross.keys, self.cross.values, (text, text))
+        return self._logits(x).view(2, self.num_codebooks, self.card)
 
     def prefill(self, tokens: torch.Tensor, last_only: bool = True, cache: tp.Optional[KVCache] = None,
                 cross: tp.Optional[CrossConditions] = None) -> torch.Tensor:

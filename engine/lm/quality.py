@@ -11,15 +11,22 @@ from .generate import pattern_sequence
 from .model import FastLM
 
 
-def guided_logits(model: FastLM, codes: torch.Tensor, attributes, cfg_coef: float = 3.0
-                  ) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+def guided_logits(model: FastLM, codes: torch.Tensor, attributes, cfg_coef: float = 3.0,
+                  prefill_positions: tp.Optional[int] = None) -> tp.Tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced guided logits of codes [K, T] under `model`: (logits [K, S-1, card] in
-    fp32, the targets [K, S-1] they predict), S the length of the delay pattern's sequence."""
+    fp32, the targets [K, S-1] they predict), S the length of the delay pattern's sequence.
+    All from one prefill, or (`prefill_positions` = n) the first n from a prefill and the rest
+    from decode steps, one position at a time: the path that samples all but the first token of
+    a stride (its own kernels: the native step on CPU, the CUDA graph)."""
     sequence = pattern_sequence(model, codes.to(model.device))  # [K, S]
     model.set_conditions(attributes)
     inputs = sequence[:, :-1].unsqueeze(0).expand(2, -1, -1)
+    n = inputs.shape[-1] if prefill_positions is None else max(1, min(prefill_positions, inputs.shape[-1]))
     with torch.inference_mode():
-        logits = model.prefill(inputs, last_only=False)
+        logits = model.prefill(inputs[..., :n], last_only=False)  # [2, K, n, card]
+        stepped = [model.step(sequence[:, p], p) for p in range(n, inputs.shape[-1])]  # [2, K, card] each
+        if stepped:
+            logits = torch.cat([logits, torch.stack(stepped, dim=2)], dim=2)
     return logits[1] + (logits[0] - logits[1]) * cfg_coef, sequence[:, 1:]
 
 

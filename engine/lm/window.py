@@ -125,7 +125,8 @@ class WindowGenerator:
         if self.fast is not None:
             log.info("decoder: fast loop, %s weights (%.1f MB read per step), %s KV cache of %d positions, "
                      "%s decode step", self.dtype, self.fast.parameter_bytes() / 1e6,
-                     str(self.fast.cache_dtype).replace("torch.", ""), self.fast.max_positions, self.fast.kernels)
+                     str(self.fast.cache_dtype).replace("torch.", ""), self.fast.max_positions,
+                     self.fast.kernels + (", fused" if self.fast.native_step is not None else ""))
             if release_weights:
                 log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",
                          self.fast.release_source_weights() / 1e6)

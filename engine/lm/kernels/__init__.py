@@ -14,7 +14,8 @@ from ..hardware import cpu_flags
 
 log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("bindings.cpp", "decode_attention.cpp", "kv8_attention.cpp", "int8_gemv.cpp", "int4_gemv.cpp", "elu.cpp")
+SOURCES = ("bindings.cpp", "decode_attention.cpp", "kv8_attention.cpp", "int8_gemv.cpp", "int4_gemv.cpp", "elu.cpp",
+           "decode_step.cpp")
 REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512_vnni", "f16c", "fma"}
 
 
@@ -33,7 +34,7 @@ def _put_ninja_on_path() -> None:
 
 def load_cpu_kernels() -> tp.Optional[tp.Any]:
     """The compiled module (scores, weighted, quantize_into, scores_q8, weighted_q8, prepare,
-    gemv, pack4, gemv4, vnni_peak, elu), or None where it cannot be built
+    gemv, pack4, gemv4, vnni_peak, elu, DecodeStep), or None where it cannot be built
     (no AVX-512 VNNI/F16C, no C++ compiler): callers then use torch's kernels."""
     if not REQUIRED_CPU_FLAGS <= cpu_flags():
         return None

@@ -1,27 +1,48 @@
-// The two loops of single-query attention over a cache [BH, P, Dh], for any element type: the
-// scores q.k and the softmax-weighted sum of the values, reading each cached row once and
-// converting it 16 numbers at a time (`load16`), times an optional per-row scale (`row_scale`:
-// the 8-bit cache's; 1 for fp16). Spread over torch's threads by head. Dh % 16 == 0, Dh <= 256.
+// Single-query attention over a cache of any element type, one head at a time: the scores q.k
+// and the softmax-weighted sum of the values, reading each cached row once and converting it 16
+// numbers at a time (`load16`), times an optional per-row scale (`row_scale(t)`: the 8-bit
+// cache's; 1 for fp16). The *_loop functions spread heads over torch's threads (the separate
+// kernels of decode_attention.cpp and kv8_attention.cpp); the fused step (decode_step.cpp) calls
+// the per-head functions itself. Dh % 16 == 0, Dh <= 256.
 #pragma once
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cstdint>
 
 template <typename T, typename Load, typename RowScale>
+inline void scores_head(const float* q, const T* k, int64_t positions, int64_t dh, float scale, Load load16,
+                        RowScale row_scale, float* out) {
+  for (int64_t t = 0; t < positions; ++t) {
+    const T* row = k + t * dh;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dh; d += 16) acc = _mm512_fmadd_ps(load16(row + d), _mm512_loadu_ps(q + d), acc);
+    out[t] = _mm512_reduce_add_ps(acc) * scale * row_scale(t);
+  }
+}
+
+// out [Dh] = sum_t w[t] row_scale(t) v[t].
+template <typename T, typename Load, typename RowScale>
+inline void weighted_head(const float* w, const T* v, int64_t positions, int64_t dh, Load load16,
+                          RowScale row_scale, float* out) {
+  __m512 acc[16];
+  const int64_t blocks = dh / 16;
+  for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < positions; ++t) {
+    const __m512 wt = _mm512_set1_ps(w[t] * row_scale(t));
+    const T* row = v + t * dh;
+    for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_fmadd_ps(wt, load16(row + 16 * j), acc[j]);
+  }
+  for (int64_t j = 0; j < blocks; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
+}
+
+// Heads h of [BH, capacity, Dh] caches; `row_scale(h, t)`.
+template <typename T, typename Load, typename RowScale>
 void scores_loop(const float* qp, const T* kp, int64_t bh, int64_t positions, int64_t capacity, int64_t dh,
                  float scale, Load load16, RowScale row_scale, float* op) {
   at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t h = begin; h < end; ++h) {
-      const float* qh = qp + h * dh;
-      const T* kh = kp + h * capacity * dh;
-      float* oh = op + h * positions;
-      for (int64_t t = 0; t < positions; ++t) {
-        const T* row = kh + t * dh;
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t d = 0; d < dh; d += 16) acc = _mm512_fmadd_ps(load16(row + d), _mm512_loadu_ps(qh + d), acc);
-        oh[t] = _mm512_reduce_add_ps(acc) * scale * row_scale(h, t);
-      }
-    }
+    for (int64_t h = begin; h < end; ++h)
+      scores_head(qp + h * dh, kp + h * capacity * dh, positions, dh, scale, load16,
+                  [&](int64_t t) { return row_scale(h, t); }, op + h * positions);
   });
 }
 
@@ -29,18 +50,8 @@ template <typename T, typename Load, typename RowScale>
 void weighted_loop(const float* wp, const T* vp, int64_t bh, int64_t positions, int64_t capacity, int64_t dh,
                    Load load16, RowScale row_scale, float* op) {
   at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
-    __m512 acc[16];
-    const int64_t blocks = dh / 16;
-    for (int64_t h = begin; h < end; ++h) {
-      for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_setzero_ps();
-      const float* wh = wp + h * positions;
-      const T* vh = vp + h * capacity * dh;
-      for (int64_t t = 0; t < positions; ++t) {
-        const __m512 w = _mm512_set1_ps(wh[t] * row_scale(h, t));
-        const T* row = vh + t * dh;
-        for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_fmadd_ps(w, load16(row + 16 * j), acc[j]);
-      }
-      for (int64_t j = 0; j < blocks; ++j) _mm512_storeu_ps(op + h * dh + 16 * j, acc[j]);
-    }
+    for (int64_t h = begin; h < end; ++h)
+      weighted_head(wp + h * positions, vp + h * capacity * dh, positions, dh, load16,
+                    [&](int64_t t) { return row_scale(h, t); }, op + h * dh);
   });
 }

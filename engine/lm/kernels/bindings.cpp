@@ -1,4 +1,5 @@
 #include <torch/extension.h>
+#include "decode_step.h"
 #include "kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -13,4 +14,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted_q8", &weighted_q8, "softmax weights times the values of an int8 cache");
   m.def("elu", &elu, "ELU (alpha 1) of fp32, 16 at a time");
   m.def("gemv4", &gemv4, "int4 linear with group scales for 1 to 4 rows (VNNI)");
+  pybind11::class_<DecodeStep>(m, "DecodeStep", "the decode step through every layer (decode_step.h)")
+      .def(pybind11::init<std::vector<std::vector<at::Tensor>>, std::vector<double>, int64_t, bool>())
+      .def("forward", &DecodeStep::forward)
+      .def_readonly_static("layer_tensors", &DecodeStep::kLayerTensors);
 }

@@ -2,12 +2,12 @@
 // CPU ELU computes expm1 one element at a time (measured: 127 ms for 20 M numbers, a quarter of
 // a 10 s decode on 2 cores). Here 16 at a time: x > 0 stays; -ln 2 < x <= 0 takes expm1's
 // Taylor series to x^10 (truncation below 1e-9 relative); below, exp(x) - 1 (at most -0.5, so
-// no cancellation) with exp by range reduction (x = n ln2 + r, |r| <= ln2 / 2, Cody-Waite
-// split of ln2) and a degree-7 polynomial, scaled by 2^n. Within 1.2e-7 relative of the exact
+// no cancellation) with vmath.h's exp. Within 1.2e-7 relative of the exact
 // ELU, as torch's own (tested).
 //
 //   elu(x fp32) -> a new tensor (one pass: read x, write the result)
 #include "kernels.h"
+#include "vmath.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cmath>
@@ -18,21 +18,7 @@ static inline __m512 expm1_16(__m512 x) {
   __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.f / 10), one);
   for (int k = 9; k >= 2; --k) t = _mm512_fmadd_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.f / k)), t, one);
   const __m512 small = _mm512_mul_ps(x, t);
-  // Otherwise exp(x) - 1.
-  const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-88.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, one);
-  p = _mm512_fmadd_ps(p, r, one);
-  const __m512 large = _mm512_sub_ps(_mm512_scalef_ps(p, n), one);
+  const __m512 large = _mm512_sub_ps(exp16(x), one);  // otherwise exp(x) - 1 (at least -0.5)
   const __mmask16 near_zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0.6931f), _CMP_GT_OQ);
   return _mm512_mask_blend_ps(near_zero, large, small);
 }

@@ -100,6 +100,21 @@ static void rows_kernel4(const uint8_t* xq, const uint8_t* pp, const float* x_sc
   });
 }
 
+void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* pp, const float* sp,
+                const float* op, const float* bp, float* y, int64_t out_features) {
+  // Quantise each row of x: symmetric int8, stored +128 as uint8.
+  std::vector<uint8_t> xq(rows * in);
+  float x_scales[kMaxRows];
+  quantize_rows_u8(x, rows, in, xq.data(), x_scales);
+  const uint8_t* qp = xq.data();
+  switch (rows) {
+    case 1: rows_kernel4<1>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
+    case 2: rows_kernel4<2>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
+    case 3: rows_kernel4<3>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
+    default: rows_kernel4<4>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
+  }
+}
+
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2, "x: [M, in] fp32");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 2,
@@ -111,22 +126,9 @@ at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor 
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
               scales.numel() == out_features * (in / kGroup), "scales: [out, in / group] fp32");
   TORCH_CHECK(offsets.scalar_type() == at::kFloat && offsets.numel() == out_features, "offsets: [out] fp32 (pack4)");
-  // Quantise each row of x: symmetric int8, stored +128 as uint8.
-  auto xq = at::empty({rows, in}, x.options().dtype(at::kByte));
-  float x_scales[kMaxRows];
-  uint8_t* qp = xq.data_ptr<uint8_t>();
-  quantize_rows_u8(x.data_ptr<float>(), rows, in, qp, x_scales);
   auto y = at::empty({rows, out_features}, x.options());
-  const uint8_t* pp = packed.data_ptr<uint8_t>();
-  const float* sp = scales.data_ptr<float>();
-  const float* op = offsets.data_ptr<float>();
-  const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  switch (rows) {
-    case 1: rows_kernel4<1>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
-    case 2: rows_kernel4<2>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
-    case 3: rows_kernel4<3>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
-    default: rows_kernel4<4>(qp, pp, x_scales, sp, op, bp, yp, in, out_features); break;
-  }
+  gemv4_rows(x.data_ptr<float>(), rows, in, packed.data_ptr<uint8_t>(), scales.data_ptr<float>(),
+             offsets.data_ptr<float>(), bias.numel() > 0 ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+             out_features);
   return y;
 }

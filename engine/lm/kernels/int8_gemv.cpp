@@ -50,6 +50,21 @@ static void rows_kernel(const uint8_t* xq, const int8_t* wp, const int32_t* row_
   });
 }
 
+void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* wp, const int32_t* row_sums,
+               const float* scales, const float* bp, float* y, int64_t out_features) {
+  // Quantise each row of x: symmetric int8, stored +128 as uint8.
+  std::vector<uint8_t> xq(rows * in);
+  float x_scales[kMaxRows];
+  quantize_rows_u8(x, rows, in, xq.data(), x_scales);
+  const uint8_t* qp = xq.data();
+  switch (rows) {
+    case 1: rows_kernel<1>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
+    case 2: rows_kernel<2>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
+    case 3: rows_kernel<3>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
+    default: rows_kernel<4>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
+  }
+}
+
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2, "x: [M, in] fp32");
@@ -61,20 +76,10 @@ at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor
   TORCH_CHECK(rows >= 1 && rows <= kMaxRows, "1 to 4 rows");
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == out_features, "scale: [out] fp32");
   TORCH_CHECK(row_sums.scalar_type() == at::kInt && row_sums.numel() == out_features, "row sums: [out] int32");
-  // Quantise each row of x: symmetric int8, stored +128 as uint8.
-  auto xq = at::empty({rows, in}, x.options().dtype(at::kByte));
-  float x_scales[kMaxRows];
-  uint8_t* qp = xq.data_ptr<uint8_t>();
-  quantize_rows_u8(x.data_ptr<float>(), rows, in, qp, x_scales);
   auto y = at::empty({rows, out_features}, x.options());
-  const int8_t* wp = weight.data_ptr<int8_t>();
-  const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
-  switch (rows) {
-    case 1: rows_kernel<1>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
-    case 2: rows_kernel<2>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
-    case 3: rows_kernel<3>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
-    default: rows_kernel<4>(qp, wp, row_sums.data_ptr<int32_t>(), x_scales, scale.data_ptr<float>(), bp, y.data_ptr<float>(), in, out_features); break;
-  }
+  gemv_rows(x.data_ptr<float>(), rows, in, weight.data_ptr<int8_t>(), row_sums.data_ptr<int32_t>(),
+            scale.data_ptr<float>(), bias.numel() > 0 ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+            out_features);
   return y;
 }
 

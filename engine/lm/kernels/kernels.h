@@ -25,11 +25,21 @@ inline float quantize_row(const float* row, int64_t n, T* out) {
 // Each of `rows` rows of `in` floats by quantize_row, stored +128 as uint8, scales into `scales`
 // (int8_gemv.cpp, int4_gemv.cpp).
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales);
+// y [rows, out] = x [rows, in] W^T (+ bias) for rows <= 4, W int8 (int8_gemv.cpp) or packed int4
+// (int4_gemv.cpp); bias may be null. The tensor-level gemv / gemv4 check their inputs and call these.
+void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* weight, const int32_t* row_sums,
+               const float* scales, const float* bias, float* y, int64_t out_features);
+void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* packed, const float* scales,
+                const float* offsets, const float* bias, float* y, int64_t out_features);
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias);
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales);
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias);
 void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t start);
+// One head's scores over an 8-bit cache (kv8_attention.cpp): q [Dh] fp32, keys [T, Dh] int8 with
+// key_scales [T] -> out [T] = scale * q.k.
+void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
+                    float scale, float* out);
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 int64_t vnni_peak(int64_t iterations);

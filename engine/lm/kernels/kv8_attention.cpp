@@ -7,7 +7,9 @@
 //   quantize_into(cache [B, H, P, Dh] int8, scales [B, H, P] fp32, x [B, H, T, Dh] fp32, start)
 //     writes x's rows at positions start..start+T-1
 //   scores_q8(q [BH, Dh] fp32, keys [BH, P, Dh] int8, key scales [BH, P], positions T)
-//     -> [BH, T] fp32 (q.k / sqrt(Dh))
+//     -> [BH, T] fp32 (q.k / sqrt(Dh)); q is quantised to int8 per head too, and the products
+//     summed by AVX-512 VNNI, 16 positions at a time (scores_q8_head: the float loop converted
+//     each key first and was bound by arithmetic, at 20 GB/s of keys on 2 cores)
 //   weighted_q8(weights [BH, T] fp32, values [BH, P, Dh] int8, value scales [BH, P])
 //     -> [BH, Dh] fp32
 // P is the cache capacity (positions allocated); only the first T are read. Dh % 16 == 0.
@@ -46,16 +48,79 @@ void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t st
   });
 }
 
+// Sixteen vectors of 16 int32 partial sums -> one vector of their 16 totals (lane i: v[i]'s),
+// by interleaving adds: 45 instructions where 16 separate horizontal sums take about 150.
+static inline __m512i sum16(const __m512i* v) {
+  __m512i quads[4];
+  for (int g = 0; g < 4; ++g) {
+    const __m512i* w = v + 4 * g;
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(w[0], w[1]), _mm512_unpackhi_epi32(w[0], w[1]));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(w[2], w[3]), _mm512_unpackhi_epi32(w[2], w[3]));
+    // each 128-bit block: the sums over that block of w[0], w[1], w[2], w[3]
+    quads[g] = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  }
+  const __m512i q01 = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                       _mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i q23 = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                       _mm512_shuffle_i32x4(quads[2], quads[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
+                    float scale, float* out) {
+  if (dh % 64 != 0 || dh > 256) {  // (every MusicGen has Dh = 64) the float loop
+    scores_head(q, keys, positions, dh, scale, load16, [key_scales](int64_t t) { return key_scales[t]; }, out);
+    return;
+  }
+  // q as int8 (one scale for the head); vpdpbusd multiplies unsigned by signed bytes, so |q| is
+  // the unsigned side and each key byte is negated where q is negative.
+  const int64_t chunks = dh / 64;
+  alignas(64) int8_t q8[256];
+  const float q_scale = quantize_row<0>(q, dh, q8);
+  __m512i magnitude[4];
+  __mmask64 negative[4];
+  for (int64_t c = 0; c < chunks; ++c) {
+    const __m512i v = _mm512_load_si512(reinterpret_cast<const void*>(q8 + 64 * c));
+    magnitude[c] = _mm512_abs_epi8(v);
+    negative[c] = _mm512_movepi8_mask(v);
+  }
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512 factor = _mm512_set1_ps(q_scale * scale);
+  auto dot = [&](int64_t t) {  // 16 partial sums of q8 . key t
+    __m512i acc = zero;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512i k = _mm512_loadu_si512(reinterpret_cast<const void*>(keys + t * dh + 64 * c));
+      acc = _mm512_dpbusd_epi32(acc, magnitude[c], _mm512_mask_sub_epi8(k, negative[c], zero, k));
+    }
+    return acc;
+  };
+  int64_t t = 0;
+  for (; t + 16 <= positions; t += 16) {
+    __m512i partial[16];
+    for (int i = 0; i < 16; ++i) partial[i] = dot(t + i);
+    const __m512 sums = _mm512_cvtepi32_ps(sum16(partial));
+    _mm512_storeu_ps(out + t, _mm512_mul_ps(_mm512_mul_ps(sums, factor), _mm512_loadu_ps(key_scales + t)));
+  }
+  for (; t < positions; ++t)
+    out[t] = static_cast<float>(_mm512_reduce_add_epi32(dot(t))) * q_scale * scale * key_scales[t];
+}
+
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions) {
   TORCH_CHECK(q.scalar_type() == at::kFloat && q.is_contiguous() && q.dim() == 2, "q: [BH, Dh] fp32");
   const int64_t bh = q.size(0), dh = q.size(1), capacity = keys.size(1);
   check_q8(keys, key_scales, bh, dh);
   TORCH_CHECK(positions > 0 && positions <= capacity, "positions out of range");
   auto out = at::empty({bh, positions}, q.options());
+  const float* qp = q.data_ptr<float>();
+  const int8_t* kp = keys.data_ptr<int8_t>();
   const float* sp = key_scales.data_ptr<float>();
-  scores_loop(q.data_ptr<float>(), keys.data_ptr<int8_t>(), bh, positions, capacity, dh,
-              1.0f / std::sqrt(static_cast<float>(dh)), load16,
-              [sp, capacity](int64_t h, int64_t t) { return sp[h * capacity + t]; }, out.data_ptr<float>());
+  float* op = out.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; ++h)
+      scores_q8_head(qp + h * dh, kp + h * capacity * dh, sp + h * capacity, positions, dh, scale, op + h * positions);
+  });
   return out;
 }
 

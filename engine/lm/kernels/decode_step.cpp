@@ -1,0 +1,256 @@
+// The decode step through every layer in one native call, for the CPU decoder (AVX-512).
+//
+// Run as torch ops from Python, the step between the kernels of the linears and the attention
+// (layer norms, GELU, softmax, residual adds, views and copies: about 20 small ops per layer)
+// cost 3-5 ms of a 17-20 ms step on 2 cores, more than the bytes they move. Here each layer is
+// one pass of plain loops over buffers allocated once per call: the norms and residuals on the
+// calling thread, the linears (int8_gemv.cpp, int4_gemv.cpp) and the attention heads spread over
+// torch's threads. Rows are independent: a row's numbers do not depend on the other rows (each
+// is quantised and computed on its own), so one station gives the same tokens alone as in a batch.
+//
+// Shapes: R rows (2 per generation: cond, uncond), D model dim, H heads, Dh = D / H, F the
+// feed-forward width, L layers, P cache positions, Tc text positions.
+#include "decode_step.h"
+#include "attention.h"
+#include "kernels.h"
+#include "vmath.h"
+#include <ATen/Parallel.h>
+#include <cmath>
+
+namespace {
+
+const auto load16_fp16 = [](const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+};
+const auto load16_int8 = [](const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+};
+const auto load16_fp32 = [](const float* p) { return _mm512_loadu_ps(p); };
+const auto unit_scale = [](int64_t) { return 1.f; };
+
+// scores [T] -> softmax weights, each times `value_scales[t]` (null: 1), in place.
+void softmax_in_place(float* s, int64_t positions, const float* value_scales) {
+  __m512 peak = _mm512_set1_ps(-INFINITY);
+  int64_t t = 0;
+  for (; t + 16 <= positions; t += 16) peak = _mm512_max_ps(peak, _mm512_loadu_ps(s + t));
+  float top = _mm512_reduce_max_ps(peak);
+  for (; t < positions; ++t) top = std::max(top, s[t]);
+  const __m512 top16 = _mm512_set1_ps(top);
+  __m512 sum = _mm512_setzero_ps();
+  for (t = 0; t < positions; t += 16) {
+    const __mmask16 lanes = t + 16 <= positions ? static_cast<__mmask16>(0xFFFF)
+                                                : static_cast<__mmask16>((1u << (positions - t)) - 1);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + t), top16));
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(lanes, e));
+    _mm512_mask_storeu_ps(s + t, lanes, e);
+  }
+  const float inverse = 1.f / _mm512_reduce_add_ps(sum);
+  for (t = 0; t < positions; t += 16) {
+    const __mmask16 lanes = t + 16 <= positions ? static_cast<__mmask16>(0xFFFF)
+                                                : static_cast<__mmask16>((1u << (positions - t)) - 1);
+    __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + t), _mm512_set1_ps(inverse));
+    if (value_scales != nullptr) w = _mm512_mul_ps(w, _mm512_maskz_loadu_ps(lanes, value_scales + t));
+    _mm512_mask_storeu_ps(s + t, lanes, w);
+  }
+}
+
+// Strides (in elements) of a [L, B, H, P or Tc, Dh] cache, or of [L, B, H, P] scales.
+struct Strides {
+  int64_t layer, row, head;
+  explicit Strides(const at::Tensor& t) : layer(t.stride(0)), row(t.stride(1)), head(t.stride(2)) {}
+  int64_t at(int64_t l, int64_t r, int64_t h) const { return l * layer + r * row + h * head; }
+};
+
+void check_cache(const at::Tensor& t, int64_t dh, const char* name) {
+  TORCH_CHECK(t.dim() == 5 && t.size(4) == dh && t.stride(4) == 1 && t.stride(3) == dh,
+              name, ": [L, B, H, positions, Dh] with contiguous rows");
+}
+
+}  // namespace
+
+DecodeStep::DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu)
+    : heads_(heads), gelu_(gelu) {
+  TORCH_CHECK(!layers.empty() && eps.size() == 3 * layers.size(), "one list of tensors and three eps per layer");
+  auto norm = [](const at::Tensor& w, const at::Tensor& b, double e) {
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous(), "norm weights: fp32");
+    TORCH_CHECK(b.numel() == 0 || (b.scalar_type() == at::kFloat && b.numel() == w.numel()), "norm bias: fp32");
+    return Norm{w, b.contiguous(), static_cast<float>(e)};
+  };
+  auto linear = [](const at::Tensor* t) {
+    const bool int4 = t[0].scalar_type() == at::kByte;
+    TORCH_CHECK(int4 || t[0].scalar_type() == at::kChar, "linear weights: int8, or packed int4 (uint8)");
+    for (int i = 0; i < 4; ++i) TORCH_CHECK(t[i].is_contiguous(), "linear tensors must be contiguous");
+    const int64_t out = t[0].size(0), in = int4 ? 2 * t[0].size(1) : t[0].size(1);
+    TORCH_CHECK(in % (int4 ? 256 : 64) == 0, "linear input width: a multiple of 64 (int8) or 256 (int4)");
+    TORCH_CHECK(t[3].numel() == 0 || t[3].numel() == out, "linear bias: [out] or empty");
+    return Linear{int4, t[0], t[1], t[2], t[3], in, out};
+  };
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& t = layers[i];
+    TORCH_CHECK(static_cast<int64_t>(t.size()) == kLayerTensors, "each layer: ", kLayerTensors, " tensors");
+    const at::Tensor* lin = t.data() + 6;
+    layers_.push_back(Layer{norm(t[0], t[1], eps[3 * i]), norm(t[2], t[3], eps[3 * i + 1]),
+                            norm(t[4], t[5], eps[3 * i + 2]), linear(lin), linear(lin + 4), linear(lin + 8),
+                            linear(lin + 12), linear(lin + 16), linear(lin + 20)});
+  }
+  const Layer& first = layers_[0];
+  dim_ = first.out_self.out;
+  hidden_ = first.ff1.out;
+  TORCH_CHECK(hidden_ % 16 == 0, "feed-forward width: a multiple of 16");
+  TORCH_CHECK(dim_ % heads_ == 0 && (dim_ / heads_) % 16 == 0 && dim_ / heads_ <= 256, "head dim: a multiple of 16, <= 256");
+  for (const Layer& l : layers_)
+    TORCH_CHECK(l.qkv.in == dim_ && l.qkv.out == 3 * dim_ && l.out_self.in == dim_ && l.q_cross.out == dim_ &&
+                l.out_cross.in == dim_ && l.ff1.in == dim_ && l.ff2.in == hidden_ && l.ff2.out == dim_,
+                "layer shapes differ");
+}
+
+void DecodeStep::Norm::apply(const float* x, int64_t rows, int64_t dim, float* y) const {
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < dim; i += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(xr + i));
+    const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / static_cast<float>(dim));
+    __m512 squares = _mm512_setzero_ps();
+    for (int64_t i = 0; i < dim; i += 16) {
+      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xr + i), mean);
+      squares = _mm512_fmadd_ps(d, d, squares);
+    }
+    const float variance = _mm512_reduce_add_ps(squares) / static_cast<float>(dim);
+    const __m512 rstd = _mm512_set1_ps(1.f / std::sqrt(variance + eps));
+    for (int64_t i = 0; i < dim; i += 16) {
+      __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + i), mean), rstd), _mm512_loadu_ps(w + i));
+      if (b != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(b + i));
+      _mm512_storeu_ps(yr + i, v);
+    }
+  }
+}
+
+void DecodeStep::Linear::apply(const float* x, int64_t rows, float* y) const {
+  const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  for (int64_t r = 0; r < rows; r += 4) {  // the kernels take up to 4 rows
+    const int64_t n = std::min<int64_t>(4, rows - r);
+    if (int4)
+      gemv4_rows(x + r * in, n, in, a.data_ptr<uint8_t>(), b.data_ptr<float>(), c.data_ptr<float>(), bp, y + r * out, out);
+    else
+      gemv_rows(x + r * in, n, in, a.data_ptr<int8_t>(), b.data_ptr<int32_t>(), c.data_ptr<float>(), bp, y + r * out, out);
+  }
+}
+
+at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vector<int64_t> positions, at::Tensor k,
+                               at::Tensor v, at::Tensor k_scale, at::Tensor v_scale, at::Tensor cross_k,
+                               at::Tensor cross_v, std::vector<int64_t> cross_lengths) const {
+  const int64_t R = x.size(0), D = dim_, H = heads_, Dh = D / H, L = layers_.size();
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && D == x.size(1), "x: [R, D] fp32");
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) == R && static_cast<int64_t>(positions.size()) == R &&
+              static_cast<int64_t>(cross_lengths.size()) == R, "rows, positions, cross lengths: one per row");
+  const bool q8 = k.scalar_type() == at::kChar;
+  TORCH_CHECK(q8 || k.scalar_type() == at::kHalf, "cache: int8 (with scales) or fp16");
+  TORCH_CHECK(v.scalar_type() == k.scalar_type() && k.sizes() == v.sizes() && k.strides() == v.strides(), "k, v alike");
+  check_cache(k, Dh, "k");
+  TORCH_CHECK(k.size(0) == L && k.size(2) == H, "cache: one per layer and head");
+  if (q8)
+    TORCH_CHECK(k_scale.scalar_type() == at::kFloat && k_scale.dim() == 4 && k_scale.sizes() == v_scale.sizes() &&
+                k_scale.strides() == v_scale.strides() && k_scale.stride(3) == 1 && k_scale.size(3) == k.size(3),
+                "scales: [L, B, H, P] fp32");
+  check_cache(cross_k, Dh, "cross_k");
+  TORCH_CHECK(cross_k.scalar_type() == at::kFloat && cross_v.scalar_type() == at::kFloat &&
+              cross_k.sizes() == cross_v.sizes() && cross_k.strides() == cross_v.strides() &&
+              cross_k.size(0) == L && cross_k.size(2) == H, "cross keys, values: [L, B, H, Tc, Dh] fp32");
+  int64_t longest = 1;
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK(rows[r] >= 0 && rows[r] < k.size(1) && rows[r] < cross_k.size(1), "row out of range");
+    TORCH_CHECK(positions[r] >= 0 && positions[r] < k.size(3), "position out of range");
+    TORCH_CHECK(cross_lengths[r] >= 1 && cross_lengths[r] <= cross_k.size(3), "cross length out of range");
+    longest = std::max({longest, positions[r] + 1, cross_lengths[r]});
+  }
+  x = x.contiguous().clone();
+  auto buffer = at::empty({R * (4 * D + 2 * D + hidden_) + R * H * longest}, x.options());
+  float* xp = x.data_ptr<float>();
+  float* h = buffer.data_ptr<float>();  // [R, D] normed
+  float* qkv = h + R * D;               // [R, 3D]
+  float* a = qkv + 3 * R * D;           // [R, D] attention out
+  float* y = a + R * D;                 // [R, D] a linear's out
+  float* f = y + R * D;                 // [R, F]
+  float* s = f + R * hidden_;           // [R H, longest] scores
+  const Strides cache(k), scales(q8 ? k_scale : k), text(cross_k);
+  const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
+  auto add_into_x = [&](const float* from) {
+    for (int64_t i = 0; i < R * D; i += 16)
+      _mm512_storeu_ps(xp + i, _mm512_add_ps(_mm512_loadu_ps(xp + i), _mm512_loadu_ps(from + i)));
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    const Layer& layer = layers_[l];
+    // Self-attention: write this position's keys and values, then attend over 0..position.
+    layer.norm_self.apply(xp, R, D, h);
+    layer.qkv.apply(h, R, qkv);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t hd = 0; hd < H; ++hd) {
+        const float* kr = qkv + r * 3 * D + D + hd * Dh;
+        const float* vr = kr + D;
+        const int64_t at = cache.at(l, rows[r], hd) + positions[r] * Dh;
+        if (q8) {
+          const int64_t si = scales.at(l, rows[r], hd) + positions[r];
+          k_scale.data_ptr<float>()[si] = quantize_row<0>(kr, Dh, k.data_ptr<int8_t>() + at);
+          v_scale.data_ptr<float>()[si] = quantize_row<0>(vr, Dh, v.data_ptr<int8_t>() + at);
+        } else {
+          auto* kc = reinterpret_cast<uint16_t*>(k.data_ptr<at::Half>()) + at;
+          auto* vc = reinterpret_cast<uint16_t*>(v.data_ptr<at::Half>()) + at;
+          for (int64_t d = 0; d < Dh; d += 16) {
+            constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(kc + d), _mm512_cvtps_ph(_mm512_loadu_ps(kr + d), kRound));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(vc + d), _mm512_cvtps_ph(_mm512_loadu_ps(vr + d), kRound));
+          }
+        }
+      }
+    at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = task / H, hd = task % H, T = positions[r] + 1;
+        const float* q = qkv + r * 3 * D + hd * Dh;
+        float* st = s + task * longest;
+        const int64_t at = cache.at(l, rows[r], hd);
+        if (q8) {
+          const int64_t si = scales.at(l, rows[r], hd);
+          scores_q8_head(q, k.data_ptr<int8_t>() + at, k_scale.data_ptr<float>() + si, T, Dh, scale, st);
+          softmax_in_place(st, T, v_scale.data_ptr<float>() + si);
+          weighted_head(st, v.data_ptr<int8_t>() + at, T, Dh, load16_int8, unit_scale, a + r * D + hd * Dh);
+        } else {
+          scores_head(q, reinterpret_cast<const uint16_t*>(k.data_ptr<at::Half>()) + at, T, Dh, scale, load16_fp16,
+                      unit_scale, st);
+          softmax_in_place(st, T, nullptr);
+          weighted_head(st, reinterpret_cast<const uint16_t*>(v.data_ptr<at::Half>()) + at, T, Dh, load16_fp16,
+                        unit_scale, a + r * D + hd * Dh);
+        }
+      }
+    });
+    layer.out_self.apply(a, R, y);
+    add_into_x(y);
+    // Cross-attention to the text condition.
+    layer.norm_cross.apply(xp, R, D, h);
+    layer.q_cross.apply(h, R, qkv);
+    at::parallel_for(0, R * H, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = task / H, hd = task % H, T = cross_lengths[r];
+        float* st = s + task * longest;
+        const int64_t at = text.at(l, rows[r], hd);
+        scores_head(qkv + r * D + hd * Dh, cross_k.data_ptr<float>() + at, T, Dh, scale, load16_fp32, unit_scale, st);
+        softmax_in_place(st, T, nullptr);
+        weighted_head(st, cross_v.data_ptr<float>() + at, T, Dh, load16_fp32, unit_scale, a + r * D + hd * Dh);
+      }
+    });
+    layer.out_cross.apply(a, R, y);
+    add_into_x(y);
+    // Feed-forward.
+    layer.norm_ff.apply(xp, R, D, h);
+    layer.ff1.apply(h, R, f);
+    for (int64_t i = 0; i < R * hidden_; i += 16) {
+      const __m512 u = _mm512_loadu_ps(f + i);
+      _mm512_storeu_ps(f + i, gelu_ ? gelu16(u) : _mm512_max_ps(u, _mm512_setzero_ps()));
+    }
+    layer.ff2.apply(f, R, y);
+    add_into_x(y);
+  }
+  return x;
+}

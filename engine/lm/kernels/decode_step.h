@@ -1,0 +1,47 @@
+// The decoder's whole decode step through every layer in one native call (decode_step.cpp).
+#pragma once
+#include <ATen/ATen.h>
+#include <cstdint>
+#include <vector>
+
+class DecodeStep {
+ public:
+  // `layers`: per layer LAYER_TENSORS tensors, in this order: the three layer norms' weight and
+  // bias (self, cross, feed-forward; an empty bias for none), then the six linears (qkv,
+  // out_self, q_cross, out_cross, ff1, ff2) as four each: int8 (weight [out, in] int8, row sums
+  // [out] int32, scales [out] fp32, bias) or int4 (packed [out, in / 2] uint8, group scales
+  // [out, in / 256] fp32, offsets [out] fp32, bias), the bias fp32 or empty. `eps`: per layer
+  // the three norms' epsilon. `gelu`: the feed-forward activation is GELU (else ReLU).
+  DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu);
+
+  // x [R, D] fp32: the embedded inputs of R rows. Row r is cache row rows[r] at position
+  // positions[r] and attends to the cached positions 0..positions[r] (its own written first) and
+  // to the first cross_lengths[r] text positions of cross row rows[r]. k, v: the KV cache
+  // [L, B, H, P, Dh] (int8 with k_scale, v_scale [L, B, H, P] fp32, or fp16 with them empty);
+  // cross_k, cross_v [L, B, H, Tc, Dh] fp32. -> x after every layer [R, D] fp32.
+  at::Tensor forward(at::Tensor x, std::vector<int64_t> rows, std::vector<int64_t> positions, at::Tensor k,
+                     at::Tensor v, at::Tensor k_scale, at::Tensor v_scale, at::Tensor cross_k, at::Tensor cross_v,
+                     std::vector<int64_t> cross_lengths) const;
+
+  static constexpr int64_t kLayerTensors = 6 + 6 * 4;
+
+ private:
+  struct Norm {
+    at::Tensor weight, bias;
+    float eps;
+    void apply(const float* x, int64_t rows, int64_t dim, float* y) const;
+  };
+  struct Linear {
+    bool int4;
+    at::Tensor a, b, c, bias;
+    int64_t in, out;
+    void apply(const float* x, int64_t rows, float* y) const;
+  };
+  struct Layer {
+    Norm norm_self, norm_cross, norm_ff;
+    Linear qkv, out_self, q_cross, out_cross, ff1, ff2;
+  };
+  std::vector<Layer> layers_;
+  int64_t heads_, dim_, hidden_;
+  bool gelu_;
+};

@@ -1,0 +1,77 @@
+"""The CPU decode step through every layer in one native call (kernels/decode_step.cpp).
+
+Where every linear of the step runs on the native int8 / int4 kernels and the KV cache is one
+they read (fp16 or 8-bit), the layers of a decode step need no torch op at all: `FastLM.step` and
+the batched decoder's CPU step call this instead of running the layers as torch ops, which cost
+3-5 ms of a 17-20 ms step on 2 cores (measured by bench/bench_engine.py's `native-torch-ops`
+row, side by side). The prefill, the embeddings and the output heads stay as they are.
+
+Shapes: R rows, D model dim, L layers, B cache rows, H heads, P positions, Tc text positions.
+"""
+from __future__ import annotations
+
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+
+from .cache import KVCache
+from .quantize import Int4, Int8
+
+#: Why a decoder's step cannot be fused, for the log (None: it can).
+Unfusable = tp.Optional[str]
+
+
+def _linear_tensors(lin) -> tp.List[torch.Tensor]:
+    no_bias = torch.empty(0)
+    bias = no_bias if lin.bias is None else lin.bias
+    if isinstance(lin, Int4):
+        return [lin.packed4, lin.group_scales, lin.offsets4, bias]
+    return [lin.weight, lin.row_sums, lin.scales, bias]
+
+
+def why_not_fused(fast) -> Unfusable:
+    """None where `fast` (a FastLM) can run its decode steps on DecodeStep, else the reason."""
+    if fast.kernels != "native" or fast.device.type != "cpu":
+        return "not the native CPU kernels"
+    if not fast.native_linears:
+        return "a linear of the step is not on the native kernels"
+    if fast.cache.kernel != "native":
+        return "the KV cache is not read by the native kernels"
+    if fast.activation not in (F.gelu, F.relu):
+        return "the feed-forward activation is neither GELU nor ReLU"
+    if fast.compute_dtype != torch.float32:
+        return "activations are not fp32"
+    return None
+
+
+class NativeStep:
+    """`fast`'s layers as a DecodeStep of the loaded kernels module `native` (check
+    `why_not_fused(fast)` first)."""
+
+    def __init__(self, fast, native):
+        layers, eps = [], []
+        for layer in fast.layers:
+            tensors = []
+            for norm in (layer.norm_self, layer.norm_cross, layer.norm_ff):
+                tensors += [norm.weight.float().contiguous(),
+                            torch.empty(0) if norm.bias is None else norm.bias.float().contiguous()]
+                eps.append(float(norm.eps))
+            for lin in layer.linears():
+                assert isinstance(lin, (Int8, Int4)) and lin.native
+                tensors += _linear_tensors(lin)
+            layers.append(tensors)
+        self._step = native.DecodeStep(layers, eps, fast.heads, fast.activation is F.gelu)
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, rows: tp.Sequence[int], positions: tp.Sequence[int],
+                 cross_keys: torch.Tensor, cross_values: torch.Tensor,
+                 cross_lengths: tp.Sequence[int]) -> torch.Tensor:
+        """x [R, D] fp32 → [R, D] after every layer. Row r is cache row `rows[r]` at
+        `positions[r]` (its keys and values are written there), attends to its cached positions
+        up to there and to the first `cross_lengths[r]` positions of its text condition
+        (cross_keys / cross_values [L, B, H, Tc, Dh] fp32, row `rows[r]`)."""
+        empty = torch.empty(0)
+        k_scale = cache.k_scale if cache.quantized else empty
+        v_scale = cache.v_scale if cache.quantized else empty
+        return self._step.forward(x, list(rows), list(positions), cache.k, cache.v, k_scale, v_scale,
+                                  cross_keys, cross_values, list(cross_lengths))

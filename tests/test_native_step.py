@@ -1,0 +1,98 @@
+"""The CPU decode step in one native call (engine/lm/native_step.py, kernels/decode_step.cpp)
+computes what the layers as torch ops around the same kernels compute, on a model whose shapes
+take every native path: int4 groups of 256 inputs and heads of 64 (the 8-bit cache's VNNI
+scores), like every MusicGen."""
+import pytest
+import torch
+
+from engine.lm.model import FastLM
+from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
+from nativeutil import needs_native
+
+pytestmark = needs_native
+
+#: 2 layers of width 256, 4 heads of 64, feed-forward 1024.
+SHAPE = TINY_SHAPE._replace(lm_dim=256, lm_heads=4)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(3)
+    return build_random_lm(SHAPE)
+
+
+def _steps(fast, lm, fused: bool, positions: int = 70, steps: int = 12) -> torch.Tensor:
+    """Logits [steps, 2, K, card] of decode steps after a prefill, teacher-forced on fixed tokens."""
+    if not fused:
+        fast.native_step = None
+    attributes, _ = lm_attributes(lm)
+    fast.set_conditions(attributes[0])
+    generator = torch.Generator().manual_seed(1)
+    K = lm.num_codebooks
+    with torch.inference_mode():
+        fast.prefill(torch.randint(0, lm.card, (2, K, positions), generator=generator))
+        return torch.stack([fast.step(torch.randint(0, lm.card, (K,), generator=generator), positions + i)
+                            for i in range(steps)])
+
+
+def lm_attributes(lm):
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    return [ConditioningAttributes(text={"description": "warm lofi hip hop"})], None
+
+
+@pytest.mark.parametrize("dtype, kv_cache", [("int8", "fp16"), ("int8", "int8"), ("int4", "int8"), ("int4", "fp16")])
+def test_the_fused_step_computes_what_the_torch_ops_compute(lm, dtype, kv_cache):
+    fused = FastLM(lm, max_frames=100, dtype=dtype, kernels="native", kv_cache=kv_cache)
+    assert fused.native_step is not None and fused.native_linears
+    ops = FastLM(lm, max_frames=100, dtype=dtype, kernels="native", kv_cache=kv_cache)
+    got, expected = _steps(fused, lm, True), _steps(ops, lm, False)
+    # The activations are quantised to int8 on the way into each linear: float rounding that
+    # differs by 1e-7 moves a few of them by one step, so the paths agree to about 1e-4, not 1e-7.
+    assert ((got - expected).norm() / expected.norm()) < 2e-3
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.95
+
+
+def test_a_row_gives_the_same_numbers_alone_as_among_others(lm):
+    """Rows are computed on their own: the fused step of rows (2, 3) equals theirs among 6."""
+    fast = FastLM(lm, max_frames=100, dtype="int4", kernels="native")
+    attributes, _ = lm_attributes(lm)
+    fast.set_conditions(attributes[0])
+    cache = fast.cache.with_rows(6)
+    torch.manual_seed(0)
+    for tensor in (cache.k, cache.v):
+        tensor.random_(-100, 100)
+    cache.k_scale.uniform_(0.001, 0.02)
+    cache.v_scale.uniform_(0.001, 0.02)
+    keys = fast.cross.keys.repeat(1, 3, 1, 1, 1)
+    values = fast.cross.values.repeat(1, 3, 1, 1, 1)
+    text = keys.shape[3]
+    x = torch.randn(6, fast.dim)
+    positions = [10, 10, 40, 40, 25, 25]
+    saved = (cache.k.clone(), cache.v.clone(), cache.k_scale.clone(), cache.v_scale.clone())
+    together = fast.native_step(x, cache, range(6), positions, keys, values, [text] * 6)
+    cache.k.copy_(saved[0]), cache.v.copy_(saved[1]), cache.k_scale.copy_(saved[2]), cache.v_scale.copy_(saved[3])
+    alone = fast.native_step(x[2:4], cache, [2, 3], positions[2:4], keys, values, [text] * 2)
+    assert torch.equal(alone, together[2:4])
+    shorter = fast.native_step(x[2:4], cache, [2, 3], positions[2:4], keys, values, [text - 1] * 2)
+    assert not torch.equal(shorter, alone)  # the text length is honoured
+
+
+def test_vnni_scores_over_the_8_bit_cache_are_the_dequantised_scores():
+    """scores_q8 quantises q to int8 per head and sums by VNNI, 16 positions at a time (and the
+    rest one by one): within q's rounding of the exact scores over the dequantised keys."""
+    from engine.lm.kernels import load_cpu_kernels
+    native = load_cpu_kernels()
+    torch.manual_seed(2)
+    heads, capacity, head_dim = 6, 80, 64
+    keys = torch.randint(-127, 128, (heads, capacity, head_dim), dtype=torch.int8)
+    key_scales = torch.rand(heads, capacity) * 0.05 + 0.001
+    q = torch.randn(heads, head_dim)
+    for positions in (1, 15, 16, 17, 33, 80):
+        got = native.scores_q8(q, keys, key_scales, positions)
+        dequantised = keys[:, :positions].float() * key_scales[:, :positions, None]
+        exact = (dequantised @ q.unsqueeze(-1)).squeeze(-1) / head_dim ** 0.5
+        # q's rounding: at most half a step (max|q| / 254) per element, times Σ|k|
+        bound = (q.abs().amax(-1, keepdim=True) / 254) * dequantised.abs().sum(-1) / head_dim ** 0.5
+        assert got.shape == (heads, positions)
+        assert ((got - exact).abs() <= bound * 1.001 + 1e-6).all(), positions
+
