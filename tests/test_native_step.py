@@ -4,6 +4,7 @@ take every native path: int4 groups of 256 inputs and heads of 64 (the 8-bit cac
 scores), like every MusicGen."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.lm.model import FastLM
 from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
@@ -96,3 +97,46 @@ def test_vnni_scores_over_the_8_bit_cache_are_the_dequantised_scores():
         assert got.shape == (heads, positions)
         assert ((got - exact).abs() <= bound * 1.001 + 1e-6).all(), positions
 
+
+
+def test_the_prefill_attention_over_the_8_bit_cache_is_the_dequantised_attention():
+    """prefill_attention_q8 (BF16 products): each query of a chunk attends causally to the
+    cached positions up to its own, as torch's attention over the dequantised cache, within the
+    bf16 rounding of the queries and the softmax weights."""
+    from engine.lm.cache import CHUNK_HEAD_DIM
+    from engine.lm.kernels import load_cpu_kernels
+    native = load_cpu_kernels()
+    torch.manual_seed(4)
+    B, H, P = 2, 3, 300
+    keys, values = (torch.randint(-127, 128, (B, H, P, CHUNK_HEAD_DIM), dtype=torch.int8) for _ in range(2))
+    key_scales, value_scales = (torch.rand(B, H, P) * 0.02 + 0.001 for _ in range(2))
+    for start, length in ((0, 1), (0, 7), (0, 70), (100, 37), (64, 200), (250, 50)):
+        q = torch.randn(B, H, length, CHUNK_HEAD_DIM)
+        got = native.prefill_attention_q8(q, keys, values, key_scales, value_scales, start)
+        end = start + length
+        k = keys[:, :, :end].float() * key_scales[:, :, :end, None]
+        v = values[:, :, :end].float() * value_scales[:, :, :end, None]
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(length, end, dtype=torch.bool)
+                                                  .tril(diagonal=start))
+        assert got.shape == expected.shape
+        assert (got - expected).norm() / expected.norm() < 5e-3, (start, length)
+
+
+def test_the_native_prefill_keeps_the_prefills_logits(lm):
+    """A chunked prefill (2 chunks) with the native chunk attention over the 8-bit cache, and with
+    torch's attention: as close to the fp32 decoder's logits as each other."""
+    attributes, _ = lm_attributes(lm)
+    tokens = torch.randint(0, lm.card, (2, lm.num_codebooks, 300), generator=torch.Generator().manual_seed(5))
+
+    def prefill(fast):
+        fast.set_conditions(attributes[0])
+        with torch.inference_mode():
+            return fast.prefill(tokens, last_only=False)
+    reference = prefill(FastLM(lm, max_frames=400, dtype="fp32"))
+    error = {}
+    for native_chunks in (True, False):
+        fast = FastLM(lm, max_frames=400, dtype="int8", kernels="native")
+        assert fast.cache.quantized and fast.cache._chunk_kernel
+        fast.cache._chunk_kernel = native_chunks
+        error[native_chunks] = ((prefill(fast) - reference).norm() / reference.norm()).item()
+    assert error[True] < 1.2 * error[False], error

@@ -12,7 +12,12 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
+from .hardware import cpu_flags
+from .kernels import BF16_CPU_FLAG
+
 log = logging.getLogger(__name__)
+#: The native prefill attention's head dim (every MusicGen's).
+CHUNK_HEAD_DIM = 64
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -52,6 +57,9 @@ class KVCache:
                                   and head_dim % 16 == 0) else None
         self._kernel = (torch.compile(decode_attention, dynamic=True)
                         if kernels in ("native", "compiled") and self._native is None else None)
+        # A prefill chunk's attention over the 8-bit cache (kernels/prefill_attention.cpp).
+        self._chunk_kernel = (self._native is not None and self.quantized and head_dim == CHUNK_HEAD_DIM
+                              and BF16_CPU_FLAG in cpu_flags())
 
     def _allocate(self, shape: tp.Tuple[int, ...], device: torch.device) -> None:
         self.k = torch.zeros(shape, dtype=self.dtype, device=device)
@@ -132,6 +140,16 @@ class KVCache:
             return tuple((cache[layer, :, :, :end].to(dtype) * scales[layer, :, :, :end, None].to(dtype))
                          for cache, scales in ((self.k, self.k_scale), (self.v, self.v_scale)))
         return self.k[layer, :, :, :end].to(dtype), self.v[layer, :, :, :end].to(dtype)
+
+    def attend_chunk(self, layer: int, q: torch.Tensor, start: int) -> tp.Optional[torch.Tensor]:
+        """Causal attention of a prefill chunk q [B, H, T, Dh] at positions start..start+T-1
+        (its keys and values already written) over positions up to each query's own → [B, H, T,
+        Dh] fp32 on the native BF16 kernel; None where it does not run (then the caller uses
+        torch's attention)."""
+        if not self._chunk_kernel:
+            return None
+        return self._native.prefill_attention_q8(q.float(), self.k[layer], self.v[layer], self.k_scale[layer],
+                                                 self.v_scale[layer], start)
 
     def attend(self, layer: int, q: torch.Tensor, end: int) -> torch.Tensor:
         """One query q [B, H, 1, Dh] against positions 0..end-1 → [B, H, 1, Dh]."""

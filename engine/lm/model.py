@@ -204,6 +204,8 @@ class FastLM:
 
         def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             cache.write(i, start, k, v)
+            if T > 1 and (native := cache.attend_chunk(i, q, start)) is not None:
+                return native
             if T == end:  # the first prefill chunk: causal within the fresh keys/values
                 return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
             if mask is not None:

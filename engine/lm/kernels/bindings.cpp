@@ -14,6 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted_q8", &weighted_q8, "softmax weights times the values of an int8 cache");
   m.def("elu", &elu, "ELU (alpha 1) of fp32, 16 at a time");
   m.def("gemv4", &gemv4, "int4 linear with group scales for 1 to 4 rows (VNNI)");
+  m.def("prefill_attention_q8", &prefill_attention_q8, "causal attention of a prefill chunk over an int8 cache (BF16)");
   pybind11::class_<DecodeStep>(m, "DecodeStep", "the decode step through every layer (decode_step.h)")
       .def(pybind11::init<std::vector<std::vector<at::Tensor>>, std::vector<double>, int64_t, bool>())
       .def("forward", &DecodeStep::forward)

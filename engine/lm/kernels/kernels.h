@@ -2,6 +2,7 @@
 // bindings.cpp.
 #pragma once
 #include <ATen/ATen.h>
+#include <immintrin.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,11 +16,21 @@ at::Tensor prepare(at::Tensor weight);
 // side of vpdpbusd (the linears' activations: quantize_rows_u8).
 template <int Offset, typename T>
 inline float quantize_row(const float* row, int64_t n, T* out) {
-  float peak = 0.f;
-  for (int64_t i = 0; i < n; ++i) peak = std::max(peak, std::fabs(row[i]));
+  static_assert(sizeof(T) == 1, "one byte per number");
+  const int64_t body = n / 16 * 16;  // 16 at a time (AVX-512), the rest one by one
+  __m512 peak16 = _mm512_setzero_ps();
+  for (int64_t i = 0; i < body; i += 16) peak16 = _mm512_max_ps(peak16, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+  float peak = _mm512_reduce_max_ps(peak16);
+  for (int64_t i = body; i < n; ++i) peak = std::max(peak, std::fabs(row[i]));
   const float s = peak > 0.f ? peak / 127.f : 1.f;
   const float inv = 1.f / s;
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<int32_t>(std::nearbyint(row[i] * inv)) + Offset);
+  const __m512 inv16 = _mm512_set1_ps(inv);
+  const __m512i offset = _mm512_set1_epi32(Offset);
+  for (int64_t i = 0; i < body; i += 16) {  // round to nearest even, as std::nearbyint below
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + i), inv16));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, offset)));
+  }
+  for (int64_t i = body; i < n; ++i) out[i] = static_cast<T>(static_cast<int32_t>(std::nearbyint(row[i] * inv)) + Offset);
   return s;
 }
 // Each of `rows` rows of `in` floats by quantize_row, stored +128 as uint8, scales into `scales`
@@ -43,4 +54,6 @@ void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales,
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 int64_t vnni_peak(int64_t iterations);
+at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values, at::Tensor key_scales,
+                                at::Tensor value_scales, int64_t start);
 at::Tensor elu(at::Tensor x);
