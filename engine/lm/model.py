@@ -237,9 +237,10 @@ class FastLM:
         return self._logits(self._layers(x, self_attention)[:, -1]).view(B, K, self.card)
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        """tokens [K] at `position` → logits [2, K, card]. kernels="graph": the static step
-        (step_graph: replayed as a CUDA graph on CUDA, captured on first use and again after the
-        text condition changes shape; eager elsewhere); otherwise `forward`."""
+        """tokens [K] at `position` → logits [2, K, card]. With `native_step` (CPU): the layers
+        in one native call. kernels="graph": the static step (step_graph: replayed as a CUDA
+        graph on CUDA, captured on first use and again after the text condition changes shape;
+        eager elsewhere); otherwise `forward`."""
         if self.native_step is not None:
             return self._step_native(tokens, position)
         if self.kernels != "graph":
