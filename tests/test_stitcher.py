@@ -53,6 +53,25 @@ def test_stitched_stream_equals_one_shot_decode_at_every_seam(tiny_model, stride
     assert worst_naive < 30.0
 
 
+@pytest.mark.parametrize("chunk_frames", [7, 64])
+def test_the_stack_after_the_lstm_decoded_in_chunks_is_the_same_stream(tiny_model, strides, monkeypatch,
+                                                                       chunk_frames):
+    """The convolutions after the LSTM run over at most POST_CHUNK_FRAMES frames at a time, each
+    chunk with its receptive field's context: chunk seams are as inaudible as stride seams."""
+    import engine.codec.stitcher as stitcher_module
+    monkeypatch.setattr(stitcher_module, "POST_CHUNK_FRAMES", chunk_frames)
+    cm = tiny_model.compression_model
+    stitcher = StitchingDecoder(cm)
+    stitched = np.concatenate([stitcher.push(codes) for codes in strides] + [stitcher.flush()])
+    reference = one_shot(cm, torch.cat(strides, dim=-1))
+    assert stitched.shape == reference.shape
+    assert snr_db(stitched, reference) >= SEAM_SNR_DB
+    hop, w = stitcher.hop_samples, int(SEAM_HALF_WIDTH_SECONDS * tiny_model.sample_rate)
+    for frame in range(chunk_frames, sum(c.shape[-1] for c in strides) - 20, chunk_frames * 5):
+        near = slice(max(0, frame * hop - w), frame * hop + w)
+        assert snr_db(stitched[near], reference[near]) >= SEAM_SNR_DB, f"near frame {frame}"
+
+
 def test_reset_starts_a_fresh_stream(tiny_model, strides):
     """The producer warms the codec up with a throwaway stride, then resets the stitcher."""
     fresh = StitchingDecoder(tiny_model.compression_model)
