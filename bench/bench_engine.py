@@ -17,7 +17,11 @@ context tokens:
                  with the precision `MusicGen.generate` uses (fp32 CPU, fp16 autocast CUDA)
   transformers   transformers' MusicgenForCausalLM (same shape, its own random weights): prefill
                  then cached single-step forwards at batch 2 (CFG), top-k sampling; no audio;
-                 fp32 on CPU, fp16 on CUDA
+                 fp32 on CPU, fp16 on CUDA (its MusicGen has no static cache to compile a step
+                 with: this dynamic cache is its best)
+  fast-musicgen  the fast-musicgen package (static KV cache, CUDA graphs, fp16 on CUDA; fp32
+                 eager on CPU), same shape, its own random weights; it has no prefill, so the
+                 context is stepped through one position at a time (bench/peers.py)
 
 For each: prefill seconds (processing the context, up to the first new token), ms per decode
 step (mean over the stride), the stride's wall time and real-time factor (stride seconds / wall),
@@ -48,56 +52,11 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PROMPT = "warm lofi hip hop with vinyl crackle"
-METHODS = ("engine", "seed", "extend", "transformers")
-#: Every method first runs a short stride of this many frames from the same context (first-call
-#: costs: kernel loading, allocator growth, autotuning), then the timed one.
-WARMUP_FRAMES = 10
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stridetiming import PROMPT, WARMUP_FRAMES, StepClock, context_codes, sync, timed  # noqa: E402
+from peers import run_extend, run_fast_musicgen, run_seed, run_transformers  # noqa: E402
 
-
-class StepClock:
-    """Progress callback that records when each decode step finished."""
-
-    def __init__(self, device: str, limit: int = 0):
-        self.device, self.limit, self.times = device, limit, []
-
-    def __call__(self, done: int, total: int) -> None:
-        _sync(self.device)
-        self.times.append(time.perf_counter())
-        if self.limit and len(self.times) > self.limit:
-            raise _EnoughSteps()
-
-    def figures(self, started: float) -> dict:
-        t = self.times
-        return {"prefill_s": t[0] - started,
-                "step_ms": 1000 * (t[-1] - t[0]) / max(1, len(t) - 1), "steps_timed": len(t) - 1}
-
-
-class _EnoughSteps(Exception):
-    pass
-
-
-def _timed(device: str, started: float, run: tp.Callable[[], object]) -> tp.Optional[float]:
-    """Run one stride; its wall seconds since `started`, or None when --steps cut it short."""
-    try:
-        run()
-        _sync(device)
-        return time.perf_counter() - started
-    except _EnoughSteps:
-        return None
-
-
-def _sync(device: str) -> None:
-    import torch
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _context_codes(model, args):
-    import torch
-    g = torch.Generator().manual_seed(args.seed)
-    frames = round(args.context * model.frame_rate)
-    return torch.randint(0, model.lm.card, (1, model.lm.num_codebooks, frames), generator=g).to(args.device)
+METHODS = ("engine", "seed", "extend", "transformers", "fast-musicgen")
 
 
 def run_engine(model, args) -> dict:
@@ -110,7 +69,7 @@ def run_engine(model, args) -> dict:
     kernels, _, kv_cache = rest.partition("/")
     unfused = kernels == "native-ops"
     kernels = "native" if unfused else kernels
-    _sync(args.device)
+    sync(args.device)
     first_started = time.perf_counter()
     gen = WindowGenerator(model, round(args.context * fr), SamplingParams(), seed=args.seed,
                           dtype=dtype, max_frames=round(args.window * fr), kernels=kernels or "auto",
@@ -119,16 +78,16 @@ def run_engine(model, args) -> dict:
         gen.fast.native_step = None
     stitcher = StitchingDecoder(model.compression_model)
     first_audio = stitcher.push(gen.next_stride(PROMPT, round(args.first_stride * fr)))
-    _sync(args.device)
+    sync(args.device)
     first_sound = time.perf_counter() - first_started
     assert first_audio.shape[0] > 0
-    context = _context_codes(model, args)
+    context = context_codes(model, args)
     gen.set_context(context)
     stitcher.push(gen.next_stride(PROMPT, WARMUP_FRAMES))  # warm-up with the full context
     gen.set_context(context)
     clock = StepClock(args.device, args.steps)
     started = time.perf_counter()
-    wall = _timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
+    wall = timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
     result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
               "dtype": gen.dtype + (f"/{gen.fast.kernels}{'-ops' if unfused else ''}/"
                                     f"{str(gen.fast.cache_dtype).replace('torch.', '')}-cache"
@@ -143,90 +102,14 @@ def run_engine(model, args) -> dict:
     return result
 
 
-def run_seed(model, args) -> dict:
-    import torch
-    sr = model.sample_rate
-    tail = model.compression_model.decode(_context_codes(model, args))  # [1, C, context samples]
-    model.set_generation_params(duration=args.context + WARMUP_FRAMES / model.frame_rate, top_k=250,
-                                cfg_coef=3.0)
-    model.generate_continuation(tail, sr, [PROMPT])
-    model.set_generation_params(duration=args.context + args.stride, top_k=250, cfg_coef=3.0)
-    clock = StepClock(args.device, args.steps)
-    model.set_custom_progress_callback(clock)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    wall = _timed(args.device, started, lambda: model.generate_continuation(tail, sr, [PROMPT], progress=True))
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": _audiocraft_precision(args)}
-
-
-def _audiocraft_precision(args) -> str:
-    """What `MusicGen.generate` runs in: fp16 autocast on CUDA, fp32 on CPU."""
-    return "fp16-autocast" if args.device == "cuda" else "fp32"
-
-
-def run_extend(model, args) -> dict:
-    import torch
-    attributes, _ = model._prepare_tokens_and_attributes([PROMPT], None)
-    context = _context_codes(model, args)
-    clock = StepClock(args.device, args.steps)
-
-    def stride(frames: int, callback=None):
-        with model.autocast:  # as MusicGen.generate runs the LM
-            model.lm.generate(context, attributes, max_gen_len=context.shape[-1] + frames,
-                              use_sampling=True, top_k=250, cfg_coef=3.0, callback=callback)
-    stride(WARMUP_FRAMES)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    wall = _timed(args.device, started, lambda: stride(round(args.stride * model.frame_rate), clock))
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": _audiocraft_precision(args)}
-
-
-def run_transformers(args) -> dict:
-    """transformers' decoder, driven the way its `generate` drives it (batch 2 for CFG, KV
-    cache), without its generation wrapper."""
-    import torch
-    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
-    from engine.models.random_musicgen import RANDOM_SHAPES
-    shape = RANDOM_SHAPES[args.model]
-    torch.manual_seed(args.seed)
-    config = MusicgenDecoderConfig(is_decoder=True, add_cross_attention=True, hidden_size=shape.lm_dim,
-                                   num_hidden_layers=shape.lm_layers, num_attention_heads=shape.lm_heads,
-                                   ffn_dim=4 * shape.lm_dim, cross_attention_hidden_size=shape.lm_dim,
-                                   dropout=0.0)
-    dtype = torch.float16 if args.device == "cuda" else torch.float32
-    with torch.device(args.device):
-        model = MusicgenForCausalLM(config).eval().to(dtype)
-    K, card = config.num_codebooks, config.vocab_size
-    frames = round(args.context * 50) + K  # the context in the delay pattern
-    ids = torch.randint(0, card, (2 * K, frames), device=args.device)
-    text = torch.randn(2, 12, shape.lm_dim, device=args.device, dtype=dtype)
-    clock = StepClock(args.device, args.steps)
-
-    def stride(steps: int, callback=None):
-        out = model(input_ids=ids, encoder_hidden_states=text, use_cache=True)
-        for _ in range(steps):
-            logits = out.logits[:, -1].view(2, K, card)
-            guided = logits[1] + (logits[0] - logits[1]) * 3.0
-            values, indices = guided.topk(250, dim=-1)
-            pick = indices.gather(-1, torch.multinomial(torch.softmax(values.float(), -1), 1))  # [K, 1]
-            if callback is not None:
-                callback(0, steps)
-            out = model(input_ids=pick.repeat(2, 1), encoder_hidden_states=text,
-                        past_key_values=out.past_key_values, use_cache=True)
-    stride(WARMUP_FRAMES)
-    started = time.perf_counter()
-    wall = _timed(args.device, started, lambda: stride(round(args.stride * 50) + K - 1, clock))
-    return {**clock.figures(started), "stride_wall_s": wall, "dtype": "fp16" if args.device == "cuda" else "fp32"}
-
-
 def child(args) -> None:
     warnings.simplefilter("ignore")
     import logging
     logging.disable(logging.WARNING)
     import torch
     with torch.inference_mode():
-        if args.method == "transformers":
-            result = run_transformers(args)
+        if args.method in ("transformers", "fast-musicgen"):
+            result = {"transformers": run_transformers, "fast-musicgen": run_fast_musicgen}[args.method](args)
         else:
             from engine.models.load import load_model
             model = load_model(args.model, device=args.device, seed=0)
@@ -244,10 +127,10 @@ def read_bandwidth_gbs(device: str, gigabytes: float = 1.0, repeats: int = 6) ->
     buffer = torch.ones(int(gigabytes * 1e9) // 4, dtype=torch.float32, device=device)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         buffer.sum()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - started)
     return buffer.numel() * 4 / best / 1e9
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 site=$(ls -d .venv/lib/python3*/site-packages)
 rm -rf .devsite && mkdir -p .devsite
 for p in audiocraft julius omegaconf hydra antlr4 num2words docopt.py flashy dora colorlog \
-         retrying.py treetable submitit pyloudnorm; do
+         retrying.py treetable submitit pyloudnorm fast_musicgen; do
   cp -r "$site/$p" .devsite/
 done
 cp -r bench/gpu/site/. .devsite/

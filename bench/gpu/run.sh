@@ -2,8 +2,9 @@
 # On the GPU machine, from the repository root, after bench/gpu/prepare.sh here (with .devsite
 # carried along). In priority order, each step under its own time limit so that one slow step
 # cannot take the others' time: the CUDA tests, stations against count (small, large shapes), the
-# prompt-change latency, the step compiled by torch.compile against the captured one, then the
-# side-by-side engine bench and the step profiles. Results go to $OUT (or ./out).
+# prompt-change latency, the step compiled by torch.compile against the captured one, the engine
+# beside its peers (fast-musicgen, transformers, audiocraft), then the full side-by-side engine
+# bench and the step profiles. Results go to $OUT (or ./out).
 export PYTHONPATH=$PWD/.devsite:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 step() {  # step SECONDS FILE COMMAND...: run COMMAND for at most SECONDS, its output into $OUT/FILE
@@ -21,6 +22,8 @@ step ${T_CUTIN:-80} cutin_small.txt python3 bench/bench_cutin.py --device cuda -
 step ${T_LARGE:-120} stations_large.txt python3 bench/bench_stations.py --device cuda --model random-large \
   --counts 1,4,8,12 --separate 1,2
 step ${T_COMPILE:-100} compile_small.txt python3 bench/gpu/probe_compile.py --model random-small
+step ${T_PEERS:-240} peers_small.txt python3 bench/bench_engine.py --device cuda --dtypes bf16 --steps 200 \
+  --methods engine,fast-musicgen,transformers,extend
 [ -n "$FULL" ] || exit 0
 step 300 bench_small.txt python3 bench/bench_engine.py --device cuda --dtypes bf16,bf16/eager,fp16
 step 200 bench_large.txt python3 bench/bench_engine.py --device cuda --model random-large --dtypes bf16
