@@ -140,3 +140,42 @@ def test_the_native_prefill_keeps_the_prefills_logits(lm):
         fast.cache._chunk_kernel = native_chunks
         error[native_chunks] = ((prefill(fast) - reference).norm() / reference.norm()).item()
     assert error[True] < 1.2 * error[False], error
+
+
+def test_the_native_kernels_let_other_python_threads_run():
+    """A native call does not hold the GIL: the audio callback, the listeners' event loop and the
+    control API keep running while a decode step (10-20 ms) or the codec's ELU runs."""
+    import threading
+    import time
+    from engine.lm.kernels import load_cpu_kernels
+    native = load_cpu_kernels()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel on one core, this thread on the other
+    try:
+        x = torch.randn(8_000_000)
+        started = time.perf_counter()
+        native.elu(x)
+        call_seconds = time.perf_counter() - started
+        while call_seconds < 0.03:  # long enough that holding the GIL would show
+            x = torch.cat([x, x])
+            started = time.perf_counter()
+            native.elu(x)
+            call_seconds = time.perf_counter() - started
+        done = threading.Event()
+
+        def work():
+            for _ in range(4):
+                native.elu(x)
+            done.set()
+        worker = threading.Thread(target=work)
+        worker.start()
+        gaps, last = [], time.perf_counter()
+        while not done.is_set():
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(gaps) > 100
+    assert max(gaps) < call_seconds / 2, (max(gaps), call_seconds)

@@ -2,21 +2,27 @@
 #include "decode_step.h"
 #include "kernels.h"
 
+// Every kernel runs without the GIL: the decode step holds the CPU for 10-20 ms per call, the
+// codec's ELU and the prefill's attention for tens of ms, and meanwhile the audio callback, the
+// listeners' event loop and the control API must keep running (none of these touch Python objects).
+using NoGil = pybind11::call_guard<pybind11::gil_scoped_release>;
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("scores", &scores, "q.k / sqrt(Dh) over the first positions of an fp16 cache");
-  m.def("weighted", &weighted, "softmax weights times the values of an fp16 cache");
-  m.def("prepare", &prepare, "row sums of an int8 weight");
-  m.def("gemv", &gemv, "int8 linear for 1 to 4 rows (VNNI)");
-  m.def("vnni_peak", &vnni_peak, "multiply-adds of a register-only VNNI loop on every thread");
-  m.def("pack4", &pack4, "pack int4 weights (-8..7 in int8) two to a byte, with their offsets");
-  m.def("quantize_into", &quantize_into, "write rows into an int8 cache with per-row scales");
-  m.def("scores_q8", &scores_q8, "q.k / sqrt(Dh) over the first positions of an int8 cache");
-  m.def("weighted_q8", &weighted_q8, "softmax weights times the values of an int8 cache");
-  m.def("elu", &elu, "ELU (alpha 1) of fp32, 16 at a time");
-  m.def("gemv4", &gemv4, "int4 linear with group scales for 1 to 4 rows (VNNI)");
-  m.def("prefill_attention_q8", &prefill_attention_q8, "causal attention of a prefill chunk over an int8 cache (BF16)");
+  m.def("scores", &scores, NoGil(), "q.k / sqrt(Dh) over the first positions of an fp16 cache");
+  m.def("weighted", &weighted, NoGil(), "softmax weights times the values of an fp16 cache");
+  m.def("prepare", &prepare, NoGil(), "row sums of an int8 weight");
+  m.def("gemv", &gemv, NoGil(), "int8 linear for 1 to 4 rows (VNNI)");
+  m.def("vnni_peak", &vnni_peak, NoGil(), "multiply-adds of a register-only VNNI loop on every thread");
+  m.def("pack4", &pack4, NoGil(), "pack int4 weights (-8..7 in int8) two to a byte, with their offsets");
+  m.def("quantize_into", &quantize_into, NoGil(), "write rows into an int8 cache with per-row scales");
+  m.def("scores_q8", &scores_q8, NoGil(), "q.k / sqrt(Dh) over the first positions of an int8 cache");
+  m.def("weighted_q8", &weighted_q8, NoGil(), "softmax weights times the values of an int8 cache");
+  m.def("elu", &elu, NoGil(), "ELU (alpha 1) of fp32, 16 at a time");
+  m.def("gemv4", &gemv4, NoGil(), "int4 linear with group scales for 1 to 4 rows (VNNI)");
+  m.def("prefill_attention_q8", &prefill_attention_q8, NoGil(),
+        "causal attention of a prefill chunk over an int8 cache (BF16)");
   pybind11::class_<DecodeStep>(m, "DecodeStep", "the decode step through every layer (decode_step.h)")
       .def(pybind11::init<std::vector<std::vector<at::Tensor>>, std::vector<double>, int64_t, bool>())
-      .def("forward", &DecodeStep::forward)
+      .def("forward", &DecodeStep::forward, NoGil())
       .def_readonly_static("layer_tensors", &DecodeStep::kLayerTensors);
 }
