@@ -102,17 +102,9 @@ static void rows_kernel4(const uint8_t* xq, const uint8_t* pp, const float* x_sc
 
 void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* pp, const float* sp,
                 const float* op, const float* bp, float* y, int64_t out_features) {
-  // Quantise each row of x: symmetric int8, stored +128 as uint8.
-  std::vector<uint8_t> xq(rows * in);
-  float x_scales[kMaxRows];
-  quantize_rows_u8(x, rows, in, xq.data(), x_scales);
-  const uint8_t* qp = xq.data();
-  switch (rows) {
-    case 1: rows_kernel4<1>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
-    case 2: rows_kernel4<2>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
-    case 3: rows_kernel4<3>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
-    default: rows_kernel4<4>(qp, pp, x_scales, sp, op, bp, y, in, out_features); break;
-  }
+  with_quantised_rows(x, rows, in, [&](auto count, const uint8_t* qp, const float* x_scales) {
+    rows_kernel4<decltype(count)::value>(qp, pp, x_scales, sp, op, bp, y, in, out_features);
+  });
 }
 
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias) {

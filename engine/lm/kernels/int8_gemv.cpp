@@ -52,17 +52,9 @@ static void rows_kernel(const uint8_t* xq, const int8_t* wp, const int32_t* row_
 
 void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* wp, const int32_t* row_sums,
                const float* scales, const float* bp, float* y, int64_t out_features) {
-  // Quantise each row of x: symmetric int8, stored +128 as uint8.
-  std::vector<uint8_t> xq(rows * in);
-  float x_scales[kMaxRows];
-  quantize_rows_u8(x, rows, in, xq.data(), x_scales);
-  const uint8_t* qp = xq.data();
-  switch (rows) {
-    case 1: rows_kernel<1>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
-    case 2: rows_kernel<2>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
-    case 3: rows_kernel<3>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
-    default: rows_kernel<4>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features); break;
-  }
+  with_quantised_rows(x, rows, in, [&](auto count, const uint8_t* qp, const float* x_scales) {
+    rows_kernel<decltype(count)::value>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features);
+  });
 }
 
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 at::Tensor scores(at::Tensor q, at::Tensor keys, int64_t positions);
@@ -36,6 +37,21 @@ inline float quantize_row(const float* row, int64_t n, T* out) {
 // Each of `rows` rows of `in` floats by quantize_row, stored +128 as uint8, scales into `scales`
 // (int8_gemv.cpp, int4_gemv.cpp).
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales);
+// The linears' entry (int8_gemv.cpp, int4_gemv.cpp): quantises the 1 to 4 rows of x [rows, in]
+// (quantize_rows_u8) and calls kernel(std::integral_constant<int64_t, rows>, the quantised rows,
+// their scales), so that each kernel is compiled for each row count.
+template <typename Kernel>
+inline void with_quantised_rows(const float* x, int64_t rows, int64_t in, Kernel&& kernel) {
+  std::vector<uint8_t> xq(rows * in);
+  float scales[4];
+  quantize_rows_u8(x, rows, in, xq.data(), scales);
+  switch (rows) {
+    case 1: kernel(std::integral_constant<int64_t, 1>{}, xq.data(), scales); break;
+    case 2: kernel(std::integral_constant<int64_t, 2>{}, xq.data(), scales); break;
+    case 3: kernel(std::integral_constant<int64_t, 3>{}, xq.data(), scales); break;
+    default: kernel(std::integral_constant<int64_t, 4>{}, xq.data(), scales); break;
+  }
+}
 // y [rows, out] = x [rows, in] W^T (+ bias) for rows <= 4, W int8 (int8_gemv.cpp) or packed int4
 // (int4_gemv.cpp); bias may be null. The tensor-level gemv / gemv4 check their inputs and call these.
 void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* weight, const int32_t* row_sums,
