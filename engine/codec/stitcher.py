@@ -28,7 +28,8 @@ from torch import nn
 #: The convolution stack after the LSTM decodes at most this many frames at a time (each with its
 #: receptive field's frames of context on both sides, a few % more work): its tensors at 32 kHz
 #: stay under 16 MB, which the allocator reuses, where a whole 10 s stride's (up to 82 MB) are
-#: mapped and faulted in anew each time (measured on 2 cores: a 10 s stride's decode 1.6 → 1.0 s; 50 or 200 frames at a time: 1.1, 1.3 s).
+#: mapped and faulted in anew each time (measured on 2 cores: a 10 s stride's decode 1.6 → 1.0 s;
+#: 50 or 200 frames at a time: 1.1, 1.3 s).
 POST_CHUNK_FRAMES = 100
 
 
