@@ -9,6 +9,15 @@
 #include <immintrin.h>
 #include <cstdint>
 
+// 16 cached numbers as floats: fp16 (F16C), int8, fp32. (Lambdas, so that the loops inline them.)
+static const auto load16_fp16 = [](const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+};
+static const auto load16_int8 = [](const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+};
+static const auto load16_fp32 = [](const float* p) { return _mm512_loadu_ps(p); };
+
 template <typename T, typename Load, typename RowScale>
 inline void scores_head(const float* q, const T* k, int64_t positions, int64_t dh, float scale, Load load16,
                         RowScale row_scale, float* out) {

@@ -17,10 +17,6 @@ static void check(const at::Tensor& cache, int64_t bh, int64_t dh) {
   TORCH_CHECK(dh % 16 == 0, "head dim must be a multiple of 16");
 }
 
-// (Lambdas, not functions, so that the loops inline them.)
-static const auto load16_fp16 = [](const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-};
 static const auto no_scale = [](int64_t, int64_t) { return 1.f; };
 
 at::Tensor scores(at::Tensor q, at::Tensor keys, int64_t positions) {

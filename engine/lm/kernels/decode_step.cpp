@@ -19,13 +19,6 @@
 
 namespace {
 
-const auto load16_fp16 = [](const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-};
-const auto load16_int8 = [](const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-};
-const auto load16_fp32 = [](const float* p) { return _mm512_loadu_ps(p); };
 const auto unit_scale = [](int64_t) { return 1.f; };
 
 // scores [T] -> softmax weights, each times `value_scales[t]` (null: 1), in place.
@@ -38,16 +31,14 @@ void softmax_in_place(float* s, int64_t positions, const float* value_scales) {
   const __m512 top16 = _mm512_set1_ps(top);
   __m512 sum = _mm512_setzero_ps();
   for (t = 0; t < positions; t += 16) {
-    const __mmask16 lanes = t + 16 <= positions ? static_cast<__mmask16>(0xFFFF)
-                                                : static_cast<__mmask16>((1u << (positions - t)) - 1);
+    const __mmask16 lanes = first_lanes(t, positions);
     const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + t), top16));
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(lanes, e));
     _mm512_mask_storeu_ps(s + t, lanes, e);
   }
   const float inverse = 1.f / _mm512_reduce_add_ps(sum);
   for (t = 0; t < positions; t += 16) {
-    const __mmask16 lanes = t + 16 <= positions ? static_cast<__mmask16>(0xFFFF)
-                                                : static_cast<__mmask16>((1u << (positions - t)) - 1);
+    const __mmask16 lanes = first_lanes(t, positions);
     __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + t), _mm512_set1_ps(inverse));
     if (value_scales != nullptr) w = _mm512_mul_ps(w, _mm512_maskz_loadu_ps(lanes, value_scales + t));
     _mm512_mask_storeu_ps(s + t, lanes, w);

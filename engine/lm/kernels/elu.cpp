@@ -33,8 +33,7 @@ at::Tensor elu(at::Tensor x) {
   at::parallel_for(0, (n + 15) / 16, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t i = b * 16;
-      const __mmask16 lanes = i + 16 <= n ? static_cast<__mmask16>(0xFFFF)
-                                          : static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __mmask16 lanes = first_lanes(i, n);
       const __m512 v = _mm512_maskz_loadu_ps(lanes, p + i);
       const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LE_OQ);
       _mm512_mask_storeu_ps(q + i, lanes, _mm512_mask_blend_ps(negative, v, expm1_16(v)));

@@ -17,9 +17,6 @@
 #include "kernels.h"
 #include <cmath>
 
-static const auto load16 = [](const int8_t* p) {  // (a lambda, so that the loops inline it)
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-};
 
 static void check_q8(const at::Tensor& cache, const at::Tensor& scales, int64_t bh, int64_t dh) {
   TORCH_CHECK(cache.scalar_type() == at::kChar && cache.is_contiguous(), "cache: contiguous int8");
@@ -70,7 +67,7 @@ static inline __m512i sum16(const __m512i* v) {
 void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
                     float scale, float* out) {
   if (dh % 64 != 0 || dh > 256) {  // (every MusicGen has Dh = 64) the float loop
-    scores_head(q, keys, positions, dh, scale, load16, [key_scales](int64_t t) { return key_scales[t]; }, out);
+    scores_head(q, keys, positions, dh, scale, load16_int8, [key_scales](int64_t t) { return key_scales[t]; }, out);
     return;
   }
   // q as int8 (one scale for the head); vpdpbusd multiplies unsigned by signed bytes, so |q| is
@@ -134,7 +131,7 @@ at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_s
   TORCH_CHECK(dh <= 256, "head dim above 256");
   auto out = at::empty({bh, dh}, weights.options());
   const float* sp = value_scales.data_ptr<float>();
-  weighted_loop(weights.data_ptr<float>(), values.data_ptr<int8_t>(), bh, positions, capacity, dh, load16,
+  weighted_loop(weights.data_ptr<float>(), values.data_ptr<int8_t>(), bh, positions, capacity, dh, load16_int8,
                 [sp, capacity](int64_t h, int64_t t) { return sp[h * capacity + t]; }, out.data_ptr<float>());
   return out;
 }

@@ -12,6 +12,7 @@
 //   prefill_attention_q8(q [B, H, T, 64] fp32, keys, values [B, H, P, 64] int8 (rows
 //     contiguous), key_scales, value_scales [B, H, P] fp32, start) -> [B, H, T, 64] fp32
 // Query i sits at position start + i and attends to positions 0..start + i, already cached.
+#include "attention.h"
 #include "kernels.h"
 #include "vmath.h"
 #include <ATen/Parallel.h>
@@ -25,10 +26,6 @@ constexpr int64_t kDh = 64;          // head dim
 constexpr int64_t kPairs = kDh / 2;  // bf16 pairs per row
 constexpr int64_t kQueries = 4;      // queries per block
 constexpr int64_t kPositions = 64;   // positions per block of scores
-
-inline __m512 int8_16(const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
 
 // 32 floats (a: the first 16, b: the next) as 16 words of two bf16, word j = (x[2j], x[2j + 1]).
 inline __m512i consecutive_pairs(__m512 a, __m512 b) {
@@ -47,11 +44,6 @@ inline __m512 dot(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(a), reinterpret_cast<__m512bh>(b));
 }
 
-inline __mmask16 first_lanes(int64_t t, int64_t n) {  // lanes t..t+15 that are < n
-  return t + 16 <= n ? static_cast<__mmask16>(0xFFFF) : t >= n ? static_cast<__mmask16>(0)
-                                                              : static_cast<__mmask16>((1u << (n - t)) - 1);
-}
-
 // One head: q [T, 64], keys / values [>= start + T, 64] int8 with their scales, out [T, 64].
 void head(const float* q, const int8_t* keys, const int8_t* values, const float* key_scales,
           const float* value_scales, int64_t queries, int64_t start, float* out) {
@@ -63,16 +55,16 @@ void head(const float* q, const int8_t* keys, const int8_t* values, const float*
   alignas(64) uint32_t words[kPairs];
   for (int64_t t = 0; t < end; ++t) {
     const int8_t* row = keys + t * kDh;
-    _mm512_store_si512(words, consecutive_pairs(int8_16(row), int8_16(row + 16)));
-    _mm512_store_si512(words + 16, consecutive_pairs(int8_16(row + 32), int8_16(row + 48)));
+    _mm512_store_si512(words, consecutive_pairs(load16_int8(row), load16_int8(row + 16)));
+    _mm512_store_si512(words + 16, consecutive_pairs(load16_int8(row + 32), load16_int8(row + 48)));
     for (int64_t d2 = 0; d2 < kPairs; ++d2) k2[d2 * padded + t] = words[d2];
     k_scale[t] = key_scales[t];
     v_scale[t] = value_scales[t];
   }
   for (int64_t t = 0; t < end; t += 2)
     for (int64_t d = 0; d < kDh; d += 16) {
-      const __m512 second = t + 1 < end ? int8_16(values + (t + 1) * kDh + d) : _mm512_setzero_ps();
-      _mm512_storeu_si512(v2.data() + t / 2 * kDh + d, interleaved_pairs(int8_16(values + t * kDh + d), second));
+      const __m512 second = t + 1 < end ? load16_int8(values + (t + 1) * kDh + d) : _mm512_setzero_ps();
+      _mm512_storeu_si512(v2.data() + t / 2 * kDh + d, interleaved_pairs(load16_int8(values + t * kDh + d), second));
     }
   const __m512 scale = _mm512_set1_ps(1.f / std::sqrt(static_cast<float>(kDh)));
   std::vector<float> scores(kQueries * padded);

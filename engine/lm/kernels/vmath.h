@@ -1,6 +1,13 @@
 // Vector math for the native kernels, 16 floats at a time (AVX-512): exp, erf and the exact GELU.
 #pragma once
 #include <immintrin.h>
+#include <cstdint>
+
+// The lanes of numbers t..t+15 that lie below n (all 16, some, or none).
+static inline __mmask16 first_lanes(int64_t t, int64_t n) {
+  return t + 16 <= n ? static_cast<__mmask16>(0xFFFF) : t >= n ? static_cast<__mmask16>(0)
+                                                              : static_cast<__mmask16>((1u << (n - t)) - 1);
+}
 
 // exp(x) for x >= -88 (clamped below): x = n ln2 + r, |r| <= ln2 / 2 (Cody-Waite split of
 // ln2), a degree-7 polynomial in r, scaled by 2^n. Within 1.2e-7 relative.
