@@ -15,7 +15,7 @@ import os
 import threading
 import typing as tp
 
-from .lm.batch import BatchedDecoder
+from .lm.batch import BatchedDecoder, padded_slots
 from .lm.batcher import StrideBatcher
 from .lm.hardware import resolve_dtype
 from .lm.model import FastLM
@@ -72,8 +72,9 @@ def batcher_for(model, models: ModelConfig, slots: int) -> StrideBatcher:
                           f"run it as one station") from err
     slot_bytes = 2 * fast.cache.k.numel() * fast.cache.k.element_size()  # keys and values of one slot
     free = available_bytes(device.type)
-    if slots * slot_bytes > 0.9 * free:
-        raise ConfigError(f"{slots} stations need {slots * slot_bytes / 1e9:.1f} GB of KV cache "
+    allocated = padded_slots(slots) if device.type == "cuda" else slots  # (batch.py: powers of two on CUDA)
+    if allocated * slot_bytes > 0.9 * free:
+        raise ConfigError(f"{slots} stations need {allocated * slot_bytes / 1e9:.1f} GB of KV cache "
                           f"({slot_bytes / 1e9:.2f} GB each) and {free / 1e9:.1f} GB are free; give fewer stations "
                           f"or a smaller --max-stations")
     batcher = StrideBatcher(BatchedDecoder(fast, slots=slots))

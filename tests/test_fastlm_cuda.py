@@ -46,9 +46,11 @@ def test_graph_step_greedy_fp32_gives_audiocrafts_tokens(cuda_model, prompt_fram
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_graph_step_logits_equal_the_eager_step(cuda_model, dtype):
     """Teacher-forced through one sequence: the replayed graph's logits at each position are the
-    eager step's, within the precision's rounding."""
-    eager = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="eager")
+    eager step's, within the precision's rounding; the graph's with the residual adds and the
+    GELU in the GEMMs' epilogues, the eager one's as separate ops (exact GELU)."""
+    eager = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="eager", fuse_epilogues=False)
     graph = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="graph")
+    assert graph.gelu_epilogue and not eager.gelu_epilogue
     attributes = _attributes(cuda_model)[0]
     codes = generate(eager, None, attributes, 100, generator=torch.Generator("cuda").manual_seed(1))[0]
     sequence = pattern_sequence(eager, codes)  # [K, S]
@@ -98,12 +100,14 @@ def test_graph_follows_a_morph_without_capturing_again(cuda_model):
 
 
 def test_batched_stations_give_their_alone_tokens_on_cuda(cuda_model):
-    """The batched step as CUDA replays it (one CUDA graph at full capacity, masked attention):
-    three stations' sampled tokens in one batch equal each one's alone (lm/batcher.py)."""
+    """The batched step as CUDA replays it (masked attention, one CUDA graph per padded size):
+    three stations' sampled tokens in one batch (4 slots computed) equal each one's alone (the
+    first station alone: 1 slot computed; lm/batcher.py)."""
     import threading
 
     from engine.lm.batch import BatchedDecoder
     from engine.lm.batcher import StrideBatcher, StrideRequest
+    sizes = {}  # stations run → the slot counts their steps computed
     prompts = {"a": ("dusty boom bap", 20, 1), "b": ("a slow jazz trio with brushed drums", 35, 2), "c": ("rain", 0, 3)}
 
     def run(names):
@@ -127,7 +131,9 @@ def test_batched_stations_give_their_alone_tokens_on_cuda(cuda_model):
         for t in threads:
             t.start()
         batcher.run(stop, poll_seconds=0.001)
+        sizes[tuple(names)] = batcher.decoder.step_sizes
         return results
     together = run(list(prompts))
     for name in prompts:
         assert torch.equal(run([name])[name], together[name]), name
+    assert 4 in sizes[("a", "b", "c")] and sizes[("a",)] == [1]  # the padded graphs ran

@@ -7,20 +7,25 @@ slots at once with static shapes: tokens [2S, K, 1], one position per row, the s
 masked per row to the positions that row holds, the cross-attention over the text conditions
 padded to a common length (a multiple of TEXT_BUCKET) and masked per row (on CPU, where nothing
 is captured, each slot's self-attention reads only its own positions, with the cache's kernels).
-The batch is always the full capacity (idle slots are computed and ignored: their rows write
-only their own cache, which their next prefill overwrites), so a slot's numbers never depend on which other slots are busy:
-a station's tokens are the same alone as in any batch. On CUDA the step is one CUDA graph,
-captured again only when the text bucket grows.
+A masked step (CUDA) computes the first n slots, n the smallest power of two that holds every busy slot
+(idle slots among them are computed and ignored: their rows write only their own cache, which
+their next prefill overwrites). On CUDA each n is one CUDA graph (padded: a few sizes, captured
+once each, not per change of membership; captured again only when the text bucket grows), and
+the capacity is a power of two. A row's numbers do not depend on n (measured on H100/H200: cuBLAS
+gives each of the first rows bitwise the same result at every power-of-two row count, and the
+attention and norms are per row), so a station's tokens are the same alone as in any batch.
 
 Shapes: S slots, B = 2S rows, K codebooks, L layers, H heads, Tc text positions, Dh head dim.
 """
 from __future__ import annotations
 
+import functools
 import typing as tp
 
 import torch
 import torch.nn.functional as F
 
+from .cache import additive_mask
 from .conditions import CrossConditions
 from .graph import StepGraph
 from .model import FastLM
@@ -38,8 +43,8 @@ class BatchedDecoder:
 
     def __init__(self, fast: FastLM, slots: int, masked: tp.Optional[bool] = None):
         self.fast = fast
-        self.slots = int(slots)
         self.masked = fast.device.type == "cuda" if masked is None else bool(masked)
+        self.slots = padded_slots(int(slots)) if self.masked else int(slots)
         rows = 2 * self.slots
         self.cache = fast.cache.with_rows(rows)
         fast.cache = self.cache.slot(0)  # one allocation: the decoder's own cache is slot 0
@@ -52,12 +57,18 @@ class BatchedDecoder:
         self._tokens = torch.full((rows, fast.num_codebooks, 1), fast.special_token, dtype=torch.long, device=device)
         self._positions = torch.zeros(rows, dtype=torch.long, device=device)
         self._grid = torch.arange(self.cache.k.shape[3], device=device)
+        self._rows = torch.arange(rows, device=device)
         self._idle_tokens = torch.full((fast.num_codebooks,), fast.special_token, dtype=torch.long, device=device)
         self._linears = [lin for layer in fast.layers for lin in layer.linears()] + [fast.head]
         self._slot_caches = [self.cache.slot(slot) for slot in range(self.slots)]
         self._ends = [1] * self.slots  # positions each slot attends to (host values: CPU only)
         self._busy = [True] * self.slots  # slots with a stride in this step (CPU only: idle ones skip int8 work)
-        self.step_graph = StepGraph(self._forward_step, device)
+        self._graphs: tp.Dict[int, StepGraph] = {}  # slots computed → its step (graph)
+
+    @property
+    def step_sizes(self) -> tp.List[int]:
+        """The slot counts a step has been computed for (on CUDA: the CUDA graphs)."""
+        return sorted(self._graphs)
 
     # -- conditions -------------------------------------------------------------------------
     def set_conditions(self, slot: int, attributes, weights: tp.Optional[tp.Sequence[float]] = None) -> None:
@@ -84,7 +95,8 @@ class BatchedDecoder:
             self.cross_values = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
             self.cross_mask = torch.zeros((2 * self.slots, 1, 1, padded), dtype=torch.bool, device=keys.device)
             self.cross_mask[:, ..., 0] = True  # idle rows attend somewhere (their output is ignored)
-            self.step_graph.invalidate()
+            for graph in self._graphs.values():
+                graph.invalidate()
             for other in range(self.slots):
                 if other != slot and self.conditions[other].keys is not None:
                     self._copy(other)
@@ -107,7 +119,8 @@ class BatchedDecoder:
 
     def step(self, tokens: tp.Mapping[int, torch.Tensor], positions: tp.Mapping[int, int]) -> torch.Tensor:
         """One decode step of every slot: `tokens[slot]` [K] at `positions[slot]` for the busy
-        slots (the others idle) → logits [S, 2, K, card] (a buffer the next step overwrites)."""
+        slots (the others idle) → logits [n, 2, K, card] of the first n slots (a buffer the next
+        step overwrites); masked: n the smallest power of two above every busy slot, else all."""
         S, K = self.slots, self.fast.num_codebooks
         stacked = torch.stack([tokens.get(slot, self._idle_tokens) for slot in range(S)])  # [S, K]
         self._tokens.copy_(stacked.repeat_interleave(2, dim=0).unsqueeze(-1))
@@ -115,41 +128,50 @@ class BatchedDecoder:
         self._positions.copy_(where.repeat_interleave(2).to(self._positions.device))
         self._ends = [int(p) + 1 for p in where]
         self._busy = [slot in tokens for slot in range(S)]
-        return self.step_graph().view(S, 2, K, self.fast.card)
+        # (unmasked, on CPU: all slots, whose GEMMs' rows are not bitwise alike at every count;
+        # the native step computes the busy rows only anyway)
+        n = min(S, padded_slots(1 + max(tokens, default=0))) if self.masked else S
+        if n not in self._graphs:
+            self._graphs[n] = StepGraph(functools.partial(self._forward_step, n), self.fast.device)
+        return self._graphs[n]().view(n, 2, K, self.fast.card)
 
-    def _forward_step(self) -> torch.Tensor:
-        """The batched decode step of `_tokens` [B, K, 1] at `_positions` [B] (device tensors:
-        no shape or host value depends on them) → logits [B, K, card]."""
-        fast, tokens, positions = self.fast, self._tokens, self._positions
+    def _forward_step(self, n: int) -> torch.Tensor:
+        """The batched decode step of the first n slots: `_tokens` [B, K, 1] at `_positions` [B]
+        (device tensors: no shape or host value depends on them), B = 2n → logits [B, K, card]."""
+        fast, B = self.fast, 2 * n
+        tokens, positions = self._tokens[:B], self._positions[:B]
         if fast.native_step is not None and not self.masked:
-            return self._forward_native()
-        B, K, _ = tokens.shape
+            return self._forward_native(n)
+        K = tokens.shape[1]
         x = fast._embed(tokens, fast.pos_emb.index_select(0, positions).unsqueeze(1))  # [B, 1, D]
-        mask = (self._grid.view(1, -1) <= positions.view(-1, 1)).view(B, 1, 1, -1)  # [B, 1, 1, P]
-        cache = self.cache
+        keep = self._grid.view(1, -1) <= positions.view(-1, 1)  # [B, P]
+        mask = additive_mask(keep, fast.compute_dtype).view(B, 1, 1, -1)
+        cache, rows = self.cache, self._rows[:B]
         masked = self.masked
 
-        def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            cache.write_rows(i, positions, k, v)
+        def self_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            cache.write_rows(i, rows, positions, qkv[1:])
+            q = qkv[0]
             if not masked:  # each slot over its own positions, with the cache's own kernels
                 return torch.cat([self._slot_caches[s].attend(i, q[2 * s:2 * s + 2], self._ends[s])
-                                  for s in range(self.slots)])
+                                  for s in range(n)])
             keys, values = cache.layer(i, q.dtype)
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=mask)
 
+        cross = (self.cross_keys[:, :B], self.cross_values[:, :B], self.cross_mask[:B])
         # int8 (CPU): each slot's activations on their own; idle slots' linears skipped (not in a graph)
-        with activations_per_group(self._linears, rows=2, active=None if masked else self._busy):
-            x = fast._layers(x, self_attention, (self.cross_keys, self.cross_values, self.cross_mask))
+        with activations_per_group(self._linears, rows=2, active=None if masked else self._busy[:n]):
+            x = fast._layers(x, self_attention, cross)
             return fast._logits(x[:, -1]).view(B, K, fast.card)
 
-    def _forward_native(self) -> torch.Tensor:
-        """The CPU step of the busy slots' rows on the native fused step (native_step.py: each
-        row computed on its own, so a slot's numbers are the same in any batch) → logits
-        [B, K, card], zeros for the idle slots' rows."""
+    def _forward_native(self, n: int) -> torch.Tensor:
+        """The CPU step of the busy slots' rows among the first n on the native fused step
+        (native_step.py: each row computed on its own, so a slot's numbers are the same in any
+        batch) → logits [2n, K, card], zeros for the idle slots' rows."""
         fast = self.fast
-        B, K, _ = self._tokens.shape
-        logits = torch.zeros(B, K, fast.card)
-        rows = [row for slot in range(self.slots) if self._busy[slot] for row in (2 * slot, 2 * slot + 1)]
+        K = self._tokens.shape[1]
+        logits = torch.zeros(2 * n, K, fast.card)
+        rows = [row for slot in range(n) if self._busy[slot] for row in (2 * slot, 2 * slot + 1)]
         if not rows:
             return logits
         where = self._positions[rows]
@@ -159,3 +181,8 @@ class BatchedDecoder:
         with activations_per_group([fast.head], rows=2):
             logits[rows] = fast._logits(x).view(len(rows), K, fast.card)
         return logits
+
+
+def padded_slots(count: int) -> int:
+    """The smallest power of two ≥ count: the slot counts a batched step is computed for."""
+    return 1 << max(0, int(count) - 1).bit_length()

@@ -30,9 +30,15 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) 
     return (weights * values.float()).sum(-2, keepdim=True)
 
 
+def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as the additive one SDPA adds to the scores (0 where `keep`,
+    -inf elsewhere), made once per step instead of by SDPA in every layer."""
+    return torch.where(keep, 0.0, float("-inf")).to(dtype)
+
+
 class KVCache:
-    """Self-attention keys and values of every layer, allocated once: [layers, B, H, positions,
-    Dh] in `dtype` (B = `rows`: 2, or 2 per slot of a batched decoder; `slot` views one pair).
+    """Self-attention keys and values of every layer, allocated once: `k`, `v` [layers, B, H,
+    positions, Dh] in `dtype`, the two halves of one tensor `kv` [2, layers, ...] (B = `rows`: 2, or 2 per slot of a batched decoder; `slot` views one pair).
 
     `dtype` torch.int8: an 8-bit cache (CPU, native kernels only): each key and value row of Dh
     numbers as int8 with one fp32 scale per row, head and position (`k_scale`, `v_scale`
@@ -62,8 +68,8 @@ class KVCache:
                               and BF16_CPU_FLAG in cpu_flags())
 
     def _allocate(self, shape: tp.Tuple[int, ...], device: torch.device) -> None:
-        self.k = torch.zeros(shape, dtype=self.dtype, device=device)
-        self.v = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.kv = torch.zeros((2, *shape), dtype=self.dtype, device=device)  # keys and values: one write per step
+        self.k, self.v = self.kv[0], self.kv[1]
         scales = (lambda: torch.ones(shape[:-1], dtype=torch.float32, device=device)) if self.quantized else None
         self.k_scale = scales() if scales else None
         self.v_scale = scales() if scales else None
@@ -82,26 +88,27 @@ class KVCache:
         view = object.__new__(KVCache)
         view.__dict__.update(self.__dict__)
         rows = slice(2 * index, 2 * index + 2)
-        view.k, view.v = self.k[:, rows], self.v[:, rows]
+        view.kv = self.kv[:, :, rows]
+        view.k, view.v = view.kv[0], view.kv[1]
         if self.quantized:
             view.k_scale, view.v_scale = self.k_scale[:, rows], self.v_scale[:, rows]
         return view
 
-    def write_rows(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [B, H, 1, Dh]: row b at position `positions[b]` (a device tensor [B])."""
+    def write_rows(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor) -> None:
+        """kv [2, B, H, 1, Dh] (keys, values): row rows[b] at position `positions[b]` (device
+        tensors [B]; one indexed copy)."""
         if self.quantized:  # (CPU: the positions are host values) each run of rows at one position in one call
             where = positions.tolist()
             start = 0
             for end in range(1, len(where) + 1):
                 if end == len(where) or where[end] != where[start]:
-                    rows = slice(start, end)
-                    self._native.quantize_into(self.k[layer, rows], self.k_scale[layer, rows], k[rows], where[start])
-                    self._native.quantize_into(self.v[layer, rows], self.v_scale[layer, rows], v[rows], where[start])
+                    span = slice(start, end)
+                    self._native.quantize_into(self.k[layer, span], self.k_scale[layer, span], kv[0, span], where[start])
+                    self._native.quantize_into(self.v[layer, span], self.v_scale[layer, span], kv[1, span], where[start])
                     start = end
             return
-        rows = torch.arange(k.shape[0], device=k.device)
-        self.k[layer][rows, :, positions] = k[:, :, 0].to(self.dtype)
-        self.v[layer][rows, :, positions] = v[:, :, 0].to(self.dtype)
+        # kv[:, layer][:, rows, :, positions] is [B, 2, H, Dh]: the advanced indices' dim first
+        self.kv[:, layer][:, rows, :, positions] = kv[:, :, :, 0].transpose(0, 1).to(self.dtype)
 
     @property
     def kernel(self) -> str:
@@ -118,11 +125,10 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
 
-    def write_at(self, layer: int, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [B, H, 1, Dh] for the position held in the device tensor `position` [1] (no
-        host value: a CUDA graph replays it at every position)."""
-        self.k[layer].index_copy_(2, position, k)
-        self.v[layer].index_copy_(2, position, v)
+    def write_at(self, layer: int, position: torch.Tensor, kv: torch.Tensor) -> None:
+        """kv [2, B, H, 1, Dh] (keys, values) for the position held in the device tensor
+        `position` [1] (no host value: a CUDA graph replays it at every position), in one copy."""
+        self.kv[:, layer].index_copy_(3, position, kv.to(self.dtype))
 
     def layer(self, layer: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Every cached position of `layer` as [B, H, P, Dh] in `dtype` (dequantised)."""

@@ -18,12 +18,13 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-from .cache import KVCache, prefill_attention_backends
+from .cache import KVCache, additive_mask, prefill_attention_backends
 from .conditions import CrossConditions
 from .graph import StepGraph
 from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels, resolve_kv_cache
 from .kernels import load_cpu_kernels
 from .native_step import NativeStep, why_not_fused
+from .quantize import Dense
 from .weights import activation, check_supported, convert, release_source_weights
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class FastLM:
     `max_frames`: the longest sequence (prompt + new frames) a generation will ask for; the
     KV cache holds max_frames + max(delays) + 1 positions.
     `dtype`: "auto" | "fp32" | "bf16" | "fp16" | "int8" | "int4" (hardware.resolve_dtype).
+    `fuse_epilogues`: residual adds (and, on CUDA in 16 bits, the GELU) inside the GEMMs
+    (`_layers`); False: as separate ops (the bench's baseline).
     `kernels`: "auto" | "graph" | "native" | "compiled" | "eager". graph: the decode step with
     static shapes (attention over the whole cache under a mask), captured once as a CUDA graph
     and replayed at every position (on CPU the same step runs eagerly: for tests); native: the
@@ -56,7 +59,8 @@ class FastLM:
     """
 
     def __init__(self, lm, max_frames: int, dtype: str = "auto",
-                 device: tp.Optional[torch.device] = None, kernels: str = "auto", kv_cache: str = "auto"):
+                 device: tp.Optional[torch.device] = None, kernels: str = "auto", kv_cache: str = "auto",
+                 fuse_epilogues: bool = True):
         self.delays = check_supported(lm)
         self.lm = lm  # for the condition provider (text encoder), kept in its own precision
         self.device = device or next(lm.parameters()).device
@@ -81,6 +85,11 @@ class FastLM:
         weights = convert(lm, self.mode, self.compute_dtype, native)
         self.layers, self.embeddings = weights.layers, weights.embeddings  # embeddings [K, card+1, D]
         self.out_norm, self.head = weights.out_norm, weights.head
+        # Residual adds in the GEMMs; on CUDA in 16 bits, the GELU in ff1's GEMM too (`_layers`).
+        self.fuse_epilogues = bool(fuse_epilogues)
+        self.gelu_epilogue = (self.fuse_epilogues and self.device.type == "cuda" and self.activation is F.gelu
+                              and self.compute_dtype in (torch.bfloat16, torch.float16)
+                              and all(isinstance(layer.ff1, Dense) for layer in self.layers))
         self.cross = CrossConditions(lm, self.layers, self.heads, self.head_dim, self.compute_dtype)
         self.cache_dtype = resolve_kv_cache(kv_cache, self.mode, self.cache_dtype, native, self.kernels)
         self.cache = KVCache(len(self.layers), self.heads, cache_positions, self.head_dim,
@@ -161,26 +170,33 @@ class FastLM:
         return x + self.positional_scale * positional
 
     def _layers(self, x: torch.Tensor,
-                self_attention: tp.Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                self_attention: tp.Callable[[int, torch.Tensor], torch.Tensor],
                 cross: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor, tp.Optional[torch.Tensor]]] = None
                 ) -> torch.Tensor:
-        """x [B, T, D] through every layer. `self_attention(layer, q, k, v)` stores the fresh
-        keys/values [B, H, T, Dh] in the cache and returns the attention output [B, H, T, Dh].
-        `cross`: the text condition's (keys, values [L, B, H, Tc, Dh], mask [B, 1, 1, Tc] or
-        None); default: this decoder's (`set_conditions`)."""
+        """x [B, T, D] through every layer. `self_attention(layer, qkv)` stores the fresh
+        keys/values qkv[1:] (qkv [3, B, H, T, Dh]: queries, keys, values) in the cache and returns
+        the attention output [B, H, T, Dh]. `cross`: the text condition's (keys, values [L, B, H,
+        Tc, Dh], mask [B, 1, 1, Tc] or None); default: this decoder's (`set_conditions`).
+        With `fuse_epilogues`, each residual add is the C of its GEMM and, where `gelu_epilogue`,
+        the GELU runs in the first feed-forward GEMM: 3 or 4 kernels fewer per layer."""
         B, T, D = x.shape
         H, Dh = self.heads, self.head_dim
         cross_k, cross_v, cross_mask = cross or (self.cross.keys, self.cross.values, None)
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)  # [B, H, T, Dh]
-            a = self_attention(i, q, k, v)
-            x = x + layer.out_self(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            a = self_attention(i, qkv)
+            x = self._residual(layer.out_self, x, a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
             q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
             a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i], attn_mask=cross_mask)
-            x = x + layer.out_cross(a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
-            x = x + layer.ff2(self.activation(layer.ff1(layer.norm_ff(x))))
+            x = self._residual(layer.out_cross, x, a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            h = layer.norm_ff(x)
+            h = layer.ff1.gelu(h) if self.gelu_epilogue else self.activation(layer.ff1(h))
+            x = self._residual(layer.ff2, x, h)
         return x
+
+    def _residual(self, linear, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """residual + linear(x): one GEMM with `fuse_epilogues` (quantize.Dense.add_to)."""
+        return linear.add_to(residual, x) if self.fuse_epilogues else residual + linear(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, ..., D] → logits [B, ..., K * card] in fp32."""
@@ -202,7 +218,8 @@ class FastLM:
         if 1 < T < end:  # a later prefill chunk: causal against everything cached before it
             mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
 
-        def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def self_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            q, k, v = qkv.unbind(0)
             cache.write(i, start, k, v)
             if T > 1 and (native := cache.attend_chunk(i, q, start)) is not None:
                 return native
@@ -228,11 +245,11 @@ class FastLM:
         tokens, position = self._step_tokens, self._step_position
         B, K, _ = tokens.shape
         x = self._embed(tokens, self.pos_emb.index_select(0, position))  # [B, 1, D]
-        mask = (self._positions <= position).view(1, 1, 1, -1)  # [1, 1, 1, cached positions]
+        mask = additive_mask(self._positions <= position, self.compute_dtype).view(1, 1, 1, -1)
 
-        def self_attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.cache.write_at(i, position, k, v)
-            return self.cache.attend_masked(i, q, mask)
+        def self_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            self.cache.write_at(i, position, qkv[1:])
+            return self.cache.attend_masked(i, qkv[0], mask)
 
         return self._logits(self._layers(x, self_attention)[:, -1]).view(B, K, self.card)
 

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Probe (issue 12, "faster steps" and "padded CUDA graphs") on one card, in one run:
+
+1. The single-station decode step (captured as a CUDA graph) with the residual adds and the GELU
+   in the GEMMs' epilogues (`fuse_epilogues`, the default) against the same step with them as
+   separate ops: ms per step side by side, and how far their logits are apart. `--engine DIR`
+   runs another checkout's engine (e.g. the previous commit's, as "before"), default step only.
+2. `--batch 1,2,4,...`: a batched decoder of the largest count; the step run with the first n
+   slots busy, for each n: ms per step, and whether slot 0's logits are bitwise the same at every
+   n (what lets a station's tokens not depend on the batch, batch.py).
+
+    python bench/gpu/probe_step.py --model random-small --batch 1,2,4,8,16,32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _milliseconds(run, steps: int, device) -> float:
+    for _ in range(3):
+        run()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run()
+    _sync(device)
+    return 1000 * (time.perf_counter() - started) / steps
+
+
+def single(model, args, device, variant: str) -> dict:
+    """ms per step of FastLM's captured step: `variant` "fused", "unfused" or "default"."""
+    import torch
+
+    from engine.lm.generate import pattern_sequence
+    from engine.lm.model import FastLM
+    options = {} if variant == "default" else {"fuse_epilogues": variant == "fused"}
+    fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
+                  kernels="graph", **options)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        fast.set_conditions(model._prepare_tokens_and_attributes(["warm lofi hip hop"], None)[0][0])
+        codes = torch.randint(0, fast.card, (fast.num_codebooks, args.context), device=device)
+        sequence = pattern_sequence(fast, codes)
+        first = args.context + 1
+        fast.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+        tokens = sequence[:, first]
+        ms = _milliseconds(lambda: fast.step(tokens, first), args.steps, device)
+        logits = fast.step(tokens, first).float().cpu()
+    del fast
+    return {"variant": variant, "ms_per_step": round(ms, 3), "logits": logits}
+
+
+def batch(model, args, device, counts) -> list:
+    """For each n in `counts`: the batched step with slots 0..n-1 busy."""
+    import torch
+
+    from engine.lm.batch import BatchedDecoder
+    from engine.lm.generate import pattern_sequence
+    from engine.lm.model import FastLM
+    fast = FastLM(model.lm, max_frames=args.context + 20, dtype=args.dtype, device=device)
+    decoder = BatchedDecoder(fast, slots=max(counts))
+    torch.manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        codes = torch.randint(0, fast.card, (fast.num_codebooks, args.context), device=device)
+        sequence = pattern_sequence(fast, codes)
+        first = args.context + 1
+        attributes = model._prepare_tokens_and_attributes(["warm lofi hip hop"], None)[0][0]
+        for slot in range(max(counts)):
+            decoder.set_conditions(slot, attributes)
+            decoder.prefill(slot, sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+        reference = None
+        for n in counts:
+            tokens = {slot: sequence[:, first] for slot in range(n)}
+            positions = {slot: first for slot in range(n)}  # the same position again: the same writes
+            ms = _milliseconds(lambda: decoder.step(tokens, positions), args.batch_steps, device)
+            slot0 = decoder.step(tokens, positions)[0].float().cpu()
+            reference = slot0 if reference is None else reference
+            rows.append({"stations": n, "ms_per_step": round(ms, 3), "station_rtf": round(20 / ms, 2),
+                         "aggregate_rtf": round(20 * n / ms, 2), "slot0_bitwise_as_alone": bool(torch.equal(slot0, reference)),
+                         "slot0_max_difference": float((slot0 - reference).abs().max())})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="random-small")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-steps", type=int, default=100)
+    p.add_argument("--context", type=int, default=1000, help="frames prefilled")
+    p.add_argument("--variants", default="unfused,fused")
+    p.add_argument("--batch", default="", help="station counts, e.g. 1,2,4,8,16,32")
+    p.add_argument("--engine", default=ROOT, help="the checkout whose engine runs")
+    args = p.parse_args()
+    sys.path.insert(0, os.path.abspath(args.engine))
+    import torch
+
+    from engine.models.load import load_model
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# {args.model}, {args.dtype}, {args.context} frames of context, engine from {args.engine}, on {name}")
+    model = load_model(args.model, device=args.device, seed=0)
+    results = [single(model, args, device, v) for v in args.variants.split(",") if v]
+    for r in results:
+        first = results[0]["logits"]
+        apart = ((r["logits"] - first).norm() / first.norm()).item()
+        print(f"single station, {r['variant']:>8} step: {r['ms_per_step']:.3f} ms/step "
+              f"({results[0]['ms_per_step'] / r['ms_per_step']:.2f}x the {results[0]['variant']} one; "
+              f"logits {apart:.2e} apart, relative)", flush=True)
+    if args.batch:
+        batch(model, args, device, [int(n) for n in args.batch.split(",")])
+
+
+if __name__ == "__main__":
+    main()
