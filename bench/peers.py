@@ -103,6 +103,7 @@ def run_fast_musicgen(args) -> dict:
         decoder=MusicgenDecoderConfig(hidden_size=shape.lm_dim, num_hidden_layers=shape.lm_layers,
                                       num_attention_heads=shape.lm_heads, ffn_dim=4 * shape.lm_dim,
                                       num_codebooks=shape.n_q, vocab_size=shape.card, bos_token_id=shape.card))
+    torch.set_default_device(args.device)  # as its LMRunner's constructor does (its sin embedding needs it)
     torch.manual_seed(args.seed)
     K, text_positions = shape.n_q, 12
     context_positions = round(args.context * 50) + K

@@ -6,8 +6,8 @@
    separate ops: ms per step side by side, and how far their logits are apart. `--engine DIR`
    runs another checkout's engine (e.g. the previous commit's, as "before"), default step only.
 2. `--batch 1,2,4,...`: a batched decoder of the largest count; the step run with the first n
-   slots busy, for each n: ms per step, and whether slot 0's logits are bitwise the same at every
-   n (what lets a station's tokens not depend on the batch, batch.py).
+   slots busy, for each n: ms per step, and whether slots 0 and 1 get bitwise the same logits at
+   every n (what lets a station's tokens not depend on the batch, batch.py).
 
     python bench/gpu/probe_step.py --model random-small --batch 1,2,4,8,16,32
 """
@@ -62,14 +62,14 @@ def single(model, args, device, variant: str) -> dict:
     return {"variant": variant, "ms_per_step": round(ms, 3), "logits": logits}
 
 
-def batch(model, args, device, counts) -> list:
-    """For each n in `counts`: the batched step with slots 0..n-1 busy."""
+def batch(model, args, device, counts, fuse: bool) -> list:
+    """For each n in `counts`: the batched step with slots 0..n-1 busy (`fuse`: fuse_epilogues)."""
     import torch
 
     from engine.lm.batch import BatchedDecoder
     from engine.lm.generate import pattern_sequence
     from engine.lm.model import FastLM
-    fast = FastLM(model.lm, max_frames=args.context + 20, dtype=args.dtype, device=device)
+    fast = FastLM(model.lm, max_frames=args.context + 20, dtype=args.dtype, device=device, fuse_epilogues=fuse)
     decoder = BatchedDecoder(fast, slots=max(counts))
     torch.manual_seed(0)
     rows = []
@@ -81,17 +81,22 @@ def batch(model, args, device, counts) -> list:
         for slot in range(max(counts)):
             decoder.set_conditions(slot, attributes)
             decoder.prefill(slot, sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
-        reference = None
+        references = {}  # slot → its logits at the first count that holds it
         for n in counts:
             tokens = {slot: sequence[:, first] for slot in range(n)}
             positions = {slot: first for slot in range(n)}  # the same position again: the same writes
             ms = _milliseconds(lambda: decoder.step(tokens, positions), args.batch_steps, device)
-            slot0 = decoder.step(tokens, positions)[0].float().cpu()
-            reference = slot0 if reference is None else reference
-            rows.append({"stations": n, "ms_per_step": round(ms, 3), "station_rtf": round(20 / ms, 2),
-                         "aggregate_rtf": round(20 * n / ms, 2), "slot0_bitwise_as_alone": bool(torch.equal(slot0, reference)),
-                         "slot0_max_difference": float((slot0 - reference).abs().max())})
+            logits = decoder.step(tokens, positions).float().cpu()
+            same, apart = True, 0.0
+            for slot in range(min(n, 2)):  # slots 0 and 1 against themselves at the smallest count
+                reference = references.setdefault(slot, logits[slot])
+                same = same and torch.equal(logits[slot], reference)
+                apart = max(apart, float((logits[slot] - reference).abs().max()))
+            rows.append({"fused": fuse, "stations": n, "ms_per_step": round(ms, 3), "station_rtf": round(20 / ms, 2),
+                         "aggregate_rtf": round(20 * n / ms, 2), "slots01_bitwise_as_alone": same,
+                         "slots01_max_difference": apart})
             print(json.dumps(rows[-1]), flush=True)
+    del decoder, fast
     return rows
 
 
@@ -105,6 +110,7 @@ def main() -> None:
     p.add_argument("--context", type=int, default=1000, help="frames prefilled")
     p.add_argument("--variants", default="unfused,fused")
     p.add_argument("--batch", default="", help="station counts, e.g. 1,2,4,8,16,32")
+    p.add_argument("--batch-variants", default="fused", help="fused, unfused or both")
     p.add_argument("--engine", default=ROOT, help="the checkout whose engine runs")
     args = p.parse_args()
     sys.path.insert(0, os.path.abspath(args.engine))
@@ -123,7 +129,8 @@ def main() -> None:
               f"({results[0]['ms_per_step'] / r['ms_per_step']:.2f}x the {results[0]['variant']} one; "
               f"logits {apart:.2e} apart, relative)", flush=True)
     if args.batch:
-        batch(model, args, device, [int(n) for n in args.batch.split(",")])
+        for variant in args.batch_variants.split(","):
+            batch(model, args, device, [int(n) for n in args.batch.split(",")], variant == "fused")
 
 
 if __name__ == "__main__":

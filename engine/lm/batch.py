@@ -25,12 +25,16 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-from .cache import additive_mask
+from .cache import additive_mask, row_invariant_attention
 from .conditions import CrossConditions
 from .graph import StepGraph
 from .model import FastLM
-from .quantize import activations_per_group
+from .quantize import activations_per_group, gemm_rows_at_most
 
+#: The masked step's GEMMs run at most this many rows each: cuBLAS gives a row bitwise the same
+#: result at 2..32 rows for every linear of musicgen-small and -large, but not at 64 (measured on
+#: an H100, bench/gpu/probe_rows.py), so that stations' rows never depend on the batch size.
+INVARIANT_GEMM_ROWS = 32
 #: Text conditions are padded to a multiple of this many positions (T5 tokens): prompts of up to
 #: this many tokens (most are under 30) share one shape, whatever the other stations play.
 TEXT_BUCKET = 64
@@ -156,11 +160,13 @@ class BatchedDecoder:
                 return torch.cat([self._slot_caches[s].attend(i, q[2 * s:2 * s + 2], self._ends[s])
                                   for s in range(n)])
             keys, values = cache.layer(i, q.dtype)
-            return F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=mask)
+            with row_invariant_attention(q.device):
+                return F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=mask)
 
         cross = (self.cross_keys[:, :B], self.cross_values[:, :B], self.cross_mask[:B])
         # int8 (CPU): each slot's activations on their own; idle slots' linears skipped (not in a graph)
-        with activations_per_group(self._linears, rows=2, active=None if masked else self._busy[:n]):
+        with activations_per_group(self._linears, rows=2, active=None if masked else self._busy[:n]), \
+                gemm_rows_at_most(self._linears if masked else (), INVARIANT_GEMM_ROWS):
             x = fast._layers(x, self_attention, cross)
             return fast._logits(x[:, -1]).view(B, K, fast.card)
 

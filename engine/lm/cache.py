@@ -185,6 +185,16 @@ class KVCache:
         return decode_attention(q, k, v)
 
 
+def row_invariant_attention(device: torch.device):
+    """On CUDA, the batched step's self-attention runs in the memory-efficient kernel: cuDNN's
+    splits the cached positions into more or fewer blocks as the batch grows, so a row's result
+    depended on the batch size (measured on an H100 from 8 rows; bench/gpu/probe_rows.py)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])
+
+
 def prefill_attention_backends(device: torch.device):
     """On CUDA, the prefill's attention runs in flash / memory-efficient kernels, not cuDNN's:
     cuDNN builds a plan for every new sequence length, and each stride's context has a new one

@@ -11,7 +11,11 @@ import torch.nn.functional as F
 
 
 class Dense:
-    """y = x W^T + b with W [out, in] stored in `dtype`."""
+    """y = x W^T + b with W [out, in] stored in `dtype`. `max_rows` (set by `gemm_rows_at_most`):
+    GEMMs of at most that many rows each, so that a row's result does not depend on how many
+    rows share the call (cuBLAS keeps rows bitwise alike only up to some count: batch.py)."""
+
+    max_rows = 0
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], dtype: torch.dtype):
         self.shape = tuple(weight.shape)  # (out, in)
@@ -19,14 +23,20 @@ class Dense:
         self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        out = self._rows(lambda rows: F.linear(rows, self.weight, self.bias), x.reshape(-1, self.shape[1]))
+        return out.view(*x.shape[:-1], self.shape[0])
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """residual + x W^T (+ b): residual [..., out], x [..., in]; without a bias one GEMM
         that reads the residual as its C (one kernel, rounded once, instead of two)."""
         if self.bias is not None:
             return residual + self(x)
-        out = torch.addmm(residual.reshape(-1, self.shape[0]), x.reshape(-1, self.shape[1]), self.weight.t())
+        residual2d, x2d = residual.reshape(-1, self.shape[0]), x.reshape(-1, self.shape[1])
+        if not self.max_rows or x2d.shape[0] <= self.max_rows:
+            out = torch.addmm(residual2d, x2d, self.weight.t())
+        else:
+            out = torch.cat([torch.addmm(r, part, self.weight.t())
+                             for r, part in zip(residual2d.split(self.max_rows), x2d.split(self.max_rows))])
         return out.view(residual.shape)
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,8 +44,15 @@ class Dense:
         → [..., out]. On CUDA that GELU is the tanh approximation (within 5e-4 of the exact
         one: under bf16's rounding at every magnitude); on CPU, exact."""
         bias = self.bias if self.bias is not None else self.weight.new_zeros(self.shape[0])
-        out = torch._addmm_activation(bias, x.reshape(-1, self.shape[1]), self.weight.t(), use_gelu=True)
+        out = self._rows(lambda rows: torch._addmm_activation(bias, rows, self.weight.t(), use_gelu=True),
+                         x.reshape(-1, self.shape[1]))
         return out.view(*x.shape[:-1], self.shape[0])
+
+    def _rows(self, gemm: tp.Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """gemm(rows) [M, ...], in calls of at most `max_rows` rows."""
+        if not self.max_rows or rows.shape[0] <= self.max_rows:
+            return gemm(rows)
+        return torch.cat([gemm(part) for part in rows.split(self.max_rows)])
 
     def weight_bytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
@@ -188,6 +205,19 @@ def activations_per_group(linears: tp.Iterable, rows: int, active: tp.Optional[t
     finally:
         for lin in int8:
             lin.group_rows, lin.active_groups = 0, None
+
+
+@contextlib.contextmanager
+def gemm_rows_at_most(linears: tp.Iterable, rows: int):
+    """While in it, the dense layers among `linears` run GEMMs of at most `rows` rows each."""
+    dense = [lin for lin in linears if isinstance(lin, Dense)]
+    for lin in dense:
+        lin.max_rows = rows
+    try:
+        yield
+    finally:
+        for lin in dense:
+            lin.max_rows = 0
 
 
 def linear(weight: torch.Tensor, bias: tp.Optional[torch.Tensor], mode: str,
