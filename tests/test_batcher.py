@@ -188,3 +188,32 @@ def test_int8_groups_are_quantised_on_their_own_and_idle_ones_skipped():
     assert torch.equal(y[:2], layer(x[:2])) and torch.equal(y[4:], layer(x[4:]))
     assert not y[2:4].any()  # the idle slot was not computed
     assert layer.group_rows == 0 and layer.active_groups is None  # only while in it
+
+
+def test_dense_gemms_run_in_calls_of_at_most_max_rows():
+    """The masked step's GEMMs in chunks of rows (batch.INVARIANT_GEMM_ROWS): the same numbers
+    as one call, for the plain, residual and GELU forms, and each chunk really a call of its own."""
+    import torch.nn.functional as F
+
+    from engine.lm.quantize import Dense, gemm_rows_at_most
+    torch.manual_seed(0)
+    layer = Dense(torch.randn(48, 32), None, torch.float32)
+    x, residual = torch.randn(10, 1, 32), torch.randn(10, 1, 48)
+    whole = (layer(x), layer.add_to(residual, x), layer.gelu(x))
+    calls = []
+    original = torch.addmm
+
+    def counting_addmm(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        return original(*args, **kwargs)
+    with gemm_rows_at_most([layer], 4):
+        torch.addmm = counting_addmm
+        try:
+            chunked = (layer(x), layer.add_to(residual, x), layer.gelu(x))
+        finally:
+            torch.addmm = original
+    assert calls == [4, 4, 2]  # the residual form: three calls of at most 4 rows
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(whole[2], F.gelu(x @ layer.weight.T))  # exact GELU on CPU
+    assert layer.max_rows == 0  # only while in it
