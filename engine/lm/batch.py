@@ -11,9 +11,11 @@ A masked step (CUDA) computes the first n slots, n the smallest power of two tha
 (idle slots among them are computed and ignored: their rows write only their own cache, which
 their next prefill overwrites). On CUDA each n is one CUDA graph (padded: a few sizes, captured
 once each, not per change of membership; captured again only when the text bucket grows), and
-the capacity is a power of two. A row's numbers do not depend on n (measured on H100/H200: cuBLAS
-gives each of the first rows bitwise the same result at every power-of-two row count, and the
-attention and norms are per row), so a station's tokens are the same alone as in any batch.
+the capacity is a power of two. A row's numbers do not depend on n: the self-attention runs in a
+kernel that does not split the cache by batch size and the GEMMs in calls of at most
+INVARIANT_GEMM_ROWS rows (measured op by op on an H100, bench/gpu/probe_rows.py, and the whole
+step bitwise from 1 to 64 stations, probe_step.py), so a station's tokens are the same alone as
+in any batch.
 
 Shapes: S slots, B = 2S rows, K codebooks, L layers, H heads, Tc text positions, Dh head dim.
 """

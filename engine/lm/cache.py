@@ -38,7 +38,8 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 class KVCache:
     """Self-attention keys and values of every layer, allocated once: `k`, `v` [layers, B, H,
-    positions, Dh] in `dtype`, the two halves of one tensor `kv` [2, layers, ...] (B = `rows`: 2, or 2 per slot of a batched decoder; `slot` views one pair).
+    positions, Dh] in `dtype`, the two halves of one tensor `kv` [2, layers, ...] (B = `rows`: 2,
+    or 2 per slot of a batched decoder; `slot` views one pair).
 
     `dtype` torch.int8: an 8-bit cache (CPU, native kernels only): each key and value row of Dh
     numbers as int8 with one fp32 scale per row, head and position (`k_scale`, `v_scale`
@@ -135,8 +136,9 @@ class KVCache:
         return self.read(layer, self.k.shape[3], dtype)
 
     def attend_masked(self, layer: int, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q [B, H, 1, Dh] against every cached position where `mask` [1, 1, 1, positions] is
-        True → [B, H, 1, Dh] (shapes independent of how many are cached)."""
+        """q [B, H, 1, Dh] against every cached position, `mask` [1, 1, 1, positions] added to
+        the scores (additive_mask: -inf where not cached) → [B, H, 1, Dh] (shapes independent of
+        how many are cached)."""
         keys, values = (self.k[layer], self.v[layer]) if not self.quantized else self.layer(layer, q.dtype)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
