@@ -42,20 +42,16 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from engine.lm.generate import pattern_sequence
     from engine.lm.model import FastLM
     from engine.models.load import load_model
+    from probe_step import prefilled
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = load_model(args.model, device=args.device, seed=0)
     fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
                   kernels="graph")
     with torch.inference_mode():
-        fast.set_conditions(model._prepare_tokens_and_attributes(["warm lofi hip hop"], None)[0][0])
-        codes = torch.randint(0, fast.card, (fast.num_codebooks, args.context), device=device)
-        sequence = pattern_sequence(fast, codes)
-        first = args.context + 1
-        fast.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+        sequence, first = prefilled(model, fast, args.context)
         tokens = sequence[:, first - 1]
         eager_ms = timed(fast, tokens, first, args.steps, device)
         reference = fast.step(tokens, first).clone()

@@ -39,22 +39,31 @@ def _milliseconds(run, steps: int, device) -> float:
     return 1000 * (time.perf_counter() - started) / steps
 
 
+def prefilled(model, fast, context_frames: int):
+    """A prompt's condition and `context_frames` random frames prefilled into `fast` → (the
+    sequence [K, S], the first position to step)."""
+    import torch
+
+    from engine.lm.generate import pattern_sequence
+    torch.manual_seed(0)
+    fast.set_conditions(model._prepare_tokens_and_attributes(["warm lofi hip hop"], None)[0][0])
+    codes = torch.randint(0, fast.card, (fast.num_codebooks, context_frames), device=fast.device)
+    sequence = pattern_sequence(fast, codes)
+    first = context_frames + 1
+    fast.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+    return sequence, first
+
+
 def single(model, args, device, variant: str) -> dict:
     """ms per step of FastLM's captured step: `variant` "fused", "unfused" or "default"."""
     import torch
 
-    from engine.lm.generate import pattern_sequence
     from engine.lm.model import FastLM
     options = {} if variant == "default" else {"fuse_epilogues": variant == "fused"}
     fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
                   kernels="graph", **options)
-    torch.manual_seed(0)
     with torch.inference_mode():
-        fast.set_conditions(model._prepare_tokens_and_attributes(["warm lofi hip hop"], None)[0][0])
-        codes = torch.randint(0, fast.card, (fast.num_codebooks, args.context), device=device)
-        sequence = pattern_sequence(fast, codes)
-        first = args.context + 1
-        fast.prefill(sequence[:, :first].unsqueeze(0).expand(2, -1, -1))
+        sequence, first = prefilled(model, fast, args.context)
         tokens = sequence[:, first]
         ms = _milliseconds(lambda: fast.step(tokens, first), args.steps, device)
         logits = fast.step(tokens, first).float().cpu()
