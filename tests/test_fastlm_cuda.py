@@ -115,7 +115,7 @@ def test_batched_stations_give_their_alone_tokens_on_cuda(cuda_model):
         batcher = StrideBatcher(BatchedDecoder(fast, slots=3))
         for name in prompts:
             batcher.join(name)
-        assert batcher.decoder.masked
+        assert batcher.decoder.masked and batcher.decoder.attention == "split"
         results, stop = {}, threading.Event()
 
         def station(name):

@@ -55,11 +55,13 @@ def prefilled(model, fast, context_frames: int):
 
 
 def single(model, args, device, variant: str) -> dict:
-    """ms per step of FastLM's captured step: `variant` "fused", "unfused" or "default"."""
+    """ms per step of FastLM's captured step: `variant` "fused", "unfused", "split" (fused, the
+    self-attention on split_attention.py) or "default"."""
     import torch
 
     from engine.lm.model import FastLM
-    options = {} if variant == "default" else {"fuse_epilogues": variant == "fused"}
+    options = ({} if variant == "default" else {"split_attention": True} if variant == "split"
+               else {"fuse_epilogues": variant == "fused"})
     fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
                   kernels="graph", **options)
     with torch.inference_mode():

@@ -12,7 +12,8 @@ A masked step (CUDA) computes the first n slots, n the smallest power of two tha
 their next prefill overwrites). On CUDA each n is one CUDA graph (padded: a few sizes, captured
 once each, not per change of membership; captured again only when the text bucket grows), and
 the capacity is a power of two. A row's numbers do not depend on n: the self-attention runs in a
-kernel that does not split the cache by batch size and the GEMMs in calls of at most
+kernel that does not split the cache by batch size (split_attention.py; without Triton the
+memory-efficient SDPA) and the GEMMs in calls of at most
 INVARIANT_GEMM_ROWS rows (measured op by op on an H100, bench/gpu/probe_rows.py, and the whole
 step bitwise from 1 to 64 stations, probe_step.py), so a station's tokens are the same alone as
 in any batch.
@@ -32,6 +33,7 @@ from .conditions import CrossConditions
 from .graph import StepGraph
 from .model import FastLM
 from .quantize import activations_per_group, gemm_rows_at_most
+from .split_attention import SplitAttention, available as split_attention_available
 
 #: The masked step's GEMMs run at most this many rows each: cuBLAS gives a row bitwise the same
 #: result at 2..32 rows for every linear of musicgen-small and -large, but not at 64 (measured on
@@ -70,6 +72,21 @@ class BatchedDecoder:
         self._ends = [1] * self.slots  # positions each slot attends to (host values: CPU only)
         self._busy = [True] * self.slots  # slots with a stride in this step (CPU only: idle ones skip int8 work)
         self._graphs: tp.Dict[int, StepGraph] = {}  # slots computed → its step (graph)
+        # CUDA: the self-attention cut into fixed spans (split_attention.py), else memory-efficient SDPA
+        L, _, H, P, Dh = self.cache.k.shape
+        self._split = (SplitAttention(rows, H, P, Dh, device)
+                       if self.masked and device.type == "cuda" and split_attention_available() else None)
+
+    @property
+    def attention(self) -> str:
+        """The step's self-attention: "split" (CUDA, split_attention.py), "memory-efficient"
+        (CUDA without Triton), "sdpa" (masked on CPU: tests) or "per-slot" (CPU: each slot over
+        its own positions)."""
+        if self._split is not None:
+            return "split"
+        if self.masked:
+            return "memory-efficient" if self.fast.device.type == "cuda" else "sdpa"
+        return "per-slot"
 
     @property
     def step_sizes(self) -> tp.List[int]:
@@ -162,6 +179,8 @@ class BatchedDecoder:
                 return torch.cat([self._slot_caches[s].attend(i, q[2 * s:2 * s + 2], self._ends[s])
                                   for s in range(n)])
             keys, values = cache.layer(i, q.dtype)
+            if self._split is not None:
+                return self._split(q, keys[:B], values[:B], positions)
             with row_invariant_attention(q.device):
                 return F.scaled_dot_product_attention(q, keys[:B], values[:B], attn_mask=mask)
 

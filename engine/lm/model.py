@@ -25,6 +25,7 @@ from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels,
 from .kernels import load_cpu_kernels
 from .native_step import NativeStep, why_not_fused
 from .quantize import Dense
+from .split_attention import SplitAttention, available as split_attention_available
 from .weights import activation, check_supported, convert, release_source_weights
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class FastLM:
     KV cache holds max_frames + max(delays) + 1 positions.
     `dtype`: "auto" | "fp32" | "bf16" | "fp16" | "int8" | "int4" (hardware.resolve_dtype).
     `fuse_epilogues`: residual adds (and, on CUDA in 16 bits, the GELU) inside the GEMMs
-    (`_layers`); False: as separate ops (the bench's baseline).
+    (`_layers`); False: as separate ops (the bench's baseline). `split_attention`: the static
+    step's self-attention on the fixed-span kernel (split_attention.py, CUDA) instead of SDPA.
     `kernels`: "auto" | "graph" | "native" | "compiled" | "eager". graph: the decode step with
     static shapes (attention over the whole cache under a mask), captured once as a CUDA graph
     and replayed at every position (on CPU the same step runs eagerly: for tests); native: the
@@ -60,7 +62,7 @@ class FastLM:
 
     def __init__(self, lm, max_frames: int, dtype: str = "auto",
                  device: tp.Optional[torch.device] = None, kernels: str = "auto", kv_cache: str = "auto",
-                 fuse_epilogues: bool = True):
+                 fuse_epilogues: bool = True, split_attention: bool = False):
         self.delays = check_supported(lm)
         self.lm = lm  # for the condition provider (text encoder), kept in its own precision
         self.device = device or next(lm.parameters()).device
@@ -101,6 +103,8 @@ class FastLM:
         self._step_position = torch.zeros(1, dtype=torch.long, device=self.device)
         self._positions = torch.arange(cache_positions, device=self.device)
         self.step_graph = StepGraph(self._forward_static, self.device)
+        self._split = (SplitAttention(2, self.heads, cache_positions, self.head_dim, self.device)
+                       if split_attention and self.device.type == "cuda" and split_attention_available() else None)
         # native: the decode step's layers in one native call where everything in them can be.
         unfused = why_not_fused(self) if native is not None else "no native kernels"
         self.native_step = NativeStep(self, native) if unfused is None else None
@@ -247,8 +251,12 @@ class FastLM:
         x = self._embed(tokens, self.pos_emb.index_select(0, position))  # [B, 1, D]
         mask = additive_mask(self._positions <= position, self.compute_dtype).view(1, 1, 1, -1)
 
+        rows_position = position.expand(B).contiguous()  # [B]: the split kernel's per-row positions
+
         def self_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
             self.cache.write_at(i, position, qkv[1:])
+            if self._split is not None:
+                return self._split(qkv[0], self.cache.k[i], self.cache.v[i], rows_position)
             return self.cache.attend_masked(i, qkv[0], mask)
 
         return self._logits(self._layers(x, self_attention)[:, -1]).view(B, K, self.card)
