@@ -142,6 +142,23 @@ def test_the_native_prefill_keeps_the_prefills_logits(lm):
     assert error[True] < 1.2 * error[False], error
 
 
+def test_native_gelu_is_torchs_exact_gelu_and_runs_in_the_prefill(lm):
+    from engine.lm.kernels import load_cpu_kernels
+    x = torch.cat([torch.linspace(-12, 12, 4099), torch.randn(3001) * 3])  # not a multiple of 16
+    got = load_cpu_kernels().gelu(x)
+    expected = F.gelu(x.double())
+    assert ((got.double() - expected).abs() <= 2e-7 * expected.abs().clamp(min=1) + 1e-7).all()
+    fast = FastLM(lm, max_frames=100, dtype="int8", kernels="native")
+    calls = []
+    native = fast._native_gelu
+    fast._native_gelu = lambda h: calls.append(h.shape) or native(h)
+    attributes, _ = lm_attributes(lm)
+    fast.set_conditions(attributes[0])
+    with torch.inference_mode():
+        fast.prefill(torch.randint(0, lm.card, (2, lm.num_codebooks, 40)))
+    assert len(calls) == len(fast.layers)  # each layer's feed-forward of the prefill
+
+
 def test_the_native_kernels_let_other_python_threads_run():
     """A native call does not hold the GIL: the audio callback, the listeners' event loop and the
     control API keep running while a decode step (10-20 ms) or the codec's ELU runs."""

@@ -1,5 +1,5 @@
 """The codec decoder's ELU on CPU: torch's computes expm1 one element at a time (a quarter of a
-10 s decode of musicgen's EnCodec on 2 cores); the native kernel (lm/kernels/elu.cpp) does 16 at
+10 s decode of musicgen's EnCodec on 2 cores); the native kernel (lm/kernels/activations.cpp) does 16 at
 a time and agrees with it to a float ulp (tested)."""
 from __future__ import annotations
 

@@ -73,3 +73,4 @@ int64_t vnni_peak(int64_t iterations);
 at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values, at::Tensor key_scales,
                                 at::Tensor value_scales, int64_t start);
 at::Tensor elu(at::Tensor x);
+at::Tensor gelu(at::Tensor x);
