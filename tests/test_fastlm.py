@@ -193,6 +193,28 @@ def test_native_int8_linear_is_close_to_fp32():
         assert error < 0.02, (rows, error)
 
 
+def test_native_int8_gemm_computes_its_int8_weights_for_prefill_rows():
+    """Prefill rows (> 4) on the VNNI GEMM (kernels/int8_gemm.cpp, outputs in multiples of 64):
+    exactly what the int8 weights and per-row int8 activations say, whatever the row count (tile
+    tails included), closer to fp32 than fbgemm's per-call 7-bit activations."""
+    from engine.lm.kernels import load_cpu_kernels
+    from engine.lm.quantize import Int8
+    torch.manual_seed(4)
+    weight, bias = torch.randn(192, 320) * 0.05, torch.randn(192)
+    linear = Int8(weight, bias, load_cpu_kernels())
+    assert linear.vnni is not None and linear.packed is None
+    fbgemm = Int8(weight, bias)  # no native kernels
+    for rows in (5, 6, 7, 13, 100):
+        x = torch.randn(rows, 320) * torch.linspace(0.1, 3, rows).unsqueeze(1)
+        scale = x.abs().amax(dim=1, keepdim=True) / 127
+        expected = (torch.round(x / scale) @ linear.weight.float().T) * scale * linear.scales + bias
+        got = linear(x)
+        assert (got - expected).abs().max() < 1e-4 * expected.abs().max(), rows
+        exact = x @ weight.T + bias
+        error = (got - exact).norm() / exact.norm()
+        assert error < 0.6 * (fbgemm(x) - exact).norm() / exact.norm(), rows
+
+
 def test_native_int4_linear_computes_its_4_bit_weights():
     """The int4 kernel computes exactly what its packed weights say (int8-quantised rows times
     the dequantised 4-bit weights), the prefill path (fbgemm, > 4 rows) uses the same weights,

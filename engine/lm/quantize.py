@@ -60,11 +60,14 @@ class Dense:
 
 class Int8:
     """Per-output-channel symmetric int8 weights, activations quantised per call. Input and
-    output are fp32. Prefill (many rows): fbgemm's dynamic int8 GEMM. Decode (≤ 4 rows): the
-    native VNNI kernel when `kernels` is given (kernels/int8_gemv.cpp: per-row int8 activations,
-    reads the weights at ~33 GB/s here where fbgemm reaches ~27), else fbgemm.
+    output are fp32. With the native kernels (`kernels`, input width a multiple of 64): decode
+    rows (≤ 4) on the VNNI GEMV (kernels/int8_gemv.cpp: reads the weights at ~33 GB/s here where
+    fbgemm reaches ~27), prefill rows on the VNNI GEMM over the weights packed once
+    (kernels/int8_gemm.cpp, output width a multiple of 64: 1.2-1.3x fbgemm's speed, activations
+    quantised per row where fbgemm's reduce-range path takes one 7-bit scale per call, 2.5x less
+    error); both with int8 activations per row. Otherwise fbgemm's dynamic int8 GEMM.
 
-    `native`: True when the decode rows run on the native kernel (input width a multiple of 64).
+    `native`: True when the decode rows run on the native kernel.
     `group_rows` (set by `activations_per_group`): quantise the activations of each group of
     that many rows on their own (fbgemm's scale is per call), so that the rows of one station in
     a batch never depend on another's; groups not in `active_groups` (idle slots) are not
@@ -82,13 +85,16 @@ class Int8:
             warnings.simplefilter("ignore")
             qweight = torch.quantize_per_channel(
                 w, scales.double(), torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
         self.kernels = kernels if w.shape[1] % 64 == 0 else None
+        self.vnni: tp.Optional[torch.Tensor] = None  # the prefill GEMM's packed weights
+        self._no_bias = torch.empty(0)
         if self.kernels is not None:
             self.weight = qweight.int_repr().contiguous()
             self.scales = scales.float().contiguous()
             self.row_sums = kernels.prepare(self.weight)
-            self._no_bias = torch.empty(0)
+            if w.shape[0] % 64 == 0:
+                self.vnni = kernels.pack_vnni(self.weight)
+        self.packed = None if self.vnni is not None else torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     @property
     def native(self) -> bool:
@@ -107,6 +113,9 @@ class Int8:
             y = torch.cat([out if out is not None else done.new_zeros(done.shape) for out in outputs])
         elif self.kernels is not None and rows.shape[0] <= 4:
             y = self._decode_rows(rows)
+        elif self.vnni is not None:
+            y = self.kernels.gemm(rows, self.vnni, self.row_sums, self.scales,
+                                  self._no_bias if self.bias is None else self.bias)
         else:
             y = torch.ops.quantized.linear_dynamic(rows, self.packed, True)
         return y.view(*shape[:-1], y.shape[-1])
@@ -121,6 +130,7 @@ class Int8:
                                  self._no_bias if self.bias is None else self.bias)
 
     def weight_bytes(self) -> int:
+        """Bytes of the weights a decode step reads."""
         return self.packed.unpack()[0].numel() if self.kernels is None else self.weight.numel()
 
 
@@ -164,8 +174,8 @@ def quantize_int4(weight: torch.Tensor) -> tp.Tuple[torch.Tensor, torch.Tensor]:
 class Int4(Int8):
     """Group-wise symmetric 4-bit weights (`quantize_int4`): half the bytes of int8 per decode
     step. Decode rows (≤ 4): the native kernel (kernels/int4_gemv.cpp) reads the packed nibbles
-    and the group scales. Prefill (many rows), and everywhere the kernel is missing: fbgemm's
-    int8 GEMM of the same 4-bit weights, dequantised (so prefill and steps use one model)."""
+    and the group scales. Prefill (many rows): Int8's GEMM (native, else fbgemm's) of the same
+    4-bit weights, dequantised and held as int8 (so prefill and steps use one model)."""
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
         out_features, in_features = weight.shape
@@ -173,12 +183,11 @@ class Int4(Int8):
             raise ValueError(f"int4 needs layer inputs in multiples of {INT4_GROUP} (got {in_features})")
         q, scales = quantize_int4(weight)
         dequantised = (q.float().view(out_features, -1, INT4_GROUP) * scales.unsqueeze(-1)).view_as(q)
-        super().__init__(dequantised, bias, kernels=None)
-        self.kernels = kernels
+        super().__init__(dequantised, bias, kernels=kernels)
         self.group_scales = scales  # [out, in / INT4_GROUP]
-        if kernels is not None:
+        if self.kernels is not None:
+            del self.weight  # (the int8 copy: the steps read the nibbles, the prefill `vnni`)
             self.packed4, self.offsets4 = kernels.pack4(q.contiguous(), scales)
-            self._no_bias = torch.empty(0)
 
     def _decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
         return self.kernels.gemv4(rows, self.packed4, self.group_scales, self.offsets4,

@@ -14,8 +14,8 @@ from ..hardware import cpu_flags
 
 log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("bindings.cpp", "decode_attention.cpp", "kv8_attention.cpp", "int8_gemv.cpp", "int4_gemv.cpp", "activations.cpp",
-           "decode_step.cpp", "prefill_attention.cpp")
+SOURCES = ("bindings.cpp", "decode_attention.cpp", "kv8_attention.cpp", "int8_gemv.cpp", "int8_gemm.cpp",
+           "int4_gemv.cpp", "activations.cpp", "decode_step.cpp", "prefill_attention.cpp")
 REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512_vnni", "f16c", "fma"}
 #: prefill_attention_q8 runs only where the CPU also has this (built everywhere, called where it runs).
 BF16_CPU_FLAG = "avx512_bf16"

@@ -12,6 +12,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted", &weighted, NoGil(), "softmax weights times the values of an fp16 cache");
   m.def("prepare", &prepare, NoGil(), "row sums of an int8 weight");
   m.def("gemv", &gemv, NoGil(), "int8 linear for 1 to 4 rows (VNNI)");
+  m.def("pack_vnni", &pack_vnni, NoGil(), "int8 weights in VNNI order for gemm");
+  m.def("gemm", &gemm, NoGil(), "int8 linear for many rows (VNNI, per-row int8 activations)");
   m.def("vnni_peak", &vnni_peak, NoGil(), "multiply-adds of a register-only VNNI loop on every thread");
   m.def("pack4", &pack4, NoGil(), "pack int4 weights (-8..7 in int8) two to a byte, with their offsets");
   m.def("quantize_into", &quantize_into, NoGil(), "write rows into an int8 cache with per-row scales");

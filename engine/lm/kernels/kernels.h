@@ -60,6 +60,8 @@ void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* packed,
                 const float* offsets, const float* bias, float* y, int64_t out_features);
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias);
+at::Tensor pack_vnni(at::Tensor weight);
+at::Tensor gemm(at::Tensor x, at::Tensor packed, at::Tensor row_sums, at::Tensor scale, at::Tensor bias);
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales);
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias);
 void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t start);
