@@ -58,7 +58,12 @@ def test_static_step_follows_prompt_changes(tiny_model):
         assert torch.equal(generate(static, None, attributes, 30, temperature=0), expected), text
 
 
-def test_sampler_draws_from_audiocrafts_top_k_distribution():
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=needs_native)])
+def test_sampler_draws_from_audiocrafts_top_k_distribution(native):
+    """torch's ops and the native sampler (kernels/sampling.cpp: one call per step, one uniform
+    per codebook) draw from the same distribution, never outside the top k."""
+    from engine.lm.kernels import load_cpu_kernels
+    kernels = load_cpu_kernels() if native else None
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 32) * 2  # cond, uncond
     cfg, temperature, k = 3.0, 0.8, 5
@@ -71,7 +76,7 @@ def test_sampler_draws_from_audiocrafts_top_k_distribution():
     draws = 20000
     counts = torch.zeros_like(probs)
     for _ in range(draws):
-        tokens = sample(logits, cfg, temperature, k, 0.0, generator)
+        tokens = sample(logits, cfg, temperature, k, 0.0, generator, kernels)
         counts[torch.arange(4), tokens] += 1
     frequencies = counts / draws
     assert (frequencies[expected == 0] == 0).all(), "a token outside the top k was drawn"
@@ -83,6 +88,19 @@ def test_sampler_top_p_keeps_the_nucleus_only():
     generator = torch.Generator().manual_seed(3)
     seen = {int(sample(logits, 1.0, 1.0, 0, 0.7, generator)) for _ in range(500)}
     assert seen == {0, 1}  # 0.5 + 0.3 ≥ 0.7: the rest is cut
+
+
+@needs_native
+def test_native_sampler_is_reproducible_and_its_top_1_is_the_argmax():
+    from engine.lm.kernels import load_cpu_kernels
+    kernels = load_cpu_kernels()
+    logits = torch.randn(2, 4, 2048)
+    logits[:, 2, 7] = logits[:, 2, 9] = 50.0  # a tie at the top: the lower index, as argmax
+    greedy = sample(logits, 3.0, 0.0, 250, 0.0, None)
+    assert greedy[2] == 7
+    assert torch.equal(sample(logits, 3.0, 1.0, 1, 0.0, None, kernels), greedy)
+    runs = [sample(logits, 3.0, 1.0, 250, 0.0, torch.Generator().manual_seed(5), kernels) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_top_k_1_sampling_is_greedy(tiny_model):

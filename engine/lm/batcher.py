@@ -179,7 +179,8 @@ class StrideBatcher:
             r, offset = stride.request, stride.offset
             try:
                 with torch.inference_mode():
-                    sampled = sample(stride.logits, r.cfg_coef, r.temperature, r.top_k, r.top_p, r.generator)
+                    sampled = sample(stride.logits, r.cfg_coef, r.temperature, r.top_k, r.top_p, r.generator,
+                                     self.fast.native)
                     stride.sequence[:, offset] = torch.where(stride.generated[offset], sampled,
                                                              stride.sequence[:, offset])
                 if r.progress is not None:

@@ -98,7 +98,7 @@ def generate(model: FastLM, prompt: tp.Optional[torch.Tensor], attributes, new_f
     check_finite(logits)
     prefill_done = time.perf_counter()
     for offset in range(first, steps):
-        tokens = sample(logits, cfg_coef, temperature, top_k, top_p, generator)
+        tokens = sample(logits, cfg_coef, temperature, top_k, top_p, generator, model.native)
         sequence[:, offset] = torch.where(generated[offset], tokens, sequence[:, offset])
         if progress is not None:
             progress(1 + offset - first, steps - first)

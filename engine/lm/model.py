@@ -84,6 +84,7 @@ class FastLM:
         kernels = resolve_kernels(kernels, self.device, self.mode, self.dim)
         native = load_cpu_kernels() if kernels == "native" and self.device.type == "cpu" else None
         self.kernels = "compiled" if kernels == "native" and native is None else kernels
+        self.native = native  # the loaded CPU kernels module (also the sampler's: generate.py), or None
         weights = convert(lm, self.mode, self.compute_dtype, native)
         self.layers, self.embeddings = weights.layers, weights.embeddings  # embeddings [K, card+1, D]
         self.out_norm, self.head = weights.out_norm, weights.head

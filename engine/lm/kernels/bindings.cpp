@@ -19,6 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_into", &quantize_into, NoGil(), "write rows into an int8 cache with per-row scales");
   m.def("scores_q8", &scores_q8, NoGil(), "q.k / sqrt(Dh) over the first positions of an int8 cache");
   m.def("weighted_q8", &weighted_q8, NoGil(), "softmax weights times the values of an int8 cache");
+  m.def("sample_top_k", &sample_top_k, NoGil(), "guided top-k sampling of every codebook, one uniform each");
   m.def("elu", &elu, NoGil(), "ELU (alpha 1) of fp32, 16 at a time");
   m.def("gelu", &gelu, NoGil(), "GELU (exact, erf form) of fp32, 16 at a time");
   m.def("gemv4", &gemv4, NoGil(), "int4 linear with group scales for 1 to 4 rows (VNNI)");
