@@ -19,7 +19,7 @@ step ${T_TESTS:-90} pytest.txt python3 -m pytest -q -p no:cacheprovider tests/te
 if [ -d .baseline/engine ]; then  # the previous commit's engine (git archive HEAD engine | tar -x -C .baseline)
   step ${T_BEFORE:-45} step_before.txt python3 bench/gpu/probe_step.py --engine .baseline --variants default
 fi
-step ${T_STEP:-100} step_small.txt python3 bench/gpu/probe_step.py --batch 1,2,4,8,16,32,64
+step ${T_STEP:-100} step_small.txt python3 bench/gpu/probe_step.py --variants unfused,fused,split --batch 1,2,4,8,16,32,64
 step ${T_PEERS:-140} peers_small.txt python3 bench/bench_engine.py --device cuda --dtypes bf16 --steps 100 \
   --methods engine,fast-musicgen,transformers,extend
 [ -n "$FULL" ] || exit 0
