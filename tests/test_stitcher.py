@@ -168,3 +168,26 @@ def test_native_elu_decodes_what_torchs_elu_decodes_seam_free(tiny_model, stride
     stitcher = StitchingDecoder(cm)
     stitched = np.concatenate([stitcher.push(c) for c in strides] + [stitcher.flush()])
     assert snr_db(stitched, native) >= SEAM_SNR_DB
+
+
+@pytest.mark.parametrize("stride", [2, 4, 5, 8])
+def test_polyphase_upsampling_is_the_transposed_convolution(stride):
+    """engine/codec/upsampling.py: a transposed convolution of kernel 2·stride as one plain
+    convolution of its phases gives the same samples (to float rounding), padding trimmed by
+    audiocraft's wrapper as before; folded weight norms give the same weights."""
+    from audiocraft.modules.conv import StreamableConvTranspose1d
+
+    from engine.codec.upsampling import PolyphaseConvTranspose1d, speed_up_upsampling
+    torch.manual_seed(stride)
+    wrapped = StreamableConvTranspose1d(24, 16, 2 * stride, stride=stride, norm="weight_norm")
+    x = torch.randn(2, 24, 37)
+    with torch.inference_mode():
+        expected = wrapped(x)
+    holder = torch.nn.Sequential(wrapped)
+    assert speed_up_upsampling(holder) == 1
+    assert isinstance(wrapped.convtr.convtr, PolyphaseConvTranspose1d)
+    with torch.inference_mode():
+        got = wrapped(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert not PolyphaseConvTranspose1d.fits(torch.nn.ConvTranspose1d(4, 4, 3, stride=2))  # kernel ≠ 2·stride: kept

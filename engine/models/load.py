@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from ..codec.activations import use_native_elu
+from ..codec.upsampling import speed_up_upsampling
 from .checkpoint import (CODEC_FILE, LM_FILE, ModelLoadError, check_family, checkpoint_config, find_text_encoder,
                          hub_offline, read_package, set_text_encoders, text_encoder_names, text_encoders_at)
 from .memory import shortage
@@ -94,8 +95,8 @@ def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.O
         model = build_random_musicgen(RANDOM_SHAPES[name], device=device, seed=seed)
     else:
         model = _load_pretrained(name, device, text_encoder, dtype)
-    if device == "cpu":
-        use_native_elu(model.compression_model)
+    if device == "cpu" and use_native_elu(model.compression_model):  # (decoders big enough to matter)
+        speed_up_upsampling(model.compression_model.decoder)
     n_params = sum(p.numel() for p in model.lm.parameters())
     log.info("model: %s ready on %s in %.1f s (LM %.1f M parameters, %d Hz, %d channel(s), "
              "%d codebooks at %.0f frames/s)", name, device, time.monotonic() - started, n_params / 1e6,
