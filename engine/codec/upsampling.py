@@ -29,7 +29,7 @@ class PolyphaseConvTranspose1d(nn.Module):
 
     def __init__(self, transposed: nn.ConvTranspose1d):
         super().__init__()
-        c_in, c_out, kernel = transposed.weight.shape
+        c_in, c_out, _ = transposed.weight.shape
         stride = transposed.stride[0]
         self.out_channels = c_out
         # (read by audiocraft's StreamableConvTranspose1d to trim its padding)
