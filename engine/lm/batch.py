@@ -167,10 +167,12 @@ class BatchedDecoder:
             return self._forward_native(n)
         K = tokens.shape[1]
         x = fast._embed(tokens, fast.pos_emb.index_select(0, positions).unsqueeze(1))  # [B, 1, D]
-        keep = self._grid.view(1, -1) <= positions.view(-1, 1)  # [B, P]
-        mask = additive_mask(keep, fast.compute_dtype).view(B, 1, 1, -1)
         cache, rows = self.cache, self._rows[:B]
         masked = self.masked
+        mask = None  # [B, 1, 1, P]: the masked SDPA's (the split kernel and the per-slot ones need none)
+        if masked and self._split is None:
+            keep = self._grid.view(1, -1) <= positions.view(-1, 1)  # [B, P]
+            mask = additive_mask(keep, fast.compute_dtype).view(B, 1, 1, -1)
 
         def self_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
             cache.write_rows(i, rows, positions, qkv[1:])

@@ -259,9 +259,11 @@ class FastLM:
         tokens, position = self._step_tokens, self._step_position
         B, K, _ = tokens.shape
         x = self._embed(tokens, self.pos_emb.index_select(0, position))  # [B, 1, D]
-        mask = additive_mask(self._positions <= position, self.compute_dtype).view(1, 1, 1, -1)
+        mask = (additive_mask(self._positions <= position, self.compute_dtype).view(1, 1, 1, -1)
+                if self._split is None else None)
 
-        rows_position = position.expand(B).contiguous()  # [B]: the split kernel's per-row positions
+        # [B]: the split kernel's per-row positions (made only where it runs: this is every step)
+        rows_position = position.expand(B).contiguous() if self._split is not None else None
 
         def self_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
             self.cache.write_at(i, position, qkv[1:])

@@ -4,7 +4,8 @@ Where every linear of the step runs on the native int8 / int4 kernels and the KV
 they read (fp16 or 8-bit), the layers of a decode step need no torch op at all: `FastLM.step` and
 the batched decoder's CPU step call this instead of running the layers as torch ops around the
 same kernels (`bench/bench_engine.py --dtypes int4,int4/native-ops` runs both side by side: on 2
-cores the fused step took 13.7 ms where the torch ops' took 16.8). The prefill, the embeddings and the output heads stay as they are.
+cores the fused step took 13.7 ms where the torch ops' took 16.8). The prefill, the embeddings
+and the output heads stay as they are.
 
 Shapes: R rows, D model dim, L layers, B cache rows, H heads, P positions, Tc text positions.
 """
