@@ -33,11 +33,19 @@ class NativeELU(nn.Module):
         return self.kernels.elu(x)
 
 
+def decoder_of(compression_model: nn.Module) -> tp.Optional[nn.Module]:
+    """The decoder network of an audiocraft compression model (a stereo model's is its wrapped
+    mono model's, as stitcher.py decodes it), or None."""
+    if hasattr(compression_model, "get_left_right_codes"):
+        compression_model = compression_model.model
+    return getattr(compression_model, "decoder", None)
+
+
 def use_native_elu(codec: nn.Module, kernels: tp.Any = None, min_parameters: int = MIN_DECODER_PARAMETERS) -> int:
     """Swap every ELU(alpha=1) of `codec`'s decoder (on CPU) for NativeELU, where the native
     kernels can be built (`kernels`: already loaded ones) and the decoder has at least
     `min_parameters`; returns how many were swapped."""
-    decoder = getattr(codec, "decoder", None)
+    decoder = decoder_of(codec)
     if decoder is None or next(decoder.parameters()).device.type != "cpu":
         return 0
     if sum(p.numel() for p in decoder.parameters()) < min_parameters:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .activations import decoder_of
+
 log = logging.getLogger(__name__)
 
 
@@ -68,9 +70,12 @@ def fold_weight_norms(module: nn.Module) -> int:
     return folded
 
 
-def speed_up_upsampling(decoder: nn.Module) -> int:
-    """Fold `decoder`'s weight norms, then swap its transposed convolutions for
-    PolyphaseConvTranspose1d where they fit; returns how many were swapped."""
+def speed_up_upsampling(compression_model: nn.Module) -> int:
+    """Fold the weight norms of `compression_model`'s decoder, then swap its transposed
+    convolutions for PolyphaseConvTranspose1d where they fit; returns how many were swapped."""
+    decoder = decoder_of(compression_model)
+    if decoder is None:
+        return 0
     folded = fold_weight_norms(decoder)
     swapped = 0
     for module in list(decoder.modules()):

@@ -95,8 +95,9 @@ def load_model(name: str, device: str = "cpu", seed: int = 0, text_encoder: tp.O
         model = build_random_musicgen(RANDOM_SHAPES[name], device=device, seed=seed)
     else:
         model = _load_pretrained(name, device, text_encoder, dtype)
-    if device == "cpu" and use_native_elu(model.compression_model):  # (decoders big enough to matter)
-        speed_up_upsampling(model.compression_model.decoder)
+    if device == "cpu":
+        use_native_elu(model.compression_model)
+        speed_up_upsampling(model.compression_model)
     n_params = sum(p.numel() for p in model.lm.parameters())
     log.info("model: %s ready on %s in %.1f s (LM %.1f M parameters, %d Hz, %d channel(s), "
              "%d codebooks at %.0f frames/s)", name, device, time.monotonic() - started, n_params / 1e6,
