@@ -25,8 +25,9 @@ def _attributes(model, text="lofi hip hop"):
     return attributes
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch-step", "fused-step"])
 @pytest.mark.parametrize("prompt_frames", [0, 37, 300])
-def test_graph_step_greedy_fp32_gives_audiocrafts_tokens(cuda_model, prompt_frames):
+def test_graph_step_greedy_fp32_gives_audiocrafts_tokens(cuda_model, prompt_frames, fused):
     lm = cuda_model.lm
     torch.backends.cuda.matmul.allow_tf32 = False
     generator = torch.Generator().manual_seed(prompt_frames)
@@ -36,21 +37,23 @@ def test_graph_step_greedy_fp32_gives_audiocrafts_tokens(cuda_model, prompt_fram
     with torch.inference_mode():
         expected = lm.generate(prompt, attributes, max_gen_len=prompt_frames + 45, use_sampling=False,
                                cfg_coef=3.0)
-    fast = FastLM(lm, max_frames=400, dtype="fp32")
-    assert fast.kernels == "graph"
+    fast = FastLM(lm, max_frames=400, dtype="fp32", fused_step=fused)
+    assert fast.kernels == "graph" and (fast._fused is not None) == fused
     got = generate(fast, prompt, attributes[0], 45, temperature=0)
     assert fast.step_graph.graph is not None
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch-step", "fused-step"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_graph_step_logits_equal_the_eager_step(cuda_model, dtype):
+def test_graph_step_logits_equal_the_eager_step(cuda_model, dtype, fused):
     """Teacher-forced through one sequence: the replayed graph's logits at each position are the
     eager step's, within the precision's rounding; the graph's with the residual adds and the
-    GELU in the GEMMs' epilogues, the eager one's as separate ops (exact GELU)."""
+    GELU in the GEMMs' epilogues (or on the fused Triton kernels), the eager one's as separate
+    ops (exact GELU)."""
     eager = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="eager", fuse_epilogues=False)
-    graph = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="graph")
-    assert graph.gelu_epilogue and not eager.gelu_epilogue
+    graph = FastLM(cuda_model.lm, max_frames=120, dtype=dtype, kernels="graph", fused_step=fused)
+    assert graph.gelu_epilogue and not eager.gelu_epilogue and (graph._fused is not None) == fused
     attributes = _attributes(cuda_model)[0]
     codes = generate(eager, None, attributes, 100, generator=torch.Generator("cuda").manual_seed(1))[0]
     sequence = pattern_sequence(eager, codes)  # [K, S]
@@ -66,9 +69,10 @@ def test_graph_step_logits_equal_the_eager_step(cuda_model, dtype):
     assert graph.step_graph.graph is not None
 
 
-def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model):
+@pytest.mark.parametrize("fused", [False, True], ids=["torch-step", "fused-step"])
+def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model, fused):
     eager = FastLM(cuda_model.lm, max_frames=60, dtype="fp32", kernels="eager")
-    graph = FastLM(cuda_model.lm, max_frames=60, dtype="fp32", kernels="graph")
+    graph = FastLM(cuda_model.lm, max_frames=60, dtype="fp32", kernels="graph", fused_step=fused)
     for text in ("jazz", "rock", "slow ambient drone with rain"):  # 1, 1 and 5 words
         attributes = _attributes(cuda_model, text)[0]
         expected = generate(eager, None, attributes, 30, temperature=0)
@@ -81,11 +85,12 @@ def test_graph_follows_prompt_changes_and_reproduces_samples(cuda_model):
     assert not torch.equal(runs[0], other)
 
 
-def test_graph_follows_a_morph_without_capturing_again(cuda_model):
+@pytest.mark.parametrize("fused", [False, True], ids=["torch-step", "fused-step"])
+def test_graph_follows_a_morph_without_capturing_again(cuda_model, fused):
     """Weighted prompts mixed in place before each step: the replayed graph reads the new mix
     (greedy tokens equal the eager step's), and it is captured once for the whole morph."""
     eager = FastLM(cuda_model.lm, max_frames=80, dtype="fp32", kernels="eager")
-    graph = FastLM(cuda_model.lm, max_frames=80, dtype="fp32", kernels="graph")
+    graph = FastLM(cuda_model.lm, max_frames=80, dtype="fp32", kernels="graph", fused_step=fused)
     attributes, _ = cuda_model._prepare_tokens_and_attributes(["jazz", "slow ambient drone with rain"], None)
 
     def weights_at(timestep):

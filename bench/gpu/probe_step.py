@@ -56,14 +56,21 @@ def prefilled(model, fast, context_frames: int):
 
 def single(model, args, device, variant: str) -> dict:
     """ms per step of FastLM's captured step: `variant` "fused", "unfused", "split" (fused, the
-    self-attention on split_attention.py) or "default"."""
+    self-attention on split_attention.py), "triton" (fused_step.py's kernels), "tuned" (those
+    with `--blocks`' launch sizes) or "default"."""
     import torch
 
     from engine.lm.model import FastLM
+    from engine.lm.triton_gemv import Blocks
     options = ({} if variant == "default" else {"split_attention": True} if variant == "split"
+               else {"fused_step": True} if variant in ("triton", "tuned")
                else {"fuse_epilogues": variant == "fused"})
     fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
                   kernels="graph", **options)
+    if variant == "tuned" and args.blocks:
+        with open(args.blocks) as f:
+            fast._fused.blocks = {tuple(int(v) for v in shape.split(",")): Blocks(*blocks)
+                                  for shape, blocks in json.load(f).items()}
     with torch.inference_mode():
         sequence, first = prefilled(model, fast, args.context)
         tokens = sequence[:, first]
@@ -123,6 +130,7 @@ def main() -> None:
     p.add_argument("--batch", default="", help="station counts, e.g. 1,2,4,8,16,32")
     p.add_argument("--batch-variants", default="fused", help="fused, unfused or both")
     p.add_argument("--engine", default=ROOT, help="the checkout whose engine runs")
+    p.add_argument("--blocks", default="", help="probe_gemv.py's JSON of launch sizes (variant tuned)")
     args = p.parse_args()
     sys.path.insert(0, os.path.abspath(args.engine))
     import torch

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache, additive_mask, prefill_attention_backends
 from .conditions import CrossConditions
+from .fused_step import FusedStep, available as fused_step_available
 from .graph import StepGraph
 from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels, resolve_kv_cache
 from .kernels import load_cpu_kernels
@@ -49,6 +50,7 @@ class FastLM:
     `fuse_epilogues`: residual adds (and, on CUDA in 16 bits, the GELU) inside the GEMMs
     (`_layers`); False: as separate ops (the bench's baseline). `split_attention`: the static
     step's self-attention on the fixed-span kernel (split_attention.py, CUDA) instead of SDPA.
+    `fused_step`: the static step on the fused Triton kernels (fused_step.py: CUDA, dense weights).
     `kernels`: "auto" | "graph" | "native" | "compiled" | "eager". graph: the decode step with
     static shapes (attention over the whole cache under a mask), captured once as a CUDA graph
     and replayed at every position (on CPU the same step runs eagerly: for tests); native: the
@@ -62,7 +64,7 @@ class FastLM:
 
     def __init__(self, lm, max_frames: int, dtype: str = "auto",
                  device: tp.Optional[torch.device] = None, kernels: str = "auto", kv_cache: str = "auto",
-                 fuse_epilogues: bool = True, split_attention: bool = False):
+                 fuse_epilogues: bool = True, split_attention: bool = False, fused_step: bool = False):
         self.delays = check_supported(lm)
         self.lm = lm  # for the condition provider (text encoder), kept in its own precision
         self.device = device or next(lm.parameters()).device
@@ -107,6 +109,12 @@ class FastLM:
         self.step_graph = StepGraph(self._forward_static, self.device)
         self._split = (SplitAttention(2, self.heads, cache_positions, self.head_dim, self.device)
                        if split_attention and self.device.type == "cuda" and split_attention_available() else None)
+        self._fused = None
+        if fused_step and self.kernels == "graph":
+            unfused = fused_step_available(self)
+            self._fused = FusedStep(self) if unfused is None else None
+            if unfused is not None:
+                log.info("decoder: the decode step runs without the fused kernels (%s)", unfused)
         # native: the decode step's layers in one native call where everything in them can be.
         unfused = why_not_fused(self) if native is not None else "no native kernels"
         self.native_step = NativeStep(self, native) if unfused is None else None
@@ -160,12 +168,19 @@ class FastLM:
         them mixed with `weights` (conditions.py). Computed once per prompt set."""
         if not isinstance(attributes, (list, tuple)):
             attributes = [attributes]
-        if self.cross.set(attributes, weights):
+        replaced = self.cross.set(attributes, weights)
+        if self._fused is not None:
+            replaced = self._fused.conditions_changed() or replaced
+            if len(attributes) > 1:
+                self._fused.mix(weights)
+        if replaced:
             self.step_graph.invalidate()
 
     def mix_conditions(self, weights: tp.Sequence[float]) -> None:
         """New weights for the prompts of the last `set_conditions` (a morph step)."""
         self.cross.mix(weights)
+        if self._fused is not None:
+            self._fused.mix(weights)
 
     # -- the transformer ----------------------------------------------------------------------
     def _embed(self, tokens: torch.Tensor, positional: torch.Tensor) -> torch.Tensor:
@@ -257,6 +272,8 @@ class FastLM:
         and the query attends over the whole cache under a mask (cached positions ≤ position;
         later ones hold stale values and are masked out). → logits [2, K, card]."""
         tokens, position = self._step_tokens, self._step_position
+        if self._fused is not None:
+            return self._fused(tokens, position)
         B, K, _ = tokens.shape
         x = self._embed(tokens, self.pos_emb.index_select(0, position))  # [B, 1, D]
         mask = (additive_mask(self._positions <= position, self.compute_dtype).view(1, 1, 1, -1)
