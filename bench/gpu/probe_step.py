@@ -61,16 +61,21 @@ def single(model, args, device, variant: str) -> dict:
     import torch
 
     from engine.lm.model import FastLM
-    from engine.lm.triton_gemv import Blocks
+    from engine.lm.fused_kernels import Blocks
+    from engine.lm.split_attention import SplitAttention
     options = ({} if variant == "default" else {"split_attention": True} if variant == "split"
-               else {"fused_step": True} if variant in ("triton", "tuned")
+               else {"fused_step": True} if variant in ("triton", "tuned") or variant.startswith("span")
                else {"fuse_epilogues": variant == "fused"})
     fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
                   kernels="graph", **options)
-    if variant == "tuned" and args.blocks:
+    if (variant == "tuned" or variant.startswith("span")) and args.blocks:
         with open(args.blocks) as f:
             fast._fused.blocks = {tuple(int(v) for v in shape.split(",")): Blocks(*blocks)
                                   for shape, blocks in json.load(f).items()}
+    if variant.startswith("span"):  # spanSxB: the attention cut into spans of S positions, B at a time
+        span, block = (int(v) for v in variant[4:].split("x"))
+        _, _, _, P, Dh = fast.cache.k.shape
+        fast._fused.attention = SplitAttention(2, fast.heads, P, Dh, device, span, block)
     with torch.inference_mode():
         sequence, first = prefilled(model, fast, args.context)
         tokens = sequence[:, first]

@@ -1,9 +1,10 @@
-"""The single-station decode step on CUDA as fused Triton kernels (triton_gemv.py): 7 kernels per
+"""The single-station decode step on CUDA as fused Triton kernels (fused_kernels.py): 7 kernels per
 layer instead of 12, for the step that a CUDA graph replays (model.py `_forward_static`).
 
 Per layer:
 1. layer norm + qkv GEMV, the keys and values written into the cache at the step's position;
-2. the self-attention over the cache (torch's SDPA under the step's additive mask);
+2. the self-attention over the cached positions up to the step's (split_attention.py: one
+   kernel, the cache cut into spans that the GPU's SMs read in parallel);
 3. out-projection GEMV + residual;
 4. layer norm + the folded cross-attention's scores (below);
 5. softmax per head + the folded values-and-out-projection GEMV + residual;
@@ -30,8 +31,8 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-from .cache import additive_mask
-from .triton_gemv import Blocks, gemv, softmax_gemv
+from .fused_kernels import Blocks, embed, gemv, softmax_gemv
+from .split_attention import SplitAttention
 
 #: Prompts of at most this many text tokens run the folded cross-attention (A and B are then
 #: fewer bytes than the query and out projections for every MusicGen shape).
@@ -65,6 +66,8 @@ class FusedStep:
     def __init__(self, fast, blocks: tp.Optional[tp.Mapping[tp.Tuple[int, int], Blocks]] = None):
         self.fast = fast
         self.blocks = dict(blocks or {})
+        _, _, _, P, Dh = fast.cache.k.shape
+        self.attention = SplitAttention(2, fast.heads, P, Dh, fast.device)
         self.text_positions = 0  # Tc of the current condition (0: none set)
         self.padded = 0  # Tp: the folded tensors' text positions; 0: not folded
         self.scores_weight = self.scores_bias = self.values_weight = None  # A, its bias, B: [L, 2, ...]
@@ -138,17 +141,19 @@ class FusedStep:
         fast = self.fast
         B, K, _ = tokens.shape
         H, Dh, D = fast.heads, fast.head_dim, fast.dim
-        x = fast._embed(tokens, fast.pos_emb.index_select(0, position)).view(B, D)
-        mask = additive_mask(fast._positions <= position, fast.compute_dtype).view(1, 1, 1, -1)
+        x = embed(tokens.view(B, K), fast.embeddings, fast.pos_emb, position, fast.positional_scale)
+        positions = position.expand(B).contiguous()  # [B]: the attention's, per row
         kv = fast.cache.kv
         for i, layer in enumerate(fast.layers):
             q = self._gemv(x, layer.qkv, norm=layer.norm_self, cache=(kv[:, i], position))
-            a = fast.cache.attend_masked(i, q.view(B, H, 1, Dh), mask)
+            a = self.attention(q.view(B, H, 1, Dh), kv[0, i], kv[1, i], positions)
             x = self._gemv(a.reshape(B, D), layer.out_self, residual=x)
             if self.padded:
                 scores = gemv(x, self.scores_weight[i], self.scores_bias[i], norm=layer.norm_cross,
                               out_dtype=torch.float32, blocks=self.blocks.get(tuple(self.scores_weight.shape[2:])))
-                x = softmax_gemv(scores, self.values_weight[i], layer.out_cross.bias, x, self.padded)
+                values = self.blocks.get(tuple(self.values_weight.shape[2:]), Blocks(n=4))
+                x = softmax_gemv(scores, self.values_weight[i], layer.out_cross.bias, x, self.padded,
+                                 block_n=values.n, warps=values.warps)
             else:
                 q = self._gemv(x, layer.q_cross, norm=layer.norm_cross)
                 a = F.scaled_dot_product_attention(q.view(B, H, 1, Dh), fast.cross.keys[i], fast.cross.values[i])

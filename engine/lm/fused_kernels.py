@@ -11,6 +11,7 @@ that carries what sits around it in a transformer layer, so that a layer is 7 ke
 - `softmax_gemv`: out = residual + softmax per group(scores) Wᵀ + b, the folded
   cross-attention's second half (fused_step.py): the softmax over each head's text positions in
   the prologue, one weight matrix per row.
+- `embed`: the step's input, Σₖ embeddingₖ[tokenₖ] + scale · sinusoid[position], in one kernel.
 
 Shapes: M rows (2: the CFG pair), K inputs, N outputs. Compute in fp32, inputs and outputs in
 the tensors' dtypes. A row's result never depends on the other rows (each is reduced alone, in
@@ -138,7 +139,19 @@ def _kernels():
         acc += tl.load(residual + rows[:, None] * stride_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         tl.store(out + rows[:, None] * stride_o + cols[None, :], acc.to(out.dtype.element_ty), mask=ok)
 
-    return gemv, softmax_gemv
+    @triton.jit
+    def embed(tokens, stride_tokens, table, stride_book, stride_entry, sinusoid, position, scale, out,
+              D, BOOKS: tl.constexpr, BLOCK_D: tl.constexpr):
+        row = tl.program_id(0)
+        dims = tl.arange(0, BLOCK_D)
+        ok = dims < D
+        acc = tl.load(sinusoid + tl.load(position) * D + dims, mask=ok, other=0.0).to(tl.float32) * scale
+        for book in tl.static_range(BOOKS):
+            entry = tl.load(tokens + row * stride_tokens + book)
+            acc += tl.load(table + book * stride_book + entry * stride_entry + dims, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out + row * D + dims, acc.to(out.dtype.element_ty), mask=ok)
+
+    return gemv, softmax_gemv, embed
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[torch.Tensor] = None, *,
@@ -163,7 +176,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[torch.Tensor] 
     kv, position = cache if cache is not None else (out, out)
     blocks = blocks or default_blocks(N, K)
     dummy = out
-    kernel, _ = _kernels()
+    kernel, _, _ = _kernels()
     kernel[(-(-N // blocks.n),)](
         x, x.stride(0), weight, weight.stride(0) if per_row else 0,
         dummy if bias is None else bias, bias.stride(0) if bias is not None and bias.dim() == 2 else 0,
@@ -189,10 +202,25 @@ def softmax_gemv(scores: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[t
     if weight.shape != (M, N, K) or not weight.is_contiguous() or K % group or _pow2(K) != K:
         raise ValueError(f"softmax_gemv: scores {tuple(scores.shape)} against weight {tuple(weight.shape)}")
     out = torch.empty_like(residual)
-    _, kernel = _kernels()
+    _, kernel, _ = _kernels()
     kernel[(-(-N // block_n),)](
         scores, scores.stride(0), weight, weight.stride(0), out if bias is None else bias,
         residual, residual.stride(0), out, out.stride(0), M, N,
         HAS_BIAS=bias is not None, GROUPS=K // group, GROUP=group, BLOCK_M=_pow2(M), BLOCK_N=block_n,
         num_warps=warps)
+    return out
+
+
+def embed(tokens: torch.Tensor, table: torch.Tensor, sinusoid: torch.Tensor, position: torch.Tensor,
+          scale: float) -> torch.Tensor:
+    """tokens [M, K] (int64), table [K, entries, D], sinusoid [positions, D] (contiguous),
+    position [1] → [M, D] in table's dtype: Σₖ table[k, tokens[:, k]] + scale · sinusoid[position]."""
+    M, books = tokens.shape
+    D = table.shape[-1]
+    if table.stride(-1) != 1 or not sinusoid.is_contiguous() or tokens.stride(-1) != 1:
+        raise ValueError("embed reads contiguous rows")
+    out = torch.empty(M, D, dtype=table.dtype, device=table.device)
+    _, _, kernel = _kernels()
+    kernel[(M,)](tokens, tokens.stride(0), table, table.stride(0), table.stride(1), sinusoid, position,
+                 float(scale), out, D, BOOKS=books, BLOCK_D=_pow2(D))
     return out
