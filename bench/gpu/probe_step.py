@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Probe (issue 12, "faster steps" and "padded CUDA graphs") on one card, in one run:
 
-1. The single-station decode step (captured as a CUDA graph) with the residual adds and the GELU
-   in the GEMMs' epilogues (`fuse_epilogues`, the default) against the same step with them as
-   separate ops: ms per step side by side, and how far their logits are apart. `--engine DIR`
-   runs another checkout's engine (e.g. the previous commit's, as "before"), default step only.
+1. The single-station decode step (captured as a CUDA graph) in `--variants`: on the fused
+   Triton kernels (fused_step.py, the default) or on torch's ops, with the residual adds and the
+   GELU in the GEMMs' epilogues or as separate ops; ms per step side by side, and how far their
+   logits are apart. `--engine DIR` runs another checkout's engine (e.g. the previous commit's,
+   as "before"), default step only.
 2. `--batch 1,2,4,...`: a batched decoder of the largest count; the step run with the first n
    slots busy, for each n: ms per step, and whether slots 0 and 1 get bitwise the same logits at
    every n (what lets a station's tokens not depend on the batch, batch.py).
@@ -55,17 +56,20 @@ def prefilled(model, fast, context_frames: int):
 
 
 def single(model, args, device, variant: str) -> dict:
-    """ms per step of FastLM's captured step: `variant` "fused", "unfused", "split" (fused, the
-    self-attention on split_attention.py), "triton" (fused_step.py's kernels), "tuned" (those
-    with `--blocks`' launch sizes) or "default"."""
+    """ms per step of FastLM's captured step: `variant` "fused", "unfused" (torch's ops with and
+    without the epilogues), "split" (fused, the self-attention on split_attention.py), "triton"
+    (fused_step.py's kernels, the default), "tuned" (those with `--blocks`' launch sizes),
+    "spanSxB" (those with the attention cut into spans of S positions read B at a time) or
+    "default"."""
     import torch
 
     from engine.lm.model import FastLM
     from engine.lm.fused_kernels import Blocks
     from engine.lm.split_attention import SplitAttention
-    options = ({} if variant == "default" else {"split_attention": True} if variant == "split"
-               else {"fused_step": True} if variant in ("triton", "tuned") or variant.startswith("span")
-               else {"fuse_epilogues": variant == "fused"})
+    triton = variant in ("triton", "tuned") or variant.startswith("span")
+    options = ({} if variant == "default" else {"fused_step": True} if triton
+               else {"split_attention": True, "fused_step": False} if variant == "split"
+               else {"fuse_epilogues": variant == "fused", "fused_step": False})
     fast = FastLM(model.lm, max_frames=args.context + args.steps + 10, dtype=args.dtype, device=device,
                   kernels="graph", **options)
     if (variant == "tuned" or variant.startswith("span")) and args.blocks:

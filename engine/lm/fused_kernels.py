@@ -34,11 +34,25 @@ class Blocks:
     warps: int = 4
 
 
+#: Launch sizes swept at musicgen-small's and -large's step shapes (N, K) on an H200
+#: (bench/gpu/probe_gemv.py; 2026-11-26 in bench/results): the fastest of 2-16 outputs per program,
+#: 256-4096 inputs per iteration and 4 or 8 warps.
+MEASURED_BLOCKS = {
+    (3072, 1024): Blocks(8, 1024, 4), (1024, 1024): Blocks(4, 1024, 4), (4096, 1024): Blocks(8, 1024, 4),
+    (1024, 4096): Blocks(2, 4096, 4), (8192, 1024): Blocks(8, 1024, 4),
+    (6144, 2048): Blocks(8, 1024, 4), (2048, 2048): Blocks(2, 2048, 4), (8192, 2048): Blocks(8, 2048, 4),
+    (2048, 8192): Blocks(4, 2048, 4),
+}
+
+
 def default_blocks(n: int, k: int) -> Blocks:
-    """Enough programs to fill the GPU's SMs (about one wave of 128+ on an H100), each with a
-    tile of at most 8192 weights per iteration (its registers)."""
-    block_n = 4 if n <= 1024 else 8 if n <= 4096 else 16
-    return Blocks(n=block_n, k=min(1024, 8192 // block_n, _pow2(k)), warps=4)
+    """The measured launch size of an (N, K) GEMV; for other shapes, alike ones: 8 outputs per
+    program for wide layers, else 4, and at most 8192 weights per program per iteration (its
+    registers)."""
+    if (n, k) in MEASURED_BLOCKS:
+        return MEASURED_BLOCKS[(n, k)]
+    block_n = 8 if n >= 3072 else 4
+    return Blocks(n=block_n, k=min(4096, 8192 // block_n, _pow2(k)), warps=4)
 
 
 def _pow2(n: int) -> int:

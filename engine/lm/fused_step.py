@@ -34,6 +34,14 @@ import torch.nn.functional as F
 from .fused_kernels import Blocks, embed, gemv, softmax_gemv
 from .split_attention import SplitAttention
 
+#: The self-attention's cut of the cache (split_attention.py) for one station: 64 positions per
+#: span, read 64 at a time, measured fastest of 32-256 on an H200 (0.99 against 1.06 ms per step
+#: at 128: more spans, more SMs reading).
+ATTENTION_SPAN_POSITIONS = 64
+#: The folded cross-attention's launch sizes (bench/gpu/probe_gemv.py, H200): the scores' GEMV,
+#: one output per program (its weights are a few KiB per row); the softmax + values GEMV.
+SCORES_BLOCKS = Blocks(n=1, k=1024, warps=4)
+VALUES_BLOCKS = Blocks(n=4, warps=2)
 #: Prompts of at most this many text tokens run the folded cross-attention (A and B are then
 #: fewer bytes than the query and out projections for every MusicGen shape).
 FOLD_TEXT_POSITIONS = 32
@@ -67,7 +75,8 @@ class FusedStep:
         self.fast = fast
         self.blocks = dict(blocks or {})
         _, _, _, P, Dh = fast.cache.k.shape
-        self.attention = SplitAttention(2, fast.heads, P, Dh, fast.device)
+        self.attention = SplitAttention(2, fast.heads, P, Dh, fast.device, ATTENTION_SPAN_POSITIONS,
+                                        ATTENTION_SPAN_POSITIONS)
         self.text_positions = 0  # Tc of the current condition (0: none set)
         self.padded = 0  # Tp: the folded tensors' text positions; 0: not folded
         self.scores_weight = self.scores_bias = self.values_weight = None  # A, its bias, B: [L, 2, ...]
@@ -150,8 +159,8 @@ class FusedStep:
             x = self._gemv(a.reshape(B, D), layer.out_self, residual=x)
             if self.padded:
                 scores = gemv(x, self.scores_weight[i], self.scores_bias[i], norm=layer.norm_cross,
-                              out_dtype=torch.float32, blocks=self.blocks.get(tuple(self.scores_weight.shape[2:])))
-                values = self.blocks.get(tuple(self.values_weight.shape[2:]), Blocks(n=4))
+                              out_dtype=torch.float32, blocks=self.blocks.get(tuple(self.scores_weight.shape[2:]), SCORES_BLOCKS))
+                values = self.blocks.get(tuple(self.values_weight.shape[2:]), VALUES_BLOCKS)
                 x = softmax_gemv(scores, self.values_weight[i], layer.out_cross.bias, x, self.padded,
                                  block_n=values.n, warps=values.warps)
             else:
