@@ -15,8 +15,8 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
 if [ -n "$SWEEP" ]; then
   step 150 gemv_small.txt python3 bench/gpu/probe_gemv.py --dim 1024 --block-n 2,4,8 --block-k 1024,2048,4096 --warps 4,8
 fi
-step 120 pytest.txt python3 -m pytest -q -x -p no:cacheprovider tests/test_fastlm_cuda.py
-step 100 step_small.txt python3 bench/gpu/probe_step.py --variants ${VARIANTS:-fused,default,span32x32,span128x128}
-step 100 batch_small.txt python3 bench/gpu/probe_step.py --variants default --batch 1,2,4,8,16,32,64
-step 120 engine_small.txt python3 bench/bench_engine.py --device cuda --dtypes bf16 --steps 100 --methods engine,fast-musicgen
-step 100 step_large.txt python3 bench/gpu/probe_step.py --model random-large --variants fused,default --batch 1,8,16
+step 100 pytest.txt python3 -m pytest -q -x -p no:cacheprovider tests/test_fastlm_cuda.py
+step 80 step_small.txt python3 bench/gpu/probe_step.py --variants ${VARIANTS:-fused,default,span32x32,span128x128}
+step 90 batch_small.txt python3 bench/gpu/probe_step.py --variants default --batch 1,2,4,8,16,32,64
+step 100 engine_small.txt python3 bench/bench_engine.py --device cuda --dtypes bf16 --steps 100 --methods engine,fast-musicgen
+step 90 step_large.txt python3 bench/gpu/probe_step.py --model random-large --variants fused,default --batch 1,8,16
