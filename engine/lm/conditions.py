@@ -34,6 +34,16 @@ class CrossConditions:
         self._bank: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]] = None  # [n, L, H, Tc, Dh] each
         self._weights: tp.Optional[tp.Tuple[float, ...]] = None
 
+    @property
+    def key(self) -> tp.Optional[str]:
+        """Which prompt set is held (None: none yet); a new set gets a new key."""
+        return self._key
+
+    @property
+    def bank(self) -> tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]]:
+        """Each prompt's own keys and values [n, L, H, Tc, Dh] (the conditional row mixes them)."""
+        return self._bank
+
     def set(self, attributes: tp.Sequence, weights: tp.Optional[tp.Sequence[float]] = None) -> bool:
         """The prompts `attributes` (audiocraft ConditioningAttributes, one or more) mixed with
         `weights` (summing to 1; one prompt: None). Recomputed only when the prompts change."""

@@ -89,9 +89,9 @@ class FusedStep:
         """Fold the text condition `fast.cross` holds (a new prompt set): True when the folded
         tensors changed shape (a captured graph must be captured again)."""
         cross = self.fast.cross
-        if cross._key == self._key:
+        if cross.key == self._key:
             return False
-        self._key = cross._key
+        self._key = cross.key
         tc = cross.keys.shape[3]
         padded = _pow2(tc) if tc <= FOLD_TEXT_POSITIONS else 0
         replaced = (tc, padded) != (self.text_positions, self.padded)
@@ -99,7 +99,7 @@ class FusedStep:
         if not padded:
             self.scores_weight = self.scores_bias = self.values_weight = self._bank = None
             return replaced
-        bank_keys, bank_values = cross._bank  # [n, L, H, Tc, Dh]: each prompt's
+        bank_keys, bank_values = cross.bank  # [n, L, H, Tc, Dh]: each prompt's
         prompts = self._fold(bank_keys, bank_values)  # [n, L, ...]
         uncond = self._fold(cross.keys[:, 1].unsqueeze(0), cross.values[:, 1].unsqueeze(0))  # [1, L, ...]
         if replaced or self.scores_weight is None:
@@ -153,16 +153,18 @@ class FusedStep:
         x = embed(tokens.view(B, K), fast.embeddings, fast.pos_emb, position, fast.positional_scale)
         positions = position.expand(B).contiguous()  # [B]: the attention's, per row
         kv = fast.cache.kv
+        if self.padded:  # the folded cross-attention's launch sizes ([L, 2, N, K] weights)
+            scores_blocks = self.blocks.get(tuple(self.scores_weight.shape[2:]), SCORES_BLOCKS)
+            values_blocks = self.blocks.get(tuple(self.values_weight.shape[2:]), VALUES_BLOCKS)
         for i, layer in enumerate(fast.layers):
             q = self._gemv(x, layer.qkv, norm=layer.norm_self, cache=(kv[:, i], position))
             a = self.attention(q.view(B, H, 1, Dh), kv[0, i], kv[1, i], positions)
             x = self._gemv(a.reshape(B, D), layer.out_self, residual=x)
             if self.padded:
                 scores = gemv(x, self.scores_weight[i], self.scores_bias[i], norm=layer.norm_cross,
-                              out_dtype=torch.float32, blocks=self.blocks.get(tuple(self.scores_weight.shape[2:]), SCORES_BLOCKS))
-                values = self.blocks.get(tuple(self.values_weight.shape[2:]), VALUES_BLOCKS)
+                              out_dtype=torch.float32, blocks=scores_blocks)
                 x = softmax_gemv(scores, self.values_weight[i], layer.out_cross.bias, x, self.padded,
-                                 block_n=values.n, warps=values.warps)
+                                 block_n=values_blocks.n, warps=values_blocks.warps)
             else:
                 q = self._gemv(x, layer.q_cross, norm=layer.norm_cross)
                 a = F.scaled_dot_product_attention(q.view(B, H, 1, Dh), fast.cross.keys[i], fast.cross.values[i])

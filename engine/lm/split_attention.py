@@ -1,12 +1,14 @@
-"""The batched decode step's self-attention on CUDA, split the same way at every batch size.
+"""The CUDA decode steps' self-attention (batched, and the fused single-station step's), split the
+same way at every batch size.
 
 One query per row attends over its cached positions 0..positions[b]. The cache is cut into
 spans of SPAN_POSITIONS (a fixed size, whatever the batch): each program gives one (row, head,
 span) its softmax partials (max, sum, weighted values), and the last of a row-head's spans to
 finish (an atomic counter) combines its spans in order, so the whole attention is one kernel
 (flash-decoding's split, without its second launch). A row's result is therefore the same bits
-whoever else is in the batch, which cuDNN's attention does not give (it splits the cache by how many rows there are: bench/gpu/probe_rows.py);
-and spans past a row's position are skipped, so a step costs what its rows have cached.
+whoever else is in the batch, which cuDNN's attention does not give (it splits the cache by how
+many rows there are: bench/gpu/probe_rows.py); and spans past a row's position are skipped, so a
+step costs what its rows have cached.
 
 Shapes: B rows, H heads, P cached positions, Dh head dim, S = ceil(P / SPAN_POSITIONS) spans.
 Needs Triton (on CUDA; `TRITON_INTERPRET=1` runs it on CPU for tests).
