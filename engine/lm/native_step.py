@@ -27,7 +27,7 @@ def _linear_tensors(lin) -> tp.List[torch.Tensor]:
     no_bias = torch.empty(0)
     bias = no_bias if lin.bias is None else lin.bias
     if isinstance(lin, Int4):
-        return [lin.packed4, lin.group_scales, lin.offsets4, bias]
+        return [lin.packed4, lin.scales4, no_bias, bias]
     return [lin.weight, lin.row_sums, lin.scales, bias]
 
 

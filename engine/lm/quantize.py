@@ -136,6 +136,8 @@ class Int8:
 
 #: Inputs per int4 scale (the native kernel's kGroup).
 INT4_GROUP = 256
+#: The native int4 kernel's outputs per block (kChannels): int4 layers have a multiple of it.
+INT4_CHANNELS = 16
 #: Scales tried per group (fractions of max|w| / 7); the one with the least squared error wins.
 INT4_SCALE_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 #: Rows quantised at a time (their working tensors stay in the CPU's caches).
@@ -179,24 +181,24 @@ class Int4(Int8):
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
         out_features, in_features = weight.shape
-        if in_features % INT4_GROUP:
-            raise ValueError(f"int4 needs layer inputs in multiples of {INT4_GROUP} (got {in_features})")
+        if in_features % INT4_GROUP or out_features % INT4_CHANNELS:
+            raise ValueError(f"int4 needs layer inputs in multiples of {INT4_GROUP} and outputs in multiples "
+                             f"of {INT4_CHANNELS} (got {out_features} x {in_features})")
         q, scales = quantize_int4(weight)
         dequantised = (q.float().view(out_features, -1, INT4_GROUP) * scales.unsqueeze(-1)).view_as(q)
         super().__init__(dequantised, bias, kernels=kernels)
         self.group_scales = scales  # [out, in / INT4_GROUP]
         if self.kernels is not None:
             del self.weight  # (the int8 copy: the steps read the nibbles, the prefill `vnni`)
-            self.packed4, self.offsets4 = kernels.pack4(q.contiguous(), scales)
+            self.packed4, self.scales4 = kernels.pack4(q.contiguous(), scales)  # (kernels/int4_gemv.cpp's order)
 
     def _decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.kernels.gemv4(rows, self.packed4, self.group_scales, self.offsets4,
-                                  self._no_bias if self.bias is None else self.bias)
+        return self.kernels.gemv4(rows, self.packed4, self.scales4, self._no_bias if self.bias is None else self.bias)
 
     def weight_bytes(self) -> int:
         if self.kernels is None:
             return super().weight_bytes()
-        return self.packed4.numel() + 4 * self.group_scales.numel()
+        return self.packed4.numel() + 4 * self.scales4.numel()
 
 
 Linear = tp.Union[Dense, Int8, Int4]
@@ -235,6 +237,7 @@ def linear(weight: torch.Tensor, bias: tp.Optional[torch.Tensor], mode: str,
     Dense one in `compute_dtype`."""
     if mode == "int8":
         return Int8(weight, bias, kernels)
-    if mode == "int4":  # (a layer whose inputs do not fill whole groups stays int8)
-        return Int4(weight, bias, kernels) if weight.shape[1] % INT4_GROUP == 0 else Int8(weight, bias, kernels)
+    if mode == "int4":  # (a layer whose inputs do not fill whole groups, or outputs 16-channel blocks, stays int8)
+        whole = weight.shape[1] % INT4_GROUP == 0 and weight.shape[0] % INT4_CHANNELS == 0
+        return Int4(weight, bias, kernels) if whole else Int8(weight, bias, kernels)
     return Dense(weight, bias, compute_dtype)

@@ -15,7 +15,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_vnni", &pack_vnni, NoGil(), "int8 weights in VNNI order for gemm");
   m.def("gemm", &gemm, NoGil(), "int8 linear for many rows (VNNI, per-row int8 activations)");
   m.def("vnni_peak", &vnni_peak, NoGil(), "multiply-adds of a register-only VNNI loop on every thread");
-  m.def("pack4", &pack4, NoGil(), "pack int4 weights (-8..7 in int8) two to a byte, with their offsets");
+  m.def("pack4", &pack4, NoGil(), "pack int4 weights (-8..7 in int8) two to a byte in VNNI order, with their scales in block order");
   m.def("quantize_into", &quantize_into, NoGil(), "write rows into an int8 cache with per-row scales");
   m.def("scores_q8", &scores_q8, NoGil(), "q.k / sqrt(Dh) over the first positions of an int8 cache");
   m.def("weighted_q8", &weighted_q8, NoGil(), "softmax weights times the values of an int8 cache");

@@ -124,7 +124,7 @@ void DecodeStep::Linear::apply(const float* x, int64_t rows, float* y) const {
   for (int64_t r = 0; r < rows; r += 4) {  // the kernels take up to 4 rows
     const int64_t n = std::min<int64_t>(4, rows - r);
     if (int4)
-      gemv4_rows(x + r * in, n, in, a.data_ptr<uint8_t>(), b.data_ptr<float>(), c.data_ptr<float>(), bp, y + r * out, out);
+      gemv4_rows(x + r * in, n, in, a.data_ptr<uint8_t>(), b.data_ptr<float>(), bp, y + r * out, out);
     else
       gemv_rows(x + r * in, n, in, a.data_ptr<int8_t>(), b.data_ptr<int32_t>(), c.data_ptr<float>(), bp, y + r * out, out);
   }

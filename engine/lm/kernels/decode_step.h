@@ -9,8 +9,8 @@ class DecodeStep {
   // `layers`: per layer LAYER_TENSORS tensors, in this order: the three layer norms' weight and
   // bias (self, cross, feed-forward; an empty bias for none), then the six linears (qkv,
   // out_self, q_cross, out_cross, ff1, ff2) as four each: int8 (weight [out, in] int8, row sums
-  // [out] int32, scales [out] fp32, bias) or int4 (packed [out, in / 2] uint8, group scales
-  // [out, in / 256] fp32, offsets [out] fp32, bias), the bias fp32 or empty. `eps`: per layer
+  // [out] int32, scales [out] fp32, bias) or int4 (packed [out, in / 2] uint8, block scales
+  // [out, in / 256] fp32 (both from pack4), an empty tensor, bias), the bias fp32 or empty. `eps`: per layer
   // the three norms' epsilon. `gelu`: the feed-forward activation is GELU (else ReLU).
   DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu);
 

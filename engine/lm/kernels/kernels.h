@@ -35,9 +35,9 @@ inline float quantize_row(const float* row, int64_t n, T* out) {
   return s;
 }
 // Each of `rows` rows of `in` floats by quantize_row, stored +128 as uint8, scales into `scales`
-// (int8_gemv.cpp, int4_gemv.cpp).
+// (int8_gemv.cpp).
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales);
-// The linears' entry (int8_gemv.cpp, int4_gemv.cpp): quantises the 1 to 4 rows of x [rows, in]
+// The int8 linears' entry (int8_gemv.cpp): quantises the 1 to 4 rows of x [rows, in]
 // (quantize_rows_u8) and calls kernel(std::integral_constant<int64_t, rows>, the quantised rows,
 // their scales), so that each kernel is compiled for each row count.
 template <typename Kernel>
@@ -56,14 +56,14 @@ inline void with_quantised_rows(const float* x, int64_t rows, int64_t in, Kernel
 // (int4_gemv.cpp); bias may be null. The tensor-level gemv / gemv4 check their inputs and call these.
 void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* weight, const int32_t* row_sums,
                const float* scales, const float* bias, float* y, int64_t out_features);
-void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* packed, const float* scales,
-                const float* offsets, const float* bias, float* y, int64_t out_features);
+void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* packed, const float* block_scales,
+                const float* bias, float* y, int64_t out_features);
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias);
 at::Tensor pack_vnni(at::Tensor weight);
 at::Tensor gemm(at::Tensor x, at::Tensor packed, at::Tensor row_sums, at::Tensor scale, at::Tensor bias);
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales);
-at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor offsets, at::Tensor bias);
+at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor block_scales, at::Tensor bias);
 void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t start);
 // One head's scores over an 8-bit cache (kv8_attention.cpp): q [Dh] fp32, keys [T, Dh] int8 with
 // key_scales [T] -> out [T] = scale * q.k.
