@@ -27,10 +27,9 @@ static constexpr int64_t kGroup = 256;  // inputs per scale
 static constexpr int64_t kChannels = 16;  // outputs per block (one vector of int32 sums)
 static constexpr int64_t kStep = 8;  // inputs per 64 packed bytes of a block
 static constexpr int64_t kTileBlocks = 4;  // blocks interleaved per step in one stream (64 channels)
-// The weights are read this far ahead by software prefetch into L2: the unpacking between loads
-// leaves the hardware prefetcher behind. Alternated on 2 cores over 144 MB of weights: 22.2 GB/s
-// at 4 KiB into L2, 20.1 at 4 KiB and 19.7 at 2 KiB into L1, 18.6 at 1 KiB, where torch's sum()
-// read 29 GB/s and the previous layout's kernel 17.5 (`-D` overrides them for such sweeps).
+// The weights are read this far ahead by software prefetch into L2. With the tiles as one stream
+// it matters little (alternated on 2 cores over 144 MB: 24.6-25.4 GB/s from none to 16 KiB ahead,
+// where torch's sum() read 24-28 in the same rounds; `-D` overrides them for such sweeps).
 #ifndef INT4_PREFETCH_BYTES
 #define INT4_PREFETCH_BYTES 4096
 #endif
