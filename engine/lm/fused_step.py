@@ -16,8 +16,9 @@ the query and out projections fold into them once per prompt: a head's scores ar
 q·kₜ/√Dh = norm(x)·(W_qₕᵀ kₜ)/√Dh + b_qₕ·kₜ/√Dh, i.e. norm(x) times A [H·Tc, D] plus a bias; and
 its output through the out projection is Σₜ pₜ (W_oₕ vₜ), i.e. p times B [D, H·Tc]. Both per CFG
 row (the unconditional row's text differs). That is 2 kernels instead of 4 and, for prompts of up
-to FOLD_TEXT_POSITIONS text tokens, fewer bytes than W_q and W_o. Longer prompts keep the
-projections (norm + q GEMV, SDPA over the text, out GEMV + residual). Weighted prompts mix in the
+to FOLD_TEXT_POSITIONS text tokens, fewer bytes than W_q and W_o. Longer prompts, and models whose
+head count times Tp is not a power of two (musicgen-medium's 24 heads), keep the projections (norm
++ q GEMV, SDPA over the text, out GEMV + residual). Weighted prompts mix in the
 folded space (A, its bias and B are linear in K and V): one small op per tensor per morph step.
 
 Shapes: B = 2 rows (cond, uncond), D model dim, H heads, Dh = D / H, Tc text positions padded to
@@ -94,6 +95,8 @@ class FusedStep:
         self._key = cross.key
         tc = cross.keys.shape[3]
         padded = _pow2(tc) if tc <= FOLD_TEXT_POSITIONS else 0
+        if padded and _pow2(self.fast.heads * padded) != self.fast.heads * padded:
+            padded = 0  # (softmax_gemv reads H · Tp scores at once: a power of two)
         replaced = (tc, padded) != (self.text_positions, self.padded)
         self.text_positions, self.padded, self._weights = tc, padded, None
         if not padded:
