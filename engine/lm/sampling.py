@@ -5,17 +5,24 @@ import typing as tp
 
 import torch
 
+from .split_attention import available as triton_available
+
 
 def sample(logits: torch.Tensor, cfg_coef: float, temperature: float, top_k: int, top_p: float,
            generator: tp.Optional[torch.Generator], kernels=None) -> torch.Tensor:
     """logits [2, K, card] (cond, uncond) → tokens [K]; the distribution of audiocraft's
-    `_sample_next_token`, all codebooks in one call. temperature 0: greedy. `kernels`: the
-    loaded native CPU kernels (FastLM.native), whose sample_top_k draws top-k samples (fp32 on
-    CPU) in one call, by inverse CDF from one uniform of `generator` per codebook."""
-    if (kernels is not None and temperature > 0 and top_k > 0 and top_p <= 0.0
-            and logits.dtype == torch.float32 and logits.device.type == "cpu"):
+    `_sample_next_token`, all codebooks in one call. temperature 0: greedy. Top-k draws run in
+    one call, by inverse CDF from one uniform of `generator` per codebook: on CPU on `kernels`,
+    the loaded native CPU kernels (FastLM.native), where given (fp32 logits); on CUDA on the
+    Triton kernel of fused_sampling.py, where Triton is."""
+    top_k_draw = temperature > 0 and top_k > 0 and top_p <= 0.0
+    if top_k_draw and kernels is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
         uniforms = torch.rand(logits.shape[1], generator=generator)
         return kernels.sample_top_k(logits, cfg_coef, temperature, min(top_k, logits.shape[-1]), uniforms)
+    if top_k_draw and logits.device.type == "cuda" and triton_available():
+        from .fused_sampling import sample_top_k
+        uniforms = torch.rand(logits.shape[1], generator=generator, device=logits.device)
+        return sample_top_k(logits, cfg_coef, temperature, min(top_k, logits.shape[-1]), uniforms)
     cond, uncond = logits[0], logits[1]
     guided = uncond + (cond - uncond) * cfg_coef  # [K, card]
     if temperature <= 0:
