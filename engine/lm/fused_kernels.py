@@ -4,8 +4,8 @@ that carries what sits around it in a transformer layer, so that a layer is 7 ke
 - `gemv`: out = act(norm(x) Wᵀ + b) + residual. The layer norm of each input row is computed in
   the kernel (each program recomputes the row's statistics: 1-4 rows of D numbers, from L2),
   so the norm costs no kernel of its own; `gelu`: exact (erf) GELU; the residual read as the
-  epilogue's addend. W [N, K] is shared by the rows, or one per row (`per_row_weights`: the
-  folded cross-attention's). With `cache`, the output columns from D on are keys and values,
+  epilogue's addend. W [N, K] is shared by the rows, or one per row (W [M, N, K]: the folded
+  cross-attention's). With `cache`, the output columns from D on are keys and values,
   written straight into the KV cache at the step's position (read from the device, so that one
   CUDA graph serves every position).
 - `softmax_gemv`: out = residual + softmax per group(scores) Wᵀ + b, the folded
@@ -170,7 +170,7 @@ def _kernels():
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[torch.Tensor] = None, *,
          norm=None, gelu: bool = False, residual: tp.Optional[torch.Tensor] = None,
-         out: tp.Optional[torch.Tensor] = None, out_dtype: tp.Optional[torch.dtype] = None,
+         out_dtype: tp.Optional[torch.dtype] = None,
          cache: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]] = None,
          blocks: tp.Optional[Blocks] = None) -> torch.Tensor:
     """x [M, K] (rows contiguous) → [M, N] = gelu?(norm?(x) weightᵀ + bias) + residual?.
@@ -185,11 +185,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[torch.Tensor] 
     if weight.shape[-1] != K or x.stride(-1) != 1 or not weight.is_contiguous():
         raise ValueError(f"gemv: x {tuple(x.shape)} against weight {tuple(weight.shape)} (contiguous)")
     D = N // 3 if cache is not None else N
-    if out is None:
-        out = torch.empty(M, D, dtype=out_dtype or x.dtype, device=x.device)
+    out = torch.empty(M, D, dtype=out_dtype or x.dtype, device=x.device)
     kv, position = cache if cache is not None else (out, out)
     blocks = blocks or default_blocks(N, K)
-    dummy = out
+    dummy = out  # (a pointer for the arguments this launch does not read)
     kernel, _, _ = _kernels()
     kernel[(-(-N // blocks.n),)](
         x, x.stride(0), weight, weight.stride(0) if per_row else 0,
