@@ -52,10 +52,11 @@ def default_blocks(n: int, k: int) -> Blocks:
     if (n, k) in MEASURED_BLOCKS:
         return MEASURED_BLOCKS[(n, k)]
     block_n = 8 if n >= 3072 else 4
-    return Blocks(n=block_n, k=min(4096, 8192 // block_n, _pow2(k)), warps=4)
+    return Blocks(n=block_n, k=min(4096, 8192 // block_n, next_power_of_two(k)), warps=4)
 
 
-def _pow2(n: int) -> int:
+def next_power_of_two(n: int) -> int:
+    """The smallest power of two ≥ n (Triton's block sizes; at least 1)."""
     return 1 << max(0, int(n) - 1).bit_length()
 
 
@@ -201,8 +202,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[torch.Tensor] 
         M, N, K, 0.0 if norm is None else float(norm.eps),
         NORM=norm is not None, NORM_BIAS=norm is not None and norm.bias is not None, HAS_BIAS=bias is not None,
         GELU=bool(gelu), RESIDUAL=residual is not None, PER_ROW_W=per_row, CACHE=cache is not None,
-        D=D, DH=kv.shape[-1] if cache is not None else 1, BLOCK_M=_pow2(M), BLOCK_N=blocks.n,
-        BLOCK_K=min(blocks.k, _pow2(K)), num_warps=blocks.warps)
+        D=D, DH=kv.shape[-1] if cache is not None else 1, BLOCK_M=next_power_of_two(M), BLOCK_N=blocks.n,
+        BLOCK_K=min(blocks.k, next_power_of_two(K)), num_warps=blocks.warps)
     return out
 
 
@@ -212,14 +213,14 @@ def softmax_gemv(scores: torch.Tensor, weight: torch.Tensor, bias: tp.Optional[t
     [M, N, G · group]ᵀ + bias [N] → [M, N] in residual's dtype (G · group a power of two)."""
     M, K = scores.shape
     N = weight.shape[1]
-    if weight.shape != (M, N, K) or not weight.is_contiguous() or K % group or _pow2(K) != K:
+    if weight.shape != (M, N, K) or not weight.is_contiguous() or K % group or next_power_of_two(K) != K:
         raise ValueError(f"softmax_gemv: scores {tuple(scores.shape)} against weight {tuple(weight.shape)}")
     out = torch.empty_like(residual)
     _, kernel, _ = _kernels()
     kernel[(-(-N // block_n),)](
         scores, scores.stride(0), weight, weight.stride(0), out if bias is None else bias,
         residual, residual.stride(0), out, out.stride(0), M, N,
-        HAS_BIAS=bias is not None, GROUPS=K // group, GROUP=group, BLOCK_M=_pow2(M), BLOCK_N=block_n,
+        HAS_BIAS=bias is not None, GROUPS=K // group, GROUP=group, BLOCK_M=next_power_of_two(M), BLOCK_N=block_n,
         num_warps=warps)
     return out
 
@@ -235,5 +236,5 @@ def embed(tokens: torch.Tensor, table: torch.Tensor, sinusoid: torch.Tensor, pos
     out = torch.empty(M, D, dtype=table.dtype, device=table.device)
     _, _, kernel = _kernels()
     kernel[(M,)](tokens, tokens.stride(0), table, table.stride(0), table.stride(1), sinusoid, position,
-                 float(scale), out, D, BOOKS=books, BLOCK_D=_pow2(D))
+                 float(scale), out, D, BOOKS=books, BLOCK_D=next_power_of_two(D))
     return out

@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from .fused_kernels import next_power_of_two
+
 
 @functools.lru_cache(maxsize=None)
 def _kernel():
@@ -58,5 +60,5 @@ def sample_top_k(logits: torch.Tensor, cfg: float, temperature: float, top_k: in
     tokens = torch.empty(books, dtype=torch.long, device=logits.device)
     _kernel()[(books,)](logits, logits.stride(0), logits.stride(1), uniforms.contiguous(), tokens, card,
                         float(cfg), 1.0 / float(temperature), TOP_K=int(top_k),
-                        BLOCK=1 << max(0, card - 1).bit_length())
+                        BLOCK=next_power_of_two(card))
     return tokens

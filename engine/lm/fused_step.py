@@ -32,8 +32,9 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-from .fused_kernels import Blocks, embed, gemv, softmax_gemv
-from .split_attention import SplitAttention
+from .fused_kernels import Blocks, embed, gemv, next_power_of_two, softmax_gemv
+from .quantize import Dense
+from .split_attention import SplitAttention, available as triton_available
 
 #: The self-attention's cut of the cache (split_attention.py) for one station: 64 positions per
 #: span, read 64 at a time, measured fastest of 32-256 on an H200 (0.99 against 1.06 ms per step
@@ -53,8 +54,6 @@ PADDED_SCORE = -1e30
 
 def available(fast) -> tp.Optional[str]:
     """None where `fast` (a FastLM) can run this step, else why not."""
-    from .quantize import Dense
-    from .split_attention import available as triton_available
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # (on CPU: the tests)
     if (fast.device.type != "cuda" and not interpreted) or not triton_available():
         return "needs CUDA and Triton"
@@ -94,8 +93,8 @@ class FusedStep:
             return False
         self._key = cross.key
         tc = cross.keys.shape[3]
-        padded = _pow2(tc) if tc <= FOLD_TEXT_POSITIONS else 0
-        if padded and _pow2(self.fast.heads * padded) != self.fast.heads * padded:
+        padded = next_power_of_two(tc) if tc <= FOLD_TEXT_POSITIONS else 0
+        if padded and next_power_of_two(self.fast.heads * padded) != self.fast.heads * padded:
             padded = 0  # (softmax_gemv reads H · Tp scores at once: a power of two)
         replaced = (tc, padded) != (self.text_positions, self.padded)
         self.text_positions, self.padded, self._weights = tc, padded, None
@@ -180,7 +179,3 @@ class FusedStep:
     def _gemv(self, x: torch.Tensor, linear, **options) -> torch.Tensor:
         shape = linear.shape
         return gemv(x, linear.weight, linear.bias, blocks=self.blocks.get(shape), **options)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()

@@ -15,14 +15,15 @@ def sample(logits: torch.Tensor, cfg_coef: float, temperature: float, top_k: int
     one call, by inverse CDF from one uniform of `generator` per codebook: on CPU on `kernels`,
     the loaded native CPU kernels (FastLM.native), where given (fp32 logits); on CUDA on the
     Triton kernel of fused_sampling.py, where Triton is."""
-    top_k_draw = temperature > 0 and top_k > 0 and top_p <= 0.0
-    if top_k_draw and kernels is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
-        uniforms = torch.rand(logits.shape[1], generator=generator)
-        return kernels.sample_top_k(logits, cfg_coef, temperature, min(top_k, logits.shape[-1]), uniforms)
-    if top_k_draw and logits.device.type == "cuda" and triton_available():
-        from .fused_sampling import sample_top_k
-        uniforms = torch.rand(logits.shape[1], generator=generator, device=logits.device)
-        return sample_top_k(logits, cfg_coef, temperature, min(top_k, logits.shape[-1]), uniforms)
+    if temperature > 0 and top_k > 0 and top_p <= 0.0:
+        draw = None  # the one-call top-k sampler for these logits, if any
+        if kernels is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
+            draw = kernels.sample_top_k
+        elif logits.device.type == "cuda" and triton_available():
+            from .fused_sampling import sample_top_k as draw
+        if draw is not None:
+            uniforms = torch.rand(logits.shape[1], generator=generator, device=logits.device)
+            return draw(logits, cfg_coef, temperature, min(top_k, logits.shape[-1]), uniforms)
     cond, uncond = logits[0], logits[1]
     guided = uncond + (cond - uncond) * cfg_coef  # [K, card]
     if temperature <= 0:
