@@ -172,6 +172,40 @@ def test_teacher_forced_logits_match_the_decode_steps(tiny_model):
             assert torch.allclose(everything[:, :, position], step, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_native)])
+def test_prefill_runs_the_last_layer_at_the_last_position_only(tiny_model, dtype):
+    """A prefill that returns the last position's logits runs the last layer's linears after its
+    keys and values at that position alone, and still fills the cache at every position: the
+    same logits and cache as the all-positions prefill."""
+    fast = FastLM(tiny_model.lm, max_frames=400, dtype=dtype, kernels="native" if dtype == "int8" else "auto")
+    fast.set_conditions(_attributes(tiny_model)[0])
+    torch.manual_seed(3)
+    tokens = torch.randint(0, fast.card, (1, fast.num_codebooks, 300)).expand(2, -1, -1)
+    ff1 = fast.layers[-1].ff1
+    rows_seen = []
+    original = type(ff1).__call__
+
+    class Counting(type(ff1)):
+        def __call__(self, x):
+            rows_seen.append(x.reshape(-1, x.shape[-1]).shape[0])
+            return original(self, x)
+
+    with torch.inference_mode():
+        everything = fast.prefill(tokens, last_only=False)[:, :, -1]
+        cache_all = [t.clone() for t in (fast.cache.k, fast.cache.v)]
+        fast.cache.k.zero_()
+        fast.cache.v.zero_()
+        ff1.__class__ = Counting
+        try:
+            last = fast.prefill(tokens)
+        finally:
+            ff1.__class__ = type(ff1).__mro__[1]
+    assert rows_seen == [2, 2]  # one per chunk of 256 (and the 44 after): the last position of each, both rows
+    assert torch.allclose(last, everything, atol=1e-3, rtol=1e-3)
+    for got, expected in zip((fast.cache.k, fast.cache.v), cache_all):
+        assert torch.equal(got[..., :300, :], expected[..., :300, :])
+
+
 def test_decode_attention_kernels_compute_the_same():
     """The native AVX-512 attention and the torch.compile'd one (used on CPU for real models)
     give the eager result over an fp16 cache."""

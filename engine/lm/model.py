@@ -193,20 +193,30 @@ class FastLM:
 
     def _layers(self, x: torch.Tensor,
                 self_attention: tp.Callable[[int, torch.Tensor], torch.Tensor],
-                cross: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor, tp.Optional[torch.Tensor]]] = None
+                cross: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor, tp.Optional[torch.Tensor]]] = None,
+                last_attention: tp.Optional[tp.Callable[[int, torch.Tensor], torch.Tensor]] = None
                 ) -> torch.Tensor:
         """x [B, T, D] through every layer. `self_attention(layer, qkv)` stores the fresh
         keys/values qkv[1:] (qkv [3, B, H, T, Dh]: queries, keys, values) in the cache and returns
         the attention output [B, H, T, Dh]. `cross`: the text condition's (keys, values [L, B, H,
         Tc, Dh], mask [B, 1, 1, Tc] or None); default: this decoder's (`set_conditions`).
+        `last_attention(layer, qkv)`: where only the last position's output is wanted (a prefill),
+        the last layer's self-attention, which stores every position's keys/values and returns
+        the last query's output [B, H, 1, Dh]; from there that layer runs on the last position
+        alone (→ x [B, 1, D]): its other linears at the other positions feed nothing.
         With `fuse_epilogues`, each residual add is the C of its GEMM and, where `gelu_epilogue`,
         the GELU runs in the first feed-forward GEMM: 3 or 4 kernels fewer per layer."""
         B, T, D = x.shape
         H, Dh = self.heads, self.head_dim
         cross_k, cross_v, cross_mask = cross or (self.cross.keys, self.cross.values, None)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(layer.norm_self(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
-            a = self_attention(i, qkv)
+            if i == last and last_attention is not None and T > 1:
+                a = last_attention(i, qkv)
+                x, T = x[:, -1:], 1
+            else:
+                a = self_attention(i, qkv)
             x = self._residual(layer.out_self, x, a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
             q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
             a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i], attn_mask=cross_mask)
@@ -260,7 +270,11 @@ class FastLM:
                 return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             return cache.attend(i, q, end)
 
-        x = self._layers(x, self_attention, (cross.keys, cross.values, None))
+        def last_attention(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            cache.write(i, start, qkv[1], qkv[2])
+            return cache.attend(i, qkv[0][:, :, -1:], end)
+
+        x = self._layers(x, self_attention, (cross.keys, cross.values, None), last_attention if last_only else None)
         logits = self._logits(x[:, -1] if last_only else x)
         if last_only:
             return logits.view(B, K, self.card)
