@@ -30,9 +30,9 @@ also: the time to first sound (from the loaded model to the first stride's audio
 seconds: 1 s, CUDA graph capture and all first-call costs included); the bytes its average step
 reads and how far the step is from reading them at the memory read bandwidth measured in the
 same run (before and after the methods, and in the engine's process just before and after its
-timed stride, since a shared machine's bandwidth moves within a minute); and on CPU how far its int8 prefill is from the cores'
-int8 compute peak (a VNNI loop on registers, measured first). Each method runs in its own
-process.
+timed stride, since a shared machine's bandwidth moves within a minute); and on CPU how far its
+int8 prefill is from the cores' int8 compute peak (a VNNI loop on registers, measured first).
+Each method runs in its own process.
 
     python bench/bench_engine.py                          # 30 / 20 / 10 s, CPU (~10 minutes)
     python bench/bench_engine.py --steps 60               # quick: 60 decode steps, RTF projected
