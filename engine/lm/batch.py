@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .cache import additive_mask, row_invariant_attention
 from .conditions import CrossConditions
+from .fused_kernels import next_power_of_two
 from .graph import StepGraph
 from .model import FastLM
 from .quantize import activations_per_group, gemm_rows_at_most
@@ -214,4 +215,4 @@ class BatchedDecoder:
 
 def padded_slots(count: int) -> int:
     """The smallest power of two ≥ count: the slot counts a batched step is computed for."""
-    return 1 << max(0, int(count) - 1).bit_length()
+    return next_power_of_two(count)
