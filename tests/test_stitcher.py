@@ -192,3 +192,48 @@ def test_polyphase_upsampling_is_the_transposed_convolution(stride):
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert not PolyphaseConvTranspose1d.fits(torch.nn.ConvTranspose1d(4, 4, 3, stride=2))  # kernel ≠ 2·stride: kept
+
+
+def _codec_like_stack(channels: int) -> torch.nn.Sequential:
+    """audiocraft's non-causal layers as EnCodec's last stage stacks them: conv → ELU → ×4
+    transposed conv (as the polyphase convolution) → ELU → conv → ELU → final conv, zero padded."""
+    from audiocraft.modules.conv import StreamableConv1d, StreamableConvTranspose1d
+
+    from engine.codec.upsampling import PolyphaseConvTranspose1d
+    torch.manual_seed(3)
+    upsample = StreamableConvTranspose1d(channels, 6, 8, stride=4)
+    upsample.convtr.convtr = PolyphaseConvTranspose1d(upsample.convtr.convtr)
+    return torch.nn.Sequential(
+        StreamableConv1d(channels, channels, 3, pad_mode="constant"), torch.nn.ELU(), upsample, torch.nn.ELU(),
+        StreamableConv1d(6, 6, 3, pad_mode="constant"), torch.nn.ELU(), StreamableConv1d(6, 1, 7, pad_mode="constant"))
+
+
+@pytest.mark.parametrize("frames", [1, 37, 200])
+def test_the_last_upsampling_stage_over_time_tiles_gives_the_plain_stacks_samples(frames):
+    """engine/codec/tiling.py: the stack from its last rate-raising layer runs over tiles, each with
+    its measured receptive field's context: the same samples as the plain stack, the ends included."""
+    from engine.codec.tiling import TimeTiledStack
+    plain = _codec_like_stack(8)
+    tiled = TimeTiledStack(list(plain), 8, "cpu", tile_output_samples=64)
+    assert tiled.tiled and tiled.scale == 4 and tiled.tile_frames == 16
+    assert isinstance(tiled.tail[0], type(plain[2]))  # split at the upsampling, not before
+    calls = []
+    tiled.tail.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[-1]))
+    x = torch.randn(2, 8, frames)
+    with torch.inference_mode():
+        expected, got = plain(x), tiled(x)
+    assert got.shape == expected.shape == (2, 1, 4 * frames)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert len(calls) == max(1, -(-frames // 16))  # one tail call per tile
+    assert max(calls) <= 16 + tiled.left_frames + tiled.right_frames
+
+
+def test_a_stack_that_never_raises_the_rate_runs_plainly():
+    from engine.codec.tiling import TimeTiledStack
+    torch.manual_seed(4)
+    plain = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3, padding=1), torch.nn.ELU())
+    stack = TimeTiledStack(list(plain), 4, "cpu", tile_output_samples=8)
+    assert not stack.tiled
+    x = torch.randn(1, 4, 50)
+    with torch.inference_mode():
+        torch.testing.assert_close(stack(x), plain(x), rtol=0, atol=0)

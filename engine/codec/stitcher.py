@@ -10,7 +10,8 @@ exactly as one decode of the whole token sequence would:
 * the LSTM runs once over every frame, carrying its (h, c) state across strides;
 * the convolution stack after the LSTM is decoded over a window with `post_left` frames of past
   LSTM output and emits only samples whose receptive field is complete, holding back
-  `post_right` frames until the next stride arrives.
+  `post_right` frames until the next stride arrives (its last upsampling stage over short time
+  tiles, tiling.py).
 
 The receptive fields are measured on the actual decoder when the stitcher is built, so any
 checkpoint of this architecture (and its stereo variant) works. Memory stays bounded: only the
@@ -18,12 +19,13 @@ frames still needed as context are kept.
 """
 from __future__ import annotations
 
-import math
 import typing as tp
 
 import numpy as np
 import torch
 from torch import nn
+
+from .tiling import TimeTiledStack, context_frames, receptive_offsets
 
 #: The convolution stack after the LSTM decodes at most this many frames at a time (each with its
 #: receptive field's frames of context on both sides, a few % more work): its tensors at 32 kHz
@@ -31,21 +33,6 @@ from torch import nn
 #: mapped and faulted in anew each time (measured on 2 cores: a 10 s stride's decode 1.6 → 1.0 s;
 #: 50 or 200 frames at a time: 1.1, 1.3 s).
 POST_CHUNK_FRAMES = 100
-
-
-def _receptive_offsets(module: nn.Module, channels: int, frames: int, device) -> tp.Tuple[int, int]:
-    """Perturb one input frame of `module` and return (first, last) affected output positions,
-    relative to the perturbed position scaled to output resolution."""
-    torch.manual_seed(1234)
-    x = torch.randn(1, channels, frames, device=device)
-    y0 = module(x)
-    probe = frames // 2
-    x2 = x.clone()
-    x2[..., probe] += 3.0 * torch.randn(channels, device=device)
-    y1 = module(x2)
-    scale = y0.shape[-1] // frames
-    changed = ((y1 - y0).abs().amax(dim=(0, 1)) > 0).nonzero().flatten()
-    return int(changed.min()) - probe * scale, int(changed.max()) - probe * scale
 
 
 class StitchingDecoder:
@@ -68,20 +55,18 @@ class StitchingDecoder:
         split = lstm_at[0] if lstm_at else 0
         self._pre = nn.Sequential(*layers[:split])
         self._lstm = layers[split] if lstm_at else None
-        self._post = nn.Sequential(*layers[split + 1:] if lstm_at else layers)
         self.device = next(codec.parameters()).device
+        dim = codec.decoder.dimension
+        post_channels = self._lstm.lstm.hidden_size if self._lstm is not None else dim
+        self._post = TimeTiledStack(layers[split + 1:] if lstm_at else layers, post_channels, self.device)
         with torch.inference_mode():
-            dim = codec.decoder.dimension
             if len(self._pre):
-                lo, hi = _receptive_offsets(self._pre, dim, 32, self.device)
+                lo, hi = receptive_offsets(self._pre, dim, 32, self.device)
             else:
                 lo, hi = 0, 0
             self.pre_left_frames, self.pre_right_frames = max(hi, 0), max(-lo, 0)
-            post_channels = self._lstm.lstm.hidden_size if self._lstm is not None else dim
-            lo, hi = _receptive_offsets(self._post, post_channels, 64, self.device)
-        hop = self.hop_samples
-        self.post_left_frames = math.ceil(max(hi, 0) / hop) + 1
-        self.post_right_frames = math.ceil((hop - 1 - min(lo, 0)) / hop) + 1
+            offsets = receptive_offsets(self._post, post_channels, 64, self.device)
+        self.post_left_frames, self.post_right_frames = context_frames(offsets, self.hop_samples)
         self.reset()
 
     @property
