@@ -206,6 +206,44 @@ def test_prefill_runs_the_last_layer_at_the_last_position_only(tiny_model, dtype
         assert torch.equal(got[..., :300, :], expected[..., :300, :])
 
 
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_native)])
+@pytest.mark.parametrize("text", ["lofi hip hop", ""])
+def test_prefill_leaves_out_the_cross_attention_of_silent_rows(tiny_model, dtype, text):
+    """CFG's unconditional row has an all-zero text condition, so its cross-attention adds
+    nothing: a prefill runs that block for the conditional row alone (both rows for an empty
+    prompt, whose condition is zero too), with the logits and cache of a prefill that runs it."""
+    fast = FastLM(tiny_model.lm, max_frames=400, dtype=dtype, kernels="native" if dtype == "int8" else "auto")
+    fast.set_conditions(_attributes(tiny_model, text)[0])
+    silent = (0, 1) if text == "" else (1,)
+    assert fast.cross.silent_rows == silent
+    assert not fast.cross.keys[:, list(silent)].any() and fast.cross.keys[:, 0].any() == (text != "")
+    torch.manual_seed(4)
+    tokens = torch.randint(0, fast.card, (1, fast.num_codebooks, 300)).expand(2, -1, -1)
+    q_cross = fast.layers[0].q_cross
+    linear_class = type(q_cross)
+    rows_seen = []
+
+    class Counting(linear_class):  # the first layer's query projection of the cross-attention
+        def __call__(self, x):
+            rows_seen.append(x.shape[0])
+            return linear_class.__call__(self, x)
+
+    with torch.inference_mode():
+        fast.cross.silent_rows = ()
+        expected = fast.prefill(tokens, last_only=False)
+        cache = [t.clone() for t in (fast.cache.k, fast.cache.v)]
+        fast.cross.silent_rows = silent
+        q_cross.__class__ = Counting
+        try:
+            got = fast.prefill(tokens, last_only=False)
+        finally:
+            q_cross.__class__ = linear_class
+    assert rows_seen == ([] if text == "" else [1, 1])  # per chunk (256, then 44 positions): the conditional row
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    for now, before in zip((fast.cache.k, fast.cache.v), cache):
+        torch.testing.assert_close(now[..., :300, :].float(), before[..., :300, :].float(), atol=1e-4, rtol=1e-4)
+
+
 def test_decode_attention_kernels_compute_the_same():
     """The native AVX-512 attention and the torch.compile'd one (used on CPU for real models)
     give the eager result over an fp16 cache."""

@@ -33,6 +33,9 @@ class CrossConditions:
         self._key: tp.Optional[str] = None
         self._bank: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]] = None  # [n, L, H, Tc, Dh] each
         self._weights: tp.Optional[tp.Tuple[float, ...]] = None
+        #: Rows whose keys and values are all zero at every layer (the unconditional row of
+        #: MusicGen's checkpoints): their cross-attention output is zero (model._cross_attention).
+        self.silent_rows: tp.Tuple[int, ...] = ()
 
     @property
     def key(self) -> tp.Optional[str]:
@@ -73,6 +76,8 @@ class CrossConditions:
         return replaced
 
     def _store(self, keys: torch.Tensor, values: torch.Tensor) -> bool:
+        self.silent_rows = tuple(r for r in range(keys.shape[1])
+                                 if not bool(keys[:, r].any()) and not bool(values[:, r].any()))
         if self.keys is not None and self.keys.shape == keys.shape:
             self.keys.copy_(keys)  # in place: a captured CUDA graph reads these tensors
             self.values.copy_(values)
@@ -91,4 +96,5 @@ class CrossConditions:
         w = torch.tensor(weights, dtype=bank_k.dtype, device=bank_k.device).view(-1, 1, 1, 1, 1)
         self.keys[:, 0].copy_((w * bank_k).sum(0))
         self.values[:, 0].copy_((w * bank_v).sum(0))
+        self.silent_rows = tuple(r for r in self.silent_rows if r != 0)  # (a mix is not taken as silent)
         self._weights = weights

@@ -148,10 +148,16 @@ class FastLM:
     def prefill_ops(self, positions: int, text_positions: int = 0) -> int:
         """Arithmetic operations (2 per multiply-add) of a prefill of `positions` for both CFG
         rows: the layers' linears at every position and the causal self-attention (plus the
-        cross-attention over `text_positions`); the output heads run at the last position only."""
+        cross-attention over `text_positions`, which rows in `cross.silent_rows` leave out with
+        its linears: `_cross_attention`); the output heads run at the last position only."""
         per_row = sum(lin.shape[0] * lin.shape[1] for layer in self.layers for lin in layer.linears())
-        attention = len(self.layers) * self.dim * (positions * positions + 2 * positions * text_positions)
-        return 2 * 2 * (positions * per_row + attention)
+        cross_per_row = sum(lin.shape[0] * lin.shape[1]
+                            for layer in self.layers for lin in (layer.q_cross, layer.out_cross))
+        self_attention = len(self.layers) * self.dim * positions * positions
+        cross_attention = len(self.layers) * self.dim * 2 * positions * text_positions
+        silent = len(self.cross.silent_rows)
+        return 2 * (2 * (positions * per_row + self_attention + cross_attention)
+                    - silent * (positions * cross_per_row + cross_attention))
 
     @property
     def native_linears(self) -> bool:
@@ -194,8 +200,8 @@ class FastLM:
     def _layers(self, x: torch.Tensor,
                 self_attention: tp.Callable[[int, torch.Tensor], torch.Tensor],
                 cross: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor, tp.Optional[torch.Tensor]]] = None,
-                last_attention: tp.Optional[tp.Callable[[int, torch.Tensor], torch.Tensor]] = None
-                ) -> torch.Tensor:
+                last_attention: tp.Optional[tp.Callable[[int, torch.Tensor], torch.Tensor]] = None,
+                silent_rows: tp.Sequence[int] = ()) -> torch.Tensor:
         """x [B, T, D] through every layer. `self_attention(layer, qkv)` stores the fresh
         keys/values qkv[1:] (qkv [3, B, H, T, Dh]: queries, keys, values) in the cache and returns
         the attention output [B, H, T, Dh]. `cross`: the text condition's (keys, values [L, B, H,
@@ -204,6 +210,8 @@ class FastLM:
         the last layer's self-attention, which stores every position's keys/values and returns
         the last query's output [B, H, 1, Dh]; from there that layer runs on the last position
         alone (→ x [B, 1, D]): its other linears at the other positions feed nothing.
+        `silent_rows`: rows whose text condition is all zeros (`CrossConditions.silent_rows`):
+        their cross-attention is left out (`_cross_attention`).
         With `fuse_epilogues`, each residual add is the C of its GEMM and, where `gelu_epilogue`,
         the GELU runs in the first feed-forward GEMM: 3 or 4 kernels fewer per layer."""
         B, T, D = x.shape
@@ -218,13 +226,35 @@ class FastLM:
             else:
                 a = self_attention(i, qkv)
             x = self._residual(layer.out_self, x, a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
-            q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, cross_k[i], cross_v[i], attn_mask=cross_mask)
-            x = self._residual(layer.out_cross, x, a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
+            x = self._cross_attention(layer, x, cross_k[i], cross_v[i], cross_mask, silent_rows)
             h = layer.norm_ff(x)
             h = layer.ff1.gelu(h) if self.gelu_epilogue else self._activate(layer.ff1(h))
             x = self._residual(layer.ff2, x, h)
         return x
+
+    def _cross_attention(self, layer, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                         mask: tp.Optional[torch.Tensor], silent_rows: tp.Sequence[int] = ()) -> torch.Tensor:
+        """x [B, T, D] plus its cross-attention to the text condition (keys, values [B, H, Tc, Dh],
+        mask [B, 1, 1, Tc] or None). A row in `silent_rows` has all-zero keys and values (CFG's
+        unconditional row: audiocraft zeroes a nulled text's embedding, and MusicGen's key/value
+        projections have no bias), so its attention output is exactly zero and its residual
+        gains only the out-projection's bias: the norm, the query and out-projections and the
+        attention run for the other rows alone (a prefill's linears 1/14 fewer per such row)."""
+        B, T, D = x.shape
+        H, Dh = self.heads, self.head_dim
+        talking = [r for r in range(B) if r not in silent_rows] if silent_rows else None
+        if talking is not None and len(talking) < B:
+            if not talking:
+                return x if layer.out_cross.bias is None else x + layer.out_cross.bias
+            rows = torch.tensor(talking, device=x.device)
+            spoken = self._cross_attention(layer, x.index_select(0, rows), keys.index_select(0, rows),
+                                           values.index_select(0, rows),
+                                           None if mask is None else mask.index_select(0, rows))
+            quiet = x if layer.out_cross.bias is None else x + layer.out_cross.bias
+            return quiet.index_copy(0, rows, spoken)
+        q = layer.q_cross(layer.norm_cross(x)).view(B, T, H, Dh).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self._residual(layer.out_cross, x, a.transpose(1, 2).reshape(B, T, D).to(self.compute_dtype))
 
     def _activate(self, x: torch.Tensor) -> torch.Tensor:
         """The feed-forward activation; GELU of fp32 on the native kernel where it is loaded
@@ -274,7 +304,9 @@ class FastLM:
             cache.write(i, start, qkv[1], qkv[2])
             return cache.attend(i, qkv[0][:, :, -1:], end)
 
-        x = self._layers(x, self_attention, (cross.keys, cross.values, None), last_attention if last_only else None)
+        # (a single position gains nothing from leaving the silent rows out: only prefills do)
+        x = self._layers(x, self_attention, (cross.keys, cross.values, None), last_attention if last_only else None,
+                         cross.silent_rows if T > 1 else ())
         logits = self._logits(x[:, -1] if last_only else x)
         if last_only:
             return logits.view(B, K, self.card)
