@@ -58,7 +58,10 @@ class StitchingDecoder:
         self.device = next(codec.parameters()).device
         dim = codec.decoder.dimension
         post_channels = self._lstm.lstm.hidden_size if self._lstm is not None else dim
-        self._post = TimeTiledStack(layers[split + 1:] if lstm_at else layers, post_channels, self.device)
+        post = layers[split + 1:] if lstm_at else layers
+        # (over time tiles on CPU, whose caches the tiles fit; a GPU takes the whole chunk at once)
+        self._post = (TimeTiledStack(post, post_channels, self.device) if self.device.type == "cpu"
+                      else nn.Sequential(*post))
         with torch.inference_mode():
             if len(self._pre):
                 lo, hi = receptive_offsets(self._pre, dim, 32, self.device)
