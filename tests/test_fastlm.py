@@ -1,5 +1,6 @@
 """The fast decoder computes what audiocraft's LMModel.generate computes."""
 import math
+import os
 
 import pytest
 import torch
@@ -242,6 +243,37 @@ def test_prefill_leaves_out_the_cross_attention_of_silent_rows(tiny_model, dtype
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     for now, before in zip((fast.cache.k, fast.cache.v), cache):
         torch.testing.assert_close(now[..., :300, :].float(), before[..., :300, :].float(), atol=1e-4, rtol=1e-4)
+
+
+def _mapping_flags(address: int) -> set:
+    """The VmFlags of this process's mapping that holds `address` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(part, 16) for part in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_native)])
+def test_the_cpu_kv_cache_is_advised_onto_huge_pages(tiny_model, dtype):
+    """engine/lm/hugepages.py: the cache every step reads, keys, values and their scales, lies in
+    mappings advised MADV_HUGEPAGE (VmFlags `hg`), starting on a 2 MiB boundary, zeroed (scales 1)."""
+    from engine.lm.hugepages import HUGE_PAGE_BYTES
+    fast = FastLM(tiny_model.lm, max_frames=100, dtype=dtype, kernels="native" if dtype == "int8" else "auto")
+    cache = fast.cache
+    tensors = [cache.kv] + ([cache.k_scale, cache.v_scale] if cache.quantized else [])
+    for tensor in tensors:
+        assert "hg" in _mapping_flags(tensor.data_ptr())
+        assert tensor.data_ptr() % HUGE_PAGE_BYTES == 0
+    assert not cache.kv.any()
+    assert cache.quantized == (dtype == "int8") and (not cache.quantized or bool((cache.k_scale == 1).all()))
+    assert "hg" not in _mapping_flags(torch.zeros(1 << 20).data_ptr())  # (a plain tensor is not)
 
 
 def test_decode_attention_kernels_compute_the_same():

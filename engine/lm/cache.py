@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .hardware import cpu_flags
+from .hugepages import zeros_on_huge_pages
 from .kernels import BF16_CPU_FLAG
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class KVCache:
                               and BF16_CPU_FLAG in cpu_flags())
 
     def _allocate(self, shape: tp.Tuple[int, ...], device: torch.device) -> None:
-        self.kv = torch.zeros((2, *shape), dtype=self.dtype, device=device)  # keys and values: one write per step
+        # (on CPU on huge pages: hugepages.py)
+        self.kv = zeros_on_huge_pages((2, *shape), self.dtype, device)  # keys and values: one write per step
         self.k, self.v = self.kv[0], self.kv[1]
-        scales = (lambda: torch.ones(shape[:-1], dtype=torch.float32, device=device)) if self.quantized else None
+        scales = ((lambda: zeros_on_huge_pages(shape[:-1], torch.float32, device).fill_(1.0))
+                  if self.quantized else None)
         self.k_scale = scales() if scales else None
         self.v_scale = scales() if scales else None
 

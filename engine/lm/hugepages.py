@@ -1,0 +1,33 @@
+"""CPU tensors on transparent huge pages, for the KV cache that every decode step reads.
+
+A decode step reads each row's keys and values for every layer and head: at 25 s of context,
+2 × 24 × 16 runs of 80 KB per layer pass, 130 MB in all, scattered over 4 KiB pages. On 2 AMD EPYC
+cores the step over an int8 cache at 1250 positions took 0.947x the time (median of 9 alternated
+rounds, 0.93-1.01) with the cache on 2 MiB pages; the weights, read as long runs, gained nothing
+there (0.995x). Linux maps huge pages only where asked (THP "madvise", this machine's mode), so
+the cache is allocated as an anonymous mapping advised MADV_HUGEPAGE and 2 MiB aligned; where
+the platform has no such advice it is a plain tensor.
+"""
+from __future__ import annotations
+
+import mmap
+import typing as tp
+
+import torch
+
+HUGE_PAGE_BYTES = 2 * 1024 * 1024
+
+
+def zeros_on_huge_pages(shape: tp.Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.zeros(shape, dtype) on `device`; on CPU in a mapping advised MADV_HUGEPAGE (the
+    mapping lives as long as the tensor or any view of it)."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    numel = torch.Size(shape).numel()
+    if device.type != "cpu" or advice is None or numel == 0:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    mapping = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping.madvise(advice)
+    raw = torch.frombuffer(mapping, dtype=torch.uint8)  # (holds the mapping; zeros until written)
+    start = -raw.data_ptr() % HUGE_PAGE_BYTES
+    return raw[start:start + nbytes].view(dtype).view(shape)
