@@ -4,9 +4,12 @@ A decode step reads each row's keys and values for every layer and head: at 25 s
 2 × 24 × 16 runs of 80 KB per layer pass, 130 MB in all, scattered over 4 KiB pages. On 2 AMD EPYC
 cores the step over an int8 cache at 1250 positions took 0.947x the time (median of 9 alternated
 rounds, 0.93-1.01) with the cache on 2 MiB pages; the weights, read as long runs, gained nothing
-there (0.995x). Linux maps huge pages only where asked (THP "madvise", this machine's mode), so
-the cache is allocated as an anonymous mapping advised MADV_HUGEPAGE and 2 MiB aligned; where
-the platform has no such advice it is a plain tensor.
+there (0.995x). Whole int4 strides (bench_engine, 4 rounds alternated with the code before):
+steps 0.94-0.99x, strides 0.93-1.03x (medians 0.97, 0.95). Linux maps huge pages only where asked
+(THP "madvise", this machine's mode), so the cache is allocated as an anonymous mapping advised
+MADV_HUGEPAGE and 2 MiB aligned, its pages faulted in at once (15-170 ms for musicgen-small's
+150 MB, where the first steps would otherwise stall on them); where the platform has no such
+advice it is a plain tensor.
 """
 from __future__ import annotations
 
@@ -30,4 +33,4 @@ def zeros_on_huge_pages(shape: tp.Sequence[int], dtype: torch.dtype, device: tor
     mapping.madvise(advice)
     raw = torch.frombuffer(mapping, dtype=torch.uint8)  # (holds the mapping; zeros until written)
     start = -raw.data_ptr() % HUGE_PAGE_BYTES
-    return raw[start:start + nbytes].view(dtype).view(shape)
+    return raw[start:start + nbytes].view(dtype).view(shape).zero_()  # (faulted in now)
