@@ -8,9 +8,9 @@ past the cores' 2 MB L2 and most of the shared L3, and each one freshly allocate
 of `TILE_OUTPUT_SAMPLES` with their receptive field's context, its tensors stay near 4 MB and the
 samples are the same. Measured on musicgen's codec (random weights, 2 cores, strides alternated
 8-12 times in one process): a 10 s stride's whole decode, LSTM included, in 0.81-0.87x the time
-of the plain stack in three runs, 0.97x in a fourth (0.75-1.17 s before). Tiles of 4096 to 32768 samples measured within
-a few % of each other; tiling the stage before as well, inside or alone, gained nothing (1.0-1.1x
-on the stack alone).
+of the plain stack in three runs, 0.97x in a fourth (0.75-1.17 s before). Tiles of 4096 to 32768
+samples measured within a few % of each other; tiling the stage before as well, inside or alone,
+gained nothing (1.0-1.1x on the stack alone).
 
 Shapes: B batch, C channels, T samples at a stage's rate; `scale` = output samples per input one.
 """
