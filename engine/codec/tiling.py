@@ -60,22 +60,19 @@ class TimeTiledStack(nn.Module):
         super().__init__()
         layers = list(layers)
         probe_frames = 64
-        split = None
+        split, tail_channels = None, channels  # the last layer that raises the rate, and its input width
         with torch.inference_mode():
             x = torch.zeros(1, channels, probe_frames, device=device)
-            widths = [x.shape[1]]
             for i, layer in enumerate(layers):
                 y = layer(x)
                 if y.shape[-1] > x.shape[-1]:
-                    split = i
+                    split, tail_channels = i, x.shape[1]
                 x = y
-                widths.append(x.shape[1])
         self.head = nn.Sequential(*layers[:split] if split is not None else layers)
         self.tail = nn.Sequential(*layers[split:]) if split is not None else None
         self.scale, self.tile_frames, self.left_frames, self.right_frames = 1, 0, 0, 0
         if self.tail is None:
             return
-        tail_channels = widths[split]
         with torch.inference_mode():
             out = self.tail(torch.zeros(1, tail_channels, probe_frames, device=device))
             self.scale = out.shape[-1] // probe_frames

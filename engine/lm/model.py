@@ -242,8 +242,8 @@ class FastLM:
         attention run for the other rows alone (a prefill's linears 1/14 fewer per such row)."""
         B, T, D = x.shape
         H, Dh = self.heads, self.head_dim
-        talking = [r for r in range(B) if r not in silent_rows] if silent_rows else None
-        if talking is not None and len(talking) < B:
+        talking = [r for r in range(B) if r not in silent_rows]
+        if len(talking) < B:
             if not talking:
                 return x if layer.out_cross.bias is None else x + layer.out_cross.bias
             rows = torch.tensor(talking, device=x.device)
