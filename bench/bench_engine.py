@@ -99,7 +99,7 @@ def run_engine(model, args) -> dict:
     result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
               "adjacent_bandwidth_gbs": adjacent,
               "dtype": gen.dtype + (f"/{gen.fast.kernels}{'-ops' if unfused else ''}/"
-                                    f"{str(gen.fast.cache_dtype).replace('torch.', '')}-cache"
+                                    f"{gen.fast.cache.precision}-cache"
                                     if gen.fast is not None else "/audiocraft")}
     if gen.fast is not None:  # bytes read by the stride's average step (its middle position)
         steps = result["steps_timed"] or stride_frames

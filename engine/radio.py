@@ -17,7 +17,7 @@ import typing as tp
 import torch
 
 from .codec.clip import ClipError, read_clip
-from .lm.hardware import resolve_dtype
+from .lm.hardware import check_kv_cache, resolve_dtype
 from .models.load import ModelLoadError, check_model_name, has_melody_conditioning, load_model, resolve_device
 from .net.config import NetworkConfig
 from .net.icecast import IcecastUrlError
@@ -58,7 +58,7 @@ def check(models: ModelConfig, engine: StationConfig, outputs: OutputConfig, net
     network.validate()
     device = resolve_device(models.device)
     try:  # e.g. int8 asked for on CUDA: refused before the model loads
-        resolve_dtype(models.dtype, torch.device(device))
+        check_kv_cache(models.kv_cache, resolve_dtype(models.dtype, torch.device(device)), torch.device(device))
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return device

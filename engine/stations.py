@@ -66,11 +66,12 @@ def batcher_for(model, models: ModelConfig, slots: int) -> StrideBatcher:
     device = next(model.lm.parameters()).device
     frames = round(MUSICGEN_MAX_DURATION_SECONDS * float(model.frame_rate))  # any window a station may ask for
     try:
-        fast = FastLM(model.lm, max_frames=frames, dtype=resolve_dtype(models.dtype, device), device=device)
+        fast = FastLM(model.lm, max_frames=frames, dtype=resolve_dtype(models.dtype, device), device=device,
+                      kv_cache=models.kv_cache)
     except UnsupportedModel as err:
         raise ConfigError(f"several stations share the fast decoder, which does not run {models.name} ({err}); "
                           f"run it as one station") from err
-    slot_bytes = 2 * fast.cache.k.numel() * fast.cache.k.element_size()  # keys and values of one slot
+    slot_bytes = len(fast.layers) * 2 * fast.cache.k.shape[3] * fast.cache.position_bytes()  # one slot's cache
     free = available_bytes(device.type)
     allocated = padded_slots(slots) if device.type == "cuda" else slots  # (batch.py: powers of two on CUDA)
     if allocated * slot_bytes > 0.9 * free:

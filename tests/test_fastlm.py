@@ -13,6 +13,7 @@ from engine.lm.quality import cross_entropy
 from engine.lm.sampling import sample
 from engine.lm.weights import UnsupportedModel
 from engine.lm.window import SamplingParams, WindowGenerator
+from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
 from nativeutil import HAS_NATIVE, needs_native
 
 
@@ -260,12 +261,14 @@ def _mapping_flags(address: int) -> set:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
-@pytest.mark.parametrize("dtype", ["fp32", pytest.param("int8", marks=needs_native)])
-def test_the_cpu_kv_cache_is_advised_onto_huge_pages(tiny_model, dtype):
+@pytest.mark.parametrize("dtype, kv_cache", [("fp32", "auto"), pytest.param("int8", "int8", marks=needs_native),
+                                             pytest.param("int8", "int4", marks=needs_native)])
+def test_the_cpu_kv_cache_is_advised_onto_huge_pages(tiny_model, dtype, kv_cache):
     """engine/lm/hugepages.py: the cache every step reads, keys, values and their scales, lies in
     mappings advised MADV_HUGEPAGE (VmFlags `hg`), starting on a 2 MiB boundary, zeroed (scales 1)."""
     from engine.lm.hugepages import HUGE_PAGE_BYTES
-    fast = FastLM(tiny_model.lm, max_frames=100, dtype=dtype, kernels="native" if dtype == "int8" else "auto")
+    lm = tiny_model.lm if kv_cache != "int4" else build_random_lm(TINY_SHAPE._replace(lm_dim=128, lm_heads=2))
+    fast = FastLM(lm, max_frames=100, dtype=dtype, kernels="native" if dtype == "int8" else "auto", kv_cache=kv_cache)
     cache = fast.cache
     tensors = [cache.kv] + ([cache.k_scale, cache.v_scale] if cache.quantized else [])
     for tensor in tensors:
@@ -273,6 +276,7 @@ def test_the_cpu_kv_cache_is_advised_onto_huge_pages(tiny_model, dtype):
         assert tensor.data_ptr() % HUGE_PAGE_BYTES == 0
     assert not cache.kv.any()
     assert cache.quantized == (dtype == "int8") and (not cache.quantized or bool((cache.k_scale == 1).all()))
+    assert cache.precision == {"auto": "fp32"}.get(kv_cache, kv_cache)
     assert "hg" not in _mapping_flags(torch.zeros(1 << 20).data_ptr())  # (a plain tensor is not)
 
 

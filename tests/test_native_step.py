@@ -41,7 +41,8 @@ def lm_attributes(lm):
     return [ConditioningAttributes(text={"description": "warm lofi hip hop"})], None
 
 
-@pytest.mark.parametrize("dtype, kv_cache", [("int8", "fp16"), ("int8", "int8"), ("int4", "int8"), ("int4", "fp16")])
+@pytest.mark.parametrize("dtype, kv_cache", [("int8", "fp16"), ("int8", "int8"), ("int4", "int8"), ("int4", "fp16"),
+                                             ("int4", "int4"), ("int8", "int4")])
 def test_the_fused_step_computes_what_the_torch_ops_compute(lm, dtype, kv_cache):
     fused = FastLM(lm, max_frames=100, dtype=dtype, kernels="native", kv_cache=kv_cache)
     assert fused.native_step is not None and fused.native_linears

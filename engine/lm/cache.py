@@ -17,8 +17,19 @@ from .hugepages import zeros_on_huge_pages
 from .kernels import BF16_CPU_FLAG
 
 log = logging.getLogger(__name__)
-#: The native prefill attention's head dim (every MusicGen's).
+#: The native prefill attention's head dim (every MusicGen's), and the 4-bit cache's.
 CHUNK_HEAD_DIM = 64
+#: The dtype that stands for the 4-bit cache (two codes to a byte; torch has no int4 tensors).
+INT4_CACHE = torch.uint8
+
+
+def _codes(cache: torch.Tensor, bits: int) -> torch.Tensor:
+    """A quantised cache's stored numbers as integers [..., Dh]: int8 as they are; 4-bit codes
+    [..., Dh / 2] uint8 unpacked (byte j: number j in its low nibble, j + Dh / 2 in its high one)
+    and less their offset of 8 (kernels/kv4_attention.cpp)."""
+    if bits == 8:
+        return cache
+    return torch.cat([cache & 15, cache >> 4], dim=-1).to(torch.int8) - 8
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -45,8 +56,10 @@ class KVCache:
     `dtype` torch.int8: an 8-bit cache (CPU, native kernels only): each key and value row of Dh
     numbers as int8 with one fp32 scale per row, head and position (`k_scale`, `v_scale`
     [layers, B, H, positions]); rows are quantised as they are written (by the native kernel in
-    the decode step), read back dequantised for the prefill's chunks, and attended without
-    conversion by the native kernels (kernels/kv8_attention.cpp).
+    the decode step), read back dequantised for torch's attention, and attended without
+    conversion by the native kernels (kernels/kv8_attention.cpp, prefill_attention.cpp).
+    `dtype` torch.uint8 (INT4_CACHE): a 4-bit cache, the same with each row of 64 numbers as 32
+    bytes of 4-bit codes (`k`, `v` [layers, B, H, positions, Dh / 2]; kernels/kv4_attention.cpp).
 
     `kernels`: "native" | "compiled" | anything else (eager). The first two run `attend` as
     a kernel that reads the cache once, converting as it goes (CPU attention kernels for a single
@@ -57,11 +70,15 @@ class KVCache:
     def __init__(self, layers: int, heads: int, positions: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, kernels: str, native=None, rows: int = 2):
         self.dtype = dtype
-        self.quantized = dtype == torch.int8
+        self.head_dim = head_dim
+        self.bits = {torch.int8: 8, INT4_CACHE: 4}.get(dtype)  # None: not quantised
+        self.quantized = self.bits is not None
         if self.quantized and (native is None or kernels != "native" or head_dim % 16):
-            raise ValueError("an 8-bit KV cache needs the native CPU kernels")
+            raise ValueError(f"a {self.bits}-bit KV cache needs the native CPU kernels")
+        if self.bits == 4 and head_dim != CHUNK_HEAD_DIM:
+            raise ValueError(f"a 4-bit KV cache needs heads of {CHUNK_HEAD_DIM} (this model's: {head_dim})")
         self._allocate((layers, rows, heads, positions, head_dim), device)
-        self._native = native if (kernels == "native" and dtype in (torch.float16, torch.int8)
+        self._native = native if (kernels == "native" and dtype in (torch.float16, torch.int8, INT4_CACHE)
                                   and head_dim % 16 == 0) else None
         self._kernel = (torch.compile(decode_attention, dynamic=True)
                         if kernels in ("native", "compiled") and self._native is None else None)
@@ -70,8 +87,9 @@ class KVCache:
                               and BF16_CPU_FLAG in cpu_flags())
 
     def _allocate(self, shape: tp.Tuple[int, ...], device: torch.device) -> None:
-        # (on CPU on huge pages: hugepages.py)
-        self.kv = zeros_on_huge_pages((2, *shape), self.dtype, device)  # keys and values: one write per step
+        """shape: [layers, B, H, positions, Dh] (on CPU on huge pages: hugepages.py)."""
+        row = shape[-1] // 2 if self.bits == 4 else shape[-1]  # two 4-bit codes to a byte
+        self.kv = zeros_on_huge_pages((2, *shape[:-1], row), self.dtype, device)  # keys and values: one write per step
         self.k, self.v = self.kv[0], self.kv[1]
         scales = ((lambda: zeros_on_huge_pages(shape[:-1], torch.float32, device).fill_(1.0))
                   if self.quantized else None)
@@ -82,8 +100,8 @@ class KVCache:
         """A new cache of `rows` rows, with this one's positions, precision and kernels."""
         other = object.__new__(KVCache)
         other.__dict__.update(self.__dict__)
-        layers, _, heads, positions, head_dim = self.k.shape
-        other._allocate((layers, rows, heads, positions, head_dim), self.k.device)
+        layers, _, heads, positions, _ = self.k.shape
+        other._allocate((layers, rows, heads, positions, self.head_dim), self.k.device)
         return other
 
     def slot(self, index: int) -> "KVCache":
@@ -113,6 +131,19 @@ class KVCache:
             return
         # kv[:, layer][:, rows, :, positions] is [B, 2, H, Dh]: the advanced indices' dim first
         self.kv[:, layer][:, rows, :, positions] = kv[:, :, :, 0].transpose(0, 1).to(self.dtype)
+
+    @property
+    def precision(self) -> str:
+        """The cache's precision by the names of --kv-cache and --dtype: fp16, bf16, fp32, int8, int4."""
+        if self.bits == 4:
+            return "int4"
+        return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "int8"}[self.dtype]
+
+    def position_bytes(self) -> int:
+        """Bytes of one cached position of one row of one layer: keys and values (with their
+        scales where quantised)."""
+        row = self.k.shape[-1] * self.k.element_size() + (4 if self.quantized else 0)
+        return 2 * self.k.shape[2] * row
 
     @property
     def kernel(self) -> str:
@@ -148,7 +179,7 @@ class KVCache:
     def read(self, layer: int, end: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Positions 0..end-1 as [B, H, end, Dh] in `dtype`."""
         if self.quantized:
-            return tuple((cache[layer, :, :, :end].to(dtype) * scales[layer, :, :, :end, None].to(dtype))
+            return tuple((_codes(cache[layer, :, :, :end], self.bits).to(dtype) * scales[layer, :, :, :end, None].to(dtype))
                          for cache, scales in ((self.k, self.k_scale), (self.v, self.v_scale)))
         return self.k[layer, :, :, :end].to(dtype), self.v[layer, :, :, :end].to(dtype)
 
@@ -168,11 +199,13 @@ class KVCache:
             B, H, _, Dh = q.shape
             P = self.k.shape[3]
             q = q.reshape(B * H, Dh).float()
-            keys, values = self.k[layer].view(B * H, P, Dh), self.v[layer].view(B * H, P, Dh)
+            keys, values = (cache.view(B * H, P, -1) for cache in (self.k[layer], self.v[layer]))
             if self.quantized:
-                scores = self._native.scores_q8(q, keys, self.k_scale[layer].view(B * H, P), end)
+                scores_q, weighted_q = ((self._native.scores_q4, self._native.weighted_q4) if self.bits == 4
+                                        else (self._native.scores_q8, self._native.weighted_q8))
+                scores = scores_q(q, keys, self.k_scale[layer].view(B * H, P), end)
                 weights = torch.softmax(scores, dim=-1)
-                out = self._native.weighted_q8(weights, values, self.v_scale[layer].view(B * H, P))
+                out = weighted_q(weights, values, self.v_scale[layer].view(B * H, P))
             else:
                 weights = torch.softmax(self._native.scores(q, keys, end), dim=-1)
                 out = self._native.weighted(weights, values)

@@ -70,19 +70,33 @@ def resolve_kernels(name: str, device: torch.device, mode: str, dim: int) -> str
 
 
 #: KV cache precisions (`resolve_kv_cache` says what auto picks).
-KV_CACHE_CHOICES = ("auto", "fp16", "int8")
+KV_CACHE_CHOICES = ("auto", "fp16", "int8", "int4")
+
+
+def check_kv_cache(name: str, mode: str, device: torch.device) -> None:
+    """Refuse (ValueError), before a model loads, a KV cache precision that cannot run with the
+    resolved precision `mode` on `device`."""
+    if name not in KV_CACHE_CHOICES:
+        raise ValueError(f"--kv-cache must be one of {', '.join(KV_CACHE_CHOICES)} (got {name!r})")
+    if name in ("int8", "int4") and (device.type != "cpu" or mode not in QUANTISED):
+        raise ValueError(f"--kv-cache {name} runs on the native CPU kernels only: with --dtype int8 or int4 on a CPU "
+                         f"(here --dtype resolves to {mode} on {device.type})")
 
 
 def resolve_kv_cache(name: str, mode: str, default: torch.dtype, native, kernels: str) -> torch.dtype:
-    """The KV cache's dtype: `default` (compute_dtypes') unless "int8", an 8-bit cache, which
-    needs a quantised precision on the native CPU kernels (cache.py); "auto" picks it there
-    (half the cache's bytes per step; its logits stay within 1.5 % of the fp16 cache's, measured
-    on musicgen-small's shape)."""
+    """The KV cache's dtype: `default` (compute_dtypes') unless "int8", an 8-bit cache, or
+    "int4", a 4-bit one (torch.uint8 stands for it: cache.INT4_CACHE), which need a quantised
+    precision on the native CPU kernels (cache.py); "auto" picks the 8-bit one there (half the
+    cache's bytes per step; its logits stay within 1.5 % of the fp16 cache's, measured on
+    musicgen-small's shape). The 4-bit one is only ever asked for: its error is measured on
+    random weights alone (bench/bench_quality.py)."""
     if name not in KV_CACHE_CHOICES:
         raise ValueError(f"kv cache must be one of {', '.join(KV_CACHE_CHOICES)} (got {name!r})")
     possible = mode in QUANTISED and native is not None and kernels == "native"
-    if name == "int8" and not possible:
-        raise ValueError("an 8-bit KV cache needs --dtype int8 or int4 on a CPU with the native kernels")
+    if name in ("int8", "int4") and not possible:
+        raise ValueError(f"an {name[3:]}-bit KV cache needs --dtype int8 or int4 on a CPU with the native kernels")
     if name == "fp16":
         return torch.float16 if mode in QUANTISED else default
+    if name == "int4":
+        return torch.uint8
     return torch.int8 if name == "int8" or possible else default

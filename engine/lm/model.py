@@ -139,8 +139,7 @@ class FastLM:
         """Bytes one decode step reads with `positions` cached: every layer's weights and the
         output heads, the self-attention keys and values of both CFG rows up to there, and the
         text condition's cross-attention keys and values."""
-        cache = self.cache.k
-        per_position = 2 * len(self.layers) * cache.shape[1] * self.dim * cache.element_size()
+        per_position = len(self.layers) * self.cache.k.shape[1] * self.cache.position_bytes()
         cross = self.cross.keys
         cross_bytes = 0 if cross is None else 2 * cross.numel() * cross.element_size()
         return self.parameter_bytes() + self.head.weight_bytes() + positions * per_position + cross_bytes

@@ -82,7 +82,7 @@ class WindowGenerator:
     Models the fast decoder does not implement (e.g. melody conditioning) run through
     audiocraft's own `generate`, with autocast for bf16/fp16; so does `fast=False`.
     `kernels`: how the fast decoder's step runs (FastLM: auto | graph | native | compiled | eager).
-    `kv_cache`: the KV cache's precision (hardware.resolve_kv_cache: auto | fp16 | int8).
+    `kv_cache`: the KV cache's precision (hardware.resolve_kv_cache: auto | fp16 | int8 | int4).
     `release_weights`: once the fast decoder holds its own copy, free audiocraft's (the model's
     LM can no longer generate by itself: for a process that owns the model, like the server).
     `batcher`: run the strides in the shared decode steps of several stations (batcher.py),
@@ -125,7 +125,7 @@ class WindowGenerator:
         if self.fast is not None:
             log.info("decoder: fast loop, %s weights (%.1f MB read per step), %s KV cache of %d positions, "
                      "%s decode step", self.dtype, self.fast.parameter_bytes() / 1e6,
-                     str(self.fast.cache_dtype).replace("torch.", ""), self.fast.max_positions,
+                     self.fast.cache.precision, self.fast.max_positions,
                      self.fast.kernels + (", fused" if self.fast.native_step is not None else ""))
             if release_weights:
                 log.info("decoder: freed audiocraft's copy of the LM weights (%.0f MB)",

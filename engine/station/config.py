@@ -7,7 +7,7 @@ import dataclasses
 import os
 import typing as tp
 
-from ..lm.hardware import DTYPE_CHOICES
+from ..lm.hardware import DTYPE_CHOICES, KV_CACHE_CHOICES
 from .faults import FaultPlan, FaultSpecError
 
 #: MusicGen checkpoints are trained on 30 s excerpts; no window may exceed this.
@@ -53,12 +53,15 @@ class ModelConfig:
     text_encoder: tp.Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 | int4 (lm/hardware.py: resolve_dtype)
+    kv_cache: str = "auto"  # auto | fp16 | int8 | int4: the decoder's KV cache (lm/hardware.py: resolve_kv_cache)
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda (got {self.device!r})")
         if self.dtype not in DTYPE_CHOICES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (got {self.dtype!r})")
+        if self.kv_cache not in KV_CACHE_CHOICES:
+            raise ConfigError(f"--kv-cache must be one of {', '.join(KV_CACHE_CHOICES)} (got {self.kv_cache!r})")
 
 
 @dataclasses.dataclass

@@ -74,7 +74,8 @@ class Station:
         self.metrics = EngineMetrics(sample_rate=sr, model=self.model_config.name, seed=seed)
         self.steering = self._steering(config)
         self.generator = WindowGenerator(model, context_frames, self.steering.latest.sampling, seed=seed,
-                                         dtype=self.model_config.dtype, max_frames=context_frames + self.stride_frames,
+                                         dtype=self.model_config.dtype, kv_cache=self.model_config.kv_cache,
+                                         max_frames=context_frames + self.stride_frames,
                                          release_weights=release_lm_weights, batcher=batcher, station=name,
                                          buffered=lambda: self.buffered_samples / sr)
         if self.resumed:

@@ -16,9 +16,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm", &gemm, NoGil(), "int8 linear for many rows (VNNI, per-row int8 activations)");
   m.def("vnni_peak", &vnni_peak, NoGil(), "multiply-adds of a register-only VNNI loop on every thread");
   m.def("pack4", &pack4, NoGil(), "pack int4 weights (-8..7 in int8) two to a byte in VNNI order, with their scales in block order");
-  m.def("quantize_into", &quantize_into, NoGil(), "write rows into an int8 cache with per-row scales");
+  m.def("quantize_into", &quantize_into, NoGil(), "write rows into an int8 or 4-bit cache with per-row scales");
   m.def("scores_q8", &scores_q8, NoGil(), "q.k / sqrt(Dh) over the first positions of an int8 cache");
   m.def("weighted_q8", &weighted_q8, NoGil(), "softmax weights times the values of an int8 cache");
+  m.def("scores_q4", &scores_q4, NoGil(), "q.k / 8 over the first positions of a 4-bit cache (heads of 64)");
+  m.def("weighted_q4", &weighted_q4, NoGil(), "softmax weights times the values of a 4-bit cache (heads of 64)");
   m.def("sample_top_k", &sample_top_k, NoGil(), "guided top-k sampling of every codebook, one uniform each");
   m.def("elu", &elu, NoGil(), "ELU (alpha 1) of fp32, 16 at a time");
   m.def("gelu", &gelu, NoGil(), "GELU (exact, erf form) of fp32, 16 at a time");

@@ -45,16 +45,17 @@ void softmax_in_place(float* s, int64_t positions, const float* value_scales) {
   }
 }
 
-// Strides (in elements) of a [L, B, H, P or Tc, Dh] cache, or of [L, B, H, P] scales.
+// Strides (in elements) of a [L, B, H, P or Tc, row] cache, or of [L, B, H, P] scales.
 struct Strides {
   int64_t layer, row, head;
   explicit Strides(const at::Tensor& t) : layer(t.stride(0)), row(t.stride(1)), head(t.stride(2)) {}
   int64_t at(int64_t l, int64_t r, int64_t h) const { return l * layer + r * row + h * head; }
 };
 
-void check_cache(const at::Tensor& t, int64_t dh, const char* name) {
-  TORCH_CHECK(t.dim() == 5 && t.size(4) == dh && t.stride(4) == 1 && t.stride(3) == dh,
-              name, ": [L, B, H, positions, Dh] with contiguous rows");
+// A cache of rows of `width` elements (Dh numbers, or Dh / 2 bytes of 4-bit codes).
+void check_cache(const at::Tensor& t, int64_t width, const char* name) {
+  TORCH_CHECK(t.dim() == 5 && t.size(4) == width && t.stride(4) == 1 && t.stride(3) == width,
+              name, ": [L, B, H, positions, Dh] with contiguous rows (Dh / 2 bytes for 4-bit codes)");
 }
 
 }  // namespace
@@ -137,12 +138,14 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && D == x.size(1), "x: [R, D] fp32");
   TORCH_CHECK(static_cast<int64_t>(rows.size()) == R && static_cast<int64_t>(positions.size()) == R &&
               static_cast<int64_t>(cross_lengths.size()) == R, "rows, positions, cross lengths: one per row");
-  const bool q8 = k.scalar_type() == at::kChar;
-  TORCH_CHECK(q8 || k.scalar_type() == at::kHalf, "cache: int8 (with scales) or fp16");
+  const bool q4 = k.scalar_type() == at::kByte, q8 = k.scalar_type() == at::kChar;
+  TORCH_CHECK(q4 || q8 || k.scalar_type() == at::kHalf, "cache: int8 or 4-bit codes in uint8 (with scales), or fp16");
+  TORCH_CHECK(!q4 || Dh == 64, "a 4-bit cache: heads of 64");
   TORCH_CHECK(v.scalar_type() == k.scalar_type() && k.sizes() == v.sizes() && k.strides() == v.strides(), "k, v alike");
-  check_cache(k, Dh, "k");
+  const int64_t width = q4 ? Dh / 2 : Dh;  // elements per cached row
+  check_cache(k, width, "k");
   TORCH_CHECK(k.size(0) == L && k.size(2) == H, "cache: one per layer and head");
-  if (q8)
+  if (q4 || q8)
     TORCH_CHECK(k_scale.scalar_type() == at::kFloat && k_scale.dim() == 4 && k_scale.sizes() == v_scale.sizes() &&
                 k_scale.strides() == v_scale.strides() && k_scale.stride(3) == 1 && k_scale.size(3) == k.size(3),
                 "scales: [L, B, H, P] fp32");
@@ -166,7 +169,7 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
   float* y = a + R * D;                 // [R, D] a linear's out
   float* f = y + R * D;                 // [R, F]
   float* s = f + R * hidden_;           // [R H, longest] scores
-  const Strides cache(k), scales(q8 ? k_scale : k), text(cross_k);
+  const Strides cache(k), scales(q4 || q8 ? k_scale : k), text(cross_k);
   const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
   auto add_into_x = [&](const float* from) {
     for (int64_t i = 0; i < R * D; i += 16)
@@ -181,8 +184,12 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
       for (int64_t hd = 0; hd < H; ++hd) {
         const float* kr = qkv + r * 3 * D + D + hd * Dh;
         const float* vr = kr + D;
-        const int64_t at = cache.at(l, rows[r], hd) + positions[r] * Dh;
-        if (q8) {
+        const int64_t at = cache.at(l, rows[r], hd) + positions[r] * width;
+        if (q4) {
+          const int64_t si = scales.at(l, rows[r], hd) + positions[r];
+          k_scale.data_ptr<float>()[si] = quantize_row4(kr, k.data_ptr<uint8_t>() + at);
+          v_scale.data_ptr<float>()[si] = quantize_row4(vr, v.data_ptr<uint8_t>() + at);
+        } else if (q8) {
           const int64_t si = scales.at(l, rows[r], hd) + positions[r];
           k_scale.data_ptr<float>()[si] = quantize_row<0>(kr, Dh, k.data_ptr<int8_t>() + at);
           v_scale.data_ptr<float>()[si] = quantize_row<0>(vr, Dh, v.data_ptr<int8_t>() + at);
@@ -207,7 +214,12 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         const float* q = qkv + r * 3 * D + hd * Dh;
         float* st = s + task * longest;
         const int64_t at = cache.at(l, rows[r], hd);
-        if (q8) {
+        if (q4) {
+          const int64_t si = scales.at(l, rows[r], hd);
+          scores_q4_head(q, k.data_ptr<uint8_t>() + at, k_scale.data_ptr<float>() + si, T, scale, st);
+          softmax_in_place(st, T, v_scale.data_ptr<float>() + si);
+          weighted_q4_head(st, v.data_ptr<uint8_t>() + at, T, a + r * D + hd * Dh);
+        } else if (q8) {
           const int64_t si = scales.at(l, rows[r], hd);
           scores_q8_head(q, k.data_ptr<int8_t>() + at, k_scale.data_ptr<float>() + si, T, Dh, scale, st);
           softmax_in_place(st, T, v_scale.data_ptr<float>() + si);

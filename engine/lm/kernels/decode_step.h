@@ -17,7 +17,8 @@ class DecodeStep {
   // x [R, D] fp32: the embedded inputs of R rows. Row r is cache row rows[r] at position
   // positions[r] and attends to the cached positions 0..positions[r] (its own written first) and
   // to the first cross_lengths[r] text positions of cross row rows[r]. k, v: the KV cache
-  // [L, B, H, P, Dh] (int8 with k_scale, v_scale [L, B, H, P] fp32, or fp16 with them empty);
+  // [L, B, H, P, Dh] (int8 with k_scale, v_scale [L, B, H, P] fp32, or [L, B, H, P, Dh / 2]
+  // uint8 holding 4-bit codes with those scales (kv4_attention.cpp), or fp16 with them empty);
   // cross_k, cross_v [L, B, H, Tc, Dh] fp32. -> x after every layer [R, D] fp32.
   at::Tensor forward(at::Tensor x, std::vector<int64_t> rows, std::vector<int64_t> positions, at::Tensor k,
                      at::Tensor v, at::Tensor k_scale, at::Tensor v_scale, at::Tensor cross_k, at::Tensor cross_v,

@@ -71,6 +71,15 @@ void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales,
                     float scale, float* out);
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
+// The 4-bit cache's (kv4_attention.cpp; heads of 64): a row's 64 numbers as 32 bytes of codes
+// with one scale (returned); one head's scores (as scores_q8_head, scale included) and weighted
+// values (w: the softmax weights times the value scales).
+float quantize_row4(const float* x, uint8_t* out);
+void scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales, int64_t positions, float scale,
+                    float* out);
+void weighted_q4_head(const float* w, const uint8_t* values, int64_t positions, float* out);
+at::Tensor scores_q4(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
+at::Tensor weighted_q4(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 int64_t vnni_peak(int64_t iterations);
 at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values, at::Tensor key_scales,
                                 at::Tensor value_scales, int64_t start);

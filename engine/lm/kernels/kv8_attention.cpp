@@ -5,7 +5,8 @@
 // and tensor: done with torch's small ops the writes cost about as much as the bytes saved.
 //
 //   quantize_into(cache [B, H, P, Dh] int8, scales [B, H, P] fp32, x [B, H, T, Dh] fp32, start)
-//     writes x's rows at positions start..start+T-1
+//     writes x's rows at positions start..start+T-1 (also into a 4-bit cache [B, H, P, 32] uint8:
+//     kv4_attention.cpp)
 //   scores_q8(q [BH, Dh] fp32, keys [BH, P, Dh] int8, key scales [BH, P], positions T)
 //     -> [BH, T] fp32 (q.k / sqrt(Dh)); q is quantised to int8 per head too, and the products
 //     summed by AVX-512 VNNI, 16 positions at a time (scores_q8_head: the float loop converted
@@ -26,41 +27,26 @@ static void check_q8(const at::Tensor& cache, const at::Tensor& scales, int64_t 
 }
 
 void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t start) {
-  TORCH_CHECK(cache.scalar_type() == at::kChar && cache.is_contiguous() && cache.dim() == 4, "cache: [B, H, P, Dh] int8");
+  const bool four = cache.scalar_type() == at::kByte;  // the 4-bit cache (kv4_attention.cpp)
+  TORCH_CHECK((four || cache.scalar_type() == at::kChar) && cache.is_contiguous() && cache.dim() == 4,
+              "cache: [B, H, P, Dh] int8, or [B, H, P, 32] uint8 (4-bit codes of heads of 64)");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 3, "scales: [B, H, P] fp32");
-  TORCH_CHECK(x.dim() == 4 && x.size(0) == cache.size(0) && x.size(1) == cache.size(1) && x.size(3) == cache.size(3),
-              "x: [B, H, T, Dh]");
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == cache.size(0) && x.size(1) == cache.size(1) &&
+              x.size(3) == (four ? 2 : 1) * cache.size(3) && (!four || x.size(3) == 64), "x: [B, H, T, Dh]");
   x = x.to(at::kFloat).contiguous();
   const int64_t bh = x.size(0) * x.size(1), positions = x.size(2), dh = x.size(3), capacity = cache.size(2);
+  const int64_t row_bytes = cache.size(3);
   TORCH_CHECK(start >= 0 && start + positions <= capacity, "positions out of range");
   const float* xp = x.data_ptr<float>();
-  int8_t* cp = cache.data_ptr<int8_t>();
+  auto* cp = static_cast<uint8_t*>(cache.data_ptr());
   float* sp = scales.data_ptr<float>();
   at::parallel_for(0, bh * positions, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t h = r / positions, t = r % positions;
-      sp[h * capacity + start + t] = quantize_row<0>(xp + r * dh, dh, cp + (h * capacity + start + t) * dh);
+      const int64_t h = r / positions, t = r % positions, at = h * capacity + start + t;
+      sp[at] = four ? quantize_row4(xp + r * dh, cp + at * row_bytes)
+                    : quantize_row<0>(xp + r * dh, dh, reinterpret_cast<int8_t*>(cp + at * row_bytes));
     }
   });
-}
-
-// Sixteen vectors of 16 int32 partial sums -> one vector of their 16 totals (lane i: v[i]'s),
-// by interleaving adds: 45 instructions where 16 separate horizontal sums take about 150.
-static inline __m512i sum16(const __m512i* v) {
-  __m512i quads[4];
-  for (int g = 0; g < 4; ++g) {
-    const __m512i* w = v + 4 * g;
-    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(w[0], w[1]), _mm512_unpackhi_epi32(w[0], w[1]));
-    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(w[2], w[3]), _mm512_unpackhi_epi32(w[2], w[3]));
-    // each 128-bit block: the sums over that block of w[0], w[1], w[2], w[3]
-    quads[g] = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
-  }
-  const __m512i q01 = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                       _mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512i q23 = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                       _mm512_shuffle_i32x4(quads[2], quads[3], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
-                          _mm512_shuffle_i32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,

@@ -1,16 +1,17 @@
-// Causal attention of a prefill chunk over the 8-bit KV cache (CPU, AVX-512 BF16), for heads of
-// 64 (every MusicGen).
+// Causal attention of a prefill chunk over the 8-bit or 4-bit KV cache (CPU, AVX-512 BF16), for
+// heads of 64 (every MusicGen).
 //
 // torch's CPU attention for a chunk of 256 queries over up to 1000 positions runs at about
 // 90 GFLOPS here: 1 s of a 20 s context's 3.5 s prefill on 2 cores. Here both products run on
-// vdpbf16ps (32 multiply-adds per instruction): the cached int8 keys and values are exact in
-// bf16 (their scales are applied outside the products); the queries and the softmax weights are
-// rounded to bf16 (8 significant bits, to nearest even). Per head, the cached rows are laid out
+// vdpbf16ps (32 multiply-adds per instruction): the cached int8 keys and values, or the 4-bit
+// cache's codes minus 8, are exact in bf16 (their scales are applied outside the products); the
+// queries and the softmax weights are rounded to bf16 (8 significant bits, to nearest even). Per head, the cached rows are laid out
 // once per chunk in the pairs vdpbf16ps reads; queries go four at a time against 64 positions at
 // a time (16 sums in registers), then four at a time through the values.
 //
-//   prefill_attention_q8(q [B, H, T, 64] fp32, keys, values [B, H, P, 64] int8 (rows
-//     contiguous), key_scales, value_scales [B, H, P] fp32, start) -> [B, H, T, 64] fp32
+//   prefill_attention_q8(q [B, H, T, 64] fp32, keys, values [B, H, P, 64] int8 or [B, H, P, 32]
+//     uint8 4-bit codes (rows contiguous), key_scales, value_scales [B, H, P] fp32, start)
+//     -> [B, H, T, 64] fp32
 // Query i sits at position start + i and attends to positions 0..start + i, already cached.
 #include "attention.h"
 #include "kernels.h"
@@ -44,8 +45,25 @@ inline __m512 dot(__m512 acc, __m512i a, __m512i b) {
   return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(a), reinterpret_cast<__m512bh>(b));
 }
 
-// One head: q [T, 64], keys / values [>= start + T, 64] int8 with their scales, out [T, 64].
-void head(const float* q, const int8_t* keys, const int8_t* values, const float* key_scales,
+// Cached rows of one head, as integers held exactly in floats (times the row's scale, applied
+// outside): int8 [P, 64], or 4-bit codes [P, 32] (kv4_attention.cpp: the code minus 8).
+struct Int8Rows {
+  const int8_t* rows;
+  __m512 load16(int64_t t, int64_t d) const { return load16_int8(rows + t * kDh + d); }
+};
+struct Int4Rows {
+  const uint8_t* rows;
+  __m512 load16(int64_t t, int64_t d) const {  // numbers d..d + 15: low nibbles below 32, else high
+    const auto* at = reinterpret_cast<const __m128i*>(rows + t * kPairs + d % kPairs);
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(at));
+    const __m512i codes = d < kPairs ? _mm512_and_si512(bytes, _mm512_set1_epi32(0x0F)) : _mm512_srli_epi32(bytes, 4);
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(codes, _mm512_set1_epi32(8)));
+  }
+};
+
+// One head: q [T, 64], keys / values [>= start + T] rows with their scales, out [T, 64].
+template <typename Rows>
+void head(const float* q, Rows keys, Rows values, const float* key_scales,
           const float* value_scales, int64_t queries, int64_t start, float* out) {
   const int64_t end = start + queries;
   const int64_t padded = (end + kPositions - 1) / kPositions * kPositions;
@@ -54,17 +72,16 @@ void head(const float* q, const int8_t* keys, const int8_t* values, const float*
   std::vector<float> k_scale(padded, 0.f), v_scale(padded, 0.f);
   alignas(64) uint32_t words[kPairs];
   for (int64_t t = 0; t < end; ++t) {
-    const int8_t* row = keys + t * kDh;
-    _mm512_store_si512(words, consecutive_pairs(load16_int8(row), load16_int8(row + 16)));
-    _mm512_store_si512(words + 16, consecutive_pairs(load16_int8(row + 32), load16_int8(row + 48)));
+    _mm512_store_si512(words, consecutive_pairs(keys.load16(t, 0), keys.load16(t, 16)));
+    _mm512_store_si512(words + 16, consecutive_pairs(keys.load16(t, 32), keys.load16(t, 48)));
     for (int64_t d2 = 0; d2 < kPairs; ++d2) k2[d2 * padded + t] = words[d2];
     k_scale[t] = key_scales[t];
     v_scale[t] = value_scales[t];
   }
   for (int64_t t = 0; t < end; t += 2)
     for (int64_t d = 0; d < kDh; d += 16) {
-      const __m512 second = t + 1 < end ? load16_int8(values + (t + 1) * kDh + d) : _mm512_setzero_ps();
-      _mm512_storeu_si512(v2.data() + t / 2 * kDh + d, interleaved_pairs(load16_int8(values + t * kDh + d), second));
+      const __m512 second = t + 1 < end ? values.load16(t + 1, d) : _mm512_setzero_ps();
+      _mm512_storeu_si512(v2.data() + t / 2 * kDh + d, interleaved_pairs(values.load16(t, d), second));
     }
   const __m512 scale = _mm512_set1_ps(1.f / std::sqrt(static_cast<float>(kDh)));
   std::vector<float> scores(kQueries * padded);
@@ -148,9 +165,12 @@ at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values
   TORCH_CHECK(q.scalar_type() == at::kFloat && q.dim() == 4 && q.size(3) == kDh, "q: [B, H, T, 64] fp32");
   q = q.contiguous();
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2);
+  const bool four = keys.scalar_type() == at::kByte;  // 4-bit codes (kv4_attention.cpp)
+  const int64_t width = four ? kPairs : kDh;
   for (const auto* c : {&keys, &values}) {
-    TORCH_CHECK(c->scalar_type() == at::kChar && c->dim() == 4 && c->size(0) == B && c->size(1) == H &&
-                c->size(3) == kDh && c->stride(3) == 1 && c->stride(2) == kDh, "cache: [B, H, P, 64] int8, rows contiguous");
+    TORCH_CHECK(c->scalar_type() == keys.scalar_type() && (four || c->scalar_type() == at::kChar) && c->dim() == 4 &&
+                c->size(0) == B && c->size(1) == H && c->size(3) == width && c->stride(3) == 1 && c->stride(2) == width,
+                "cache: [B, H, P, 64] int8 or [B, H, P, 32] uint8 (4-bit codes), rows contiguous");
     TORCH_CHECK(start + T <= c->size(2), "positions out of range");
   }
   TORCH_CHECK(keys.strides() == values.strides(), "keys and values alike");
@@ -160,8 +180,8 @@ at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values
   TORCH_CHECK(key_scales.strides() == value_scales.strides(), "scales alike");
   auto out = at::empty_like(q);
   const float* qp = q.data_ptr<float>();
-  const int8_t* kp = keys.data_ptr<int8_t>();
-  const int8_t* vp = values.data_ptr<int8_t>();
+  const auto* kp = static_cast<const uint8_t*>(keys.data_ptr());
+  const auto* vp = static_cast<const uint8_t*>(values.data_ptr());
   const float* ksp = key_scales.data_ptr<float>();
   const float* vsp = value_scales.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -170,8 +190,13 @@ at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values
       const int64_t b = task / H, h = task % H;
       const int64_t cache_at = b * keys.stride(0) + h * keys.stride(1);
       const int64_t scale_at = b * key_scales.stride(0) + h * key_scales.stride(1);
-      head(qp + task * T * kDh, kp + cache_at, vp + cache_at, ksp + scale_at, vsp + scale_at, T, start,
-           op + task * T * kDh);
+      if (four)
+        head(qp + task * T * kDh, Int4Rows{kp + cache_at}, Int4Rows{vp + cache_at}, ksp + scale_at, vsp + scale_at, T,
+             start, op + task * T * kDh);
+      else
+        head(qp + task * T * kDh, Int8Rows{reinterpret_cast<const int8_t*>(kp + cache_at)},
+             Int8Rows{reinterpret_cast<const int8_t*>(vp + cache_at)}, ksp + scale_at, vsp + scale_at, T, start,
+             op + task * T * kDh);
     }
   });
   return out;

@@ -1,0 +1,174 @@
+"""The 4-bit KV cache (`--kv-cache int4`; engine/lm/cache.py, kernels/kv4_attention.cpp): each
+key and value row of 64 numbers as 4-bit codes two to a byte with one scale per head and
+position, written by the prefill and the decode step, read by the decode step's VNNI scores, its
+weighted values and the prefill's BF16 attention; and the flag that asks for it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.lm.cache import CHUNK_HEAD_DIM, INT4_CACHE, KVCache
+from engine.lm.model import FastLM
+from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
+from nativeutil import needs_native
+
+#: 2 layers of width 256, 4 heads of 64 (the 4-bit cache's head dim, every MusicGen's).
+SHAPE = TINY_SHAPE._replace(lm_dim=256, lm_heads=4)
+
+
+@pytest.fixture(scope="module")
+def native():
+    from engine.lm.kernels import load_cpu_kernels
+    return load_cpu_kernels()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(3)
+    return build_random_lm(SHAPE)
+
+
+def _dequantised(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[..., 32] uint8 codes (byte j: number j low, j + 32 high, each + 8), [...] scales → [..., 64]."""
+    numbers = torch.cat([codes & 15, codes >> 4], dim=-1).float() - 8
+    return numbers * scales[..., None]
+
+
+def _random_cache(heads: int, positions: int):
+    codes = torch.randint(0, 256, (heads, positions, CHUNK_HEAD_DIM // 2), dtype=torch.uint8)
+    return codes, torch.rand(heads, positions) * 0.05 + 0.001
+
+
+@needs_native
+def test_rows_are_written_as_4_bit_codes_and_read_back_within_half_a_step(native):
+    torch.manual_seed(5)
+    cache = KVCache(layers=2, heads=3, positions=48, head_dim=CHUNK_HEAD_DIM, dtype=INT4_CACHE,
+                    device=torch.device("cpu"), kernels="native", native=native)
+    assert cache.quantized and cache.bits == 4 and cache.precision == "int4" and cache.kernel == "native"
+    assert cache.k.shape == (2, 2, 3, 48, CHUNK_HEAD_DIM // 2) and cache.k.dtype == torch.uint8
+    assert cache.position_bytes() == 2 * 3 * (32 + 4)  # keys and values of 3 heads, each 32 bytes and a scale
+    k, v = torch.randn(2, 3, 40, 64), torch.randn(2, 3, 40, 64) * 3
+    cache.write(1, 0, k[:, :, :30], v[:, :, :30])  # a prefill chunk
+    for t in range(30, 40):  # decode steps
+        cache.write(1, t, k[:, :, t:t + 1], v[:, :, t:t + 1])
+    for x, codes, scales in ((k, cache.k[1, :, :, :40], cache.k_scale[1, :, :, :40]),
+                             (v, cache.v[1, :, :, :40], cache.v_scale[1, :, :, :40])):
+        peak = x.abs().amax(-1)
+        assert torch.allclose(scales, peak / 7)
+        # the layout, against codes made here: round(x / s) + 8 (a tie may round either way)
+        expected = (x / (peak / 7)[..., None]).round().clamp(-7, 7) + 8
+        got = torch.cat([codes & 15, codes >> 4], dim=-1).float()
+        assert (got - expected).abs().max() <= 1 and (got != expected).float().mean() < 1e-3
+        assert (_dequantised(codes, scales) - x).abs().max() <= (peak / 7).max() * 0.51
+    keys, values = cache.read(1, 40, torch.float32)
+    assert torch.equal(keys, _dequantised(cache.k[1, :, :, :40], cache.k_scale[1, :, :, :40]))
+    assert torch.equal(values, _dequantised(cache.v[1, :, :, :40], cache.v_scale[1, :, :, :40]))
+    assert not cache.k[0].any() and (cache.k_scale[0] == 1).all()  # the other layer untouched
+    q = torch.randn(2, 3, 1, 64)
+    expected = F.scaled_dot_product_attention(q, keys, values)
+    got = cache.attend(1, q, 40)  # scores_q4 / weighted_q4: q quantised to int8 per head
+    assert (got - expected).norm() / expected.norm() < 5e-3
+    exact = F.scaled_dot_product_attention(q, k, v)
+    assert (got - exact).norm() / exact.norm() < 0.15  # 4 bits: the cache's own rounding
+    slot = cache.with_rows(4).slot(1)
+    assert slot.k.shape == (2, 2, 3, 48, 32) and slot.bits == 4
+
+
+def test_a_4_bit_cache_needs_the_native_kernels_and_heads_of_64(native):
+    with pytest.raises(ValueError, match="4-bit KV cache needs the native CPU kernels"):
+        KVCache(1, 1, 16, 64, INT4_CACHE, torch.device("cpu"), kernels="eager")
+    if native is not None:
+        with pytest.raises(ValueError, match="heads of 64"):
+            KVCache(1, 1, 16, 32, INT4_CACHE, torch.device("cpu"), kernels="native", native=native)
+
+
+@needs_native
+def test_vnni_scores_over_the_4_bit_cache_are_the_dequantised_scores(native):
+    """scores_q4 reads two positions per load (16 at a time, the rest one by one) and sums
+    q8 · code by VNNI, less 8 Σ q8: within q's rounding of the exact scores."""
+    torch.manual_seed(2)
+    heads, capacity = 6, 80
+    keys, key_scales = _random_cache(heads, capacity)
+    q = torch.randn(heads, 64)
+    for positions in (1, 15, 16, 17, 33, 80):
+        got = native.scores_q4(q, keys, key_scales, positions)
+        dequantised = _dequantised(keys[:, :positions], key_scales[:, :positions])
+        exact = (dequantised @ q.unsqueeze(-1)).squeeze(-1) / 8
+        bound = (q.abs().amax(-1, keepdim=True) / 254) * dequantised.abs().sum(-1) / 8
+        assert got.shape == (heads, positions)
+        assert ((got - exact).abs() <= bound * 1.001 + 1e-6).all(), positions
+
+
+@needs_native
+def test_weighted_values_over_the_4_bit_cache_are_the_dequantised_sum(native):
+    torch.manual_seed(6)
+    heads, capacity = 5, 90
+    values, value_scales = _random_cache(heads, capacity)
+    for positions in (1, 16, 37, 90):
+        weights = torch.softmax(torch.randn(heads, positions), dim=-1)
+        got = native.weighted_q4(weights, values, value_scales)
+        expected = (weights.unsqueeze(1) @ _dequantised(values[:, :positions], value_scales[:, :positions])).squeeze(1)
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), positions
+
+
+@needs_native
+def test_the_prefill_attention_reads_the_4_bit_cache(native):
+    from engine.lm.cache import BF16_CPU_FLAG
+    from engine.lm.hardware import cpu_flags
+    if BF16_CPU_FLAG not in cpu_flags():
+        pytest.skip("the prefill's native attention runs on AVX-512 BF16 only")
+    torch.manual_seed(4)
+    B, H, P = 2, 3, 300
+    (keys, key_scales), (values, value_scales) = (_random_cache(B * H, P) for _ in range(2))
+    keys, values = keys.view(B, H, P, 32), values.view(B, H, P, 32)
+    key_scales, value_scales = key_scales.view(B, H, P), value_scales.view(B, H, P)
+    for start, length in ((0, 1), (0, 70), (100, 37), (250, 50)):
+        q = torch.randn(B, H, length, 64)
+        got = native.prefill_attention_q8(q, keys, values, key_scales, value_scales, start)
+        end = start + length
+        k = _dequantised(keys[:, :, :end], key_scales[:, :, :end])
+        v = _dequantised(values[:, :, :end], value_scales[:, :, :end])
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(length, end, dtype=torch.bool)
+                                                  .tril(diagonal=start))
+        assert (got - expected).norm() / expected.norm() < 5e-3, (start, length)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_the_4_bit_cache_keeps_the_decoders_predictions(lm, dtype):
+    """Weights in `dtype` over the 4-bit cache against the same weights over the 8-bit one:
+    the step reads fewer bytes, and the guided logits along a generated sequence stay close."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    from engine.lm.generate import generate
+    from engine.lm.quality import guided_logits, logit_agreement
+    attributes = ConditioningAttributes(text={"description": "warm lofi hip hop"})
+    four = FastLM(lm, max_frames=80, dtype=dtype, kernels="native", kv_cache="int4")
+    eight = FastLM(lm, max_frames=80, dtype=dtype, kernels="native", kv_cache="int8")
+    assert four.cache.bits == 4 and four.cache_dtype == INT4_CACHE and four.native_step is not None
+    assert four.step_bytes(60) < eight.step_bytes(60)
+    codes = generate(eight, None, attributes, 60, generator=torch.Generator().manual_seed(4))[0]
+    reference, targets = guided_logits(eight, codes, attributes)
+    figures = logit_agreement(reference, guided_logits(four, codes, attributes)[0], targets, four.special_token)
+    assert figures["logit_relative_error"] < 0.12, figures
+    assert figures["top10_overlap"] > 0.8, figures
+    with pytest.raises(ValueError, match="4-bit KV cache needs"):
+        FastLM(lm, max_frames=80, dtype="fp32", kv_cache="int4")
+
+
+def test_kv_cache_flag_becomes_the_model_config_and_is_checked_before_loading():
+    import server
+    from engine.radio import check
+    from engine.station.config import ConfigError, ModelConfig, StationConfig
+    from engine.net.config import NetworkConfig
+    from engine.outputs.config import OutputConfig
+    models, engine, outputs, network = server.configs_from_args(server.build_parser().parse_args(
+        ["--model", "tiny", "--dtype", "int4", "--kv-cache", "int4", "--device", "cpu", "--no-play"]))
+    assert (models.dtype, models.kv_cache) == ("int4", "int4")
+    assert check(models, engine, outputs, network) == "cpu"
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        server.build_parser().parse_args(["--kv-cache", "int2"])
+    with pytest.raises(ConfigError, match="--kv-cache must be one of"):
+        ModelConfig(kv_cache="int2").validate()
+    for dtype in ("fp32", "bf16"):
+        with pytest.raises(ConfigError, match="--kv-cache int4 runs on the native CPU kernels only"):
+            check(ModelConfig(name="tiny", device="cpu", dtype=dtype, kv_cache="int4"), StationConfig(),
+                  OutputConfig(play=False), NetworkConfig())
