@@ -94,24 +94,34 @@ void scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales
 }
 
 void weighted_q4_head(const float* w, const uint8_t* values, int64_t positions, float* out) {
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  __m512 total = _mm512_setzero_ps();  // sum of w, for the codes' offset of 8
-  auto add = [&](__m512 wt, __m128i codes16, int j) {
-    acc[j] = _mm512_fmadd_ps(wt, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(codes16)), acc[j]);
-  };
-  for (int64_t t = 0; t < positions; ++t) {
-    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + t * 32));
-    const __m256i low = _mm256_and_si256(bytes, _mm256_set1_epi8(0x0F));
-    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), _mm256_set1_epi8(0x0F));
-    const __m512 wt = _mm512_set1_ps(w[t]);
-    add(wt, _mm256_castsi256_si128(low), 0);
-    add(wt, _mm256_extracti128_si256(low, 1), 1);
-    add(wt, _mm256_castsi256_si128(high), 2);
-    add(wt, _mm256_extracti128_si256(high, 1), 3);
-    total = _mm512_add_ps(total, wt);
+  // Each 16 bytes zero-extended to 16 int32 straight from memory (one shuffle), then the low
+  // nibble by a mask and the high one by a shift: half the shuffles of splitting the bytes first.
+  // Two sets of sums (even and odd positions) so that consecutive multiply-adds do not wait on
+  // each other.
+  __m512 acc[2][4], total[2];
+  for (int p = 0; p < 2; ++p) {
+    total[p] = _mm512_setzero_ps();
+    for (auto& a : acc[p]) a = _mm512_setzero_ps();
   }
-  const __m512 offset = _mm512_mul_ps(total, _mm512_set1_ps(8.f));
-  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_sub_ps(acc[j], offset));
+  const __m512i nibble = _mm512_set1_epi32(0x0F);
+  auto add = [&](int p, int64_t t) {
+    const __m512 wt = _mm512_set1_ps(w[t]);
+    for (int half = 0; half < 2; ++half) {  // bytes 0-15: numbers 0-15 and 32-47; 16-31: 16-31 and 48-63
+      const auto* at = reinterpret_cast<const __m128i*>(values + t * 32 + 16 * half);
+      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(at));
+      acc[p][half] = _mm512_fmadd_ps(wt, _mm512_cvtepi32_ps(_mm512_and_si512(bytes, nibble)), acc[p][half]);
+      acc[p][2 + half] = _mm512_fmadd_ps(wt, _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), acc[p][2 + half]);
+    }
+    total[p] = _mm512_add_ps(total[p], wt);
+  };
+  int64_t t = 0;
+  for (; t + 2 <= positions; t += 2) {
+    add(0, t);
+    add(1, t + 1);
+  }
+  if (t < positions) add(0, t);
+  const __m512 offset = _mm512_mul_ps(_mm512_add_ps(total[0], total[1]), _mm512_set1_ps(8.f));  // the codes' 8
+  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_sub_ps(_mm512_add_ps(acc[0][j], acc[1][j]), offset));
 }
 
 static void check_q4(const at::Tensor& cache, const at::Tensor& scales, int64_t bh) {
