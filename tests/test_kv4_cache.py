@@ -100,14 +100,33 @@ def test_vnni_scores_over_the_4_bit_cache_are_the_dequantised_scores(native):
 
 @needs_native
 def test_weighted_values_over_the_4_bit_cache_are_the_dequantised_sum(native):
+    """weighted_q4 sums by VNNI, 4 positions per product, the weights (times the value scales)
+    held as two uint8 digits per block of 64 positions: each within half a step of 1 / 255² of
+    its block's largest. A softmax's tiny weights beside a large one are kept, not rounded away."""
     torch.manual_seed(6)
-    heads, capacity = 5, 90
+    heads, capacity = 5, 300
     values, value_scales = _random_cache(heads, capacity)
-    for positions in (1, 16, 37, 90):
-        weights = torch.softmax(torch.randn(heads, positions), dim=-1)
-        got = native.weighted_q4(weights, values, value_scales)
-        expected = (weights.unsqueeze(1) @ _dequantised(values[:, :positions], value_scales[:, :positions])).squeeze(1)
-        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), positions
+    for positions in (1, 3, 16, 37, 64, 65, 129, 300):
+        for spread in (1.0, 12.0):  # flat, and peaked: most weights below 1 / 255 of the largest
+            weights = torch.softmax(torch.randn(heads, positions) * spread, dim=-1)
+            got = native.weighted_q4(weights, values, value_scales)
+            scaled = weights * value_scales[:, :positions]
+            expected = (scaled.unsqueeze(1) @ _dequantised(values[:, :positions], torch.ones(heads, positions))).squeeze(1)
+            blocks = F.pad(scaled, (0, -positions % 64)).view(heads, -1, 64).amax(-1)  # [heads, blocks]
+            step = blocks.repeat_interleave(64, dim=1)[:, :positions] / 255 ** 2
+            bound = 8 * 0.5 * step.sum(-1, keepdim=True) + 1e-6 * expected.abs().amax(-1, keepdim=True)
+            assert ((got - expected).abs() <= bound).all(), (positions, spread)
+    # Peaked weights over values all 7 (code 15): the sum is 7 Σ w. Most weights lie under 1 / 510
+    # of their block's largest, where one uint8 digit rounds them to 0: more than the bound.
+    weights = torch.softmax(torch.randn(heads, 320) * 4, dim=-1)
+    sevens, ones = torch.full((heads, 320, 32), 0xFF, dtype=torch.uint8), torch.ones(heads, 320)
+    got = native.weighted_q4(weights, sevens, ones)
+    blocks = weights.view(heads, 5, 64)
+    largest = blocks.amax(-1, keepdim=True)
+    bound = 7 * 0.5 * 64 * largest.sum((-1, -2)) / 255 ** 2 + 1e-6
+    assert ((got - 7 * weights.sum(-1, keepdim=True)).abs() <= bound[:, None]).all()
+    dropped = 7 * blocks.masked_fill(blocks >= largest / 510, 0).sum((-1, -2))
+    assert (dropped > bound).all()
 
 
 @needs_native

@@ -15,8 +15,10 @@
 //   scores_q4 / weighted_q4: the same over [BH, P, 32] caches, heads spread over torch's threads.
 #include "attention.h"
 #include "kernels.h"
+#include "vmath.h"
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <cstring>
 
 namespace {
 
@@ -25,6 +27,11 @@ inline void split_nibbles(__m512i bytes, __m512i* low, __m512i* high) {
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   *low = _mm512_and_si512(bytes, nibble);
   *high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
+}
+
+// The first `bytes` (0-64) of 64.
+inline __mmask64 byte_mask(int64_t bytes) {
+  return bytes <= 0 ? 0 : bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
 }
 
 // Lanes 0-7 summed and lanes 8-15 summed, of 8 vectors: 16 totals, lane 2i + j: v[i]'s half j.
@@ -94,34 +101,78 @@ void scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales
 }
 
 void weighted_q4_head(const float* w, const uint8_t* values, int64_t positions, float* out) {
-  // Each 16 bytes zero-extended to 16 int32 straight from memory (one shuffle), then the low
-  // nibble by a mask and the high one by a shift: half the shuffles of splitting the bytes first.
-  // Two sets of sums (even and odd positions) so that consecutive multiply-adds do not wait on
-  // each other.
-  __m512 acc[2][4], total[2];
-  for (int p = 0; p < 2; ++p) {
-    total[p] = _mm512_setzero_ps();
-    for (auto& a : acc[p]) a = _mm512_setzero_ps();
-  }
-  const __m512i nibble = _mm512_set1_epi32(0x0F);
-  auto add = [&](int p, int64_t t) {
-    const __m512 wt = _mm512_set1_ps(w[t]);
-    for (int half = 0; half < 2; ++half) {  // bytes 0-15: numbers 0-15 and 32-47; 16-31: 16-31 and 48-63
-      const auto* at = reinterpret_cast<const __m128i*>(values + t * 32 + 16 * half);
-      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(at));
-      acc[p][half] = _mm512_fmadd_ps(wt, _mm512_cvtepi32_ps(_mm512_and_si512(bytes, nibble)), acc[p][half]);
-      acc[p][2 + half] = _mm512_fmadd_ps(wt, _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), acc[p][2 + half]);
+  // vpdpbusd sums 4 products per 32-bit lane: lane d must hold number d of 4 consecutive
+  // positions, and the 4 weights are broadcast beside it. So the weights are held as two uint8
+  // digits per block of 64 positions (w / scale = high + low / 255, scale: the block's largest /
+  // 255, so that a softmax's small weights beside a large one are not rounded away: within
+  // 1 / 130000 of the block's largest), and each 4 positions' 128 bytes are transposed by two dword permutes (the
+  // 16-byte quarters of the 4 rows: bytes 0-15 of each, then 16-31) and a byte shuffle within
+  // each 128-bit lane (4 x 4 bytes), both AVX-512F/BW. Lane d of the first then holds byte d of
+  // each row: numbers d (low nibbles) and d + 32 (high); of the second, 16 + d and 48 + d.
+  alignas(64) static const int32_t kFirst[16] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27};
+  alignas(64) static const int32_t kSecond[16] = {4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31};
+  alignas(64) static const int8_t kTranspose[64] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                                    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                                    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                                    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+  const __m512i first = _mm512_load_si512(kFirst), second = _mm512_load_si512(kSecond);
+  const __m512i transpose = _mm512_load_si512(kTranspose), nibble = _mm512_set1_epi8(0x0F);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  float weight_sum = 0.f;  // of the rounded weights, for the codes' offset of 8
+  for (int64_t b0 = 0; b0 < positions; b0 += 64) {
+    const int64_t n = std::min<int64_t>(64, positions - b0);
+    __m512 block[4];
+    __m512 peak = _mm512_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      block[i] = _mm512_maskz_loadu_ps(first_lanes(16 * i, n), w + b0 + 16 * i);
+      peak = _mm512_max_ps(peak, block[i]);
     }
-    total[p] = _mm512_add_ps(total[p], wt);
-  };
-  int64_t t = 0;
-  for (; t + 2 <= positions; t += 2) {
-    add(0, t);
-    add(1, t + 1);
+    const float top = _mm512_reduce_max_ps(peak);
+    if (!(top > 0.f)) continue;  // (weights are >= 0) nothing to add
+    const __m512 inverse = _mm512_set1_ps(255.f / top);
+    alignas(64) uint8_t digits[2][64];  // high, low
+    __m512i count[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int i = 0; i < 4; ++i) {
+      const __m512 x = _mm512_min_ps(_mm512_mul_ps(block[i], inverse), _mm512_set1_ps(255.f));
+      const __m512 high = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      const __m512i q[2] = {_mm512_cvtps_epi32(high),
+                            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, high), _mm512_set1_ps(255.f)))};
+      for (int k = 0; k < 2; ++k) {
+        count[k] = _mm512_add_epi32(count[k], q[k]);
+        _mm_store_si128(reinterpret_cast<__m128i*>(digits[k] + 16 * i), _mm512_cvtusepi32_epi8(q[k]));
+      }
+    }
+    __m512i sums[2][4];  // high, low
+    for (auto& set : sums)
+      for (auto& a : set) a = _mm512_setzero_si512();
+    for (int64_t g = 0; g < n; g += 4) {
+      const uint8_t* rows = values + (b0 + g) * 32;
+      const int64_t bytes = std::min<int64_t>(4, n - g) * 32;  // (the last group may hold fewer rows)
+      const __m512i r0 = bytes == 128 ? _mm512_loadu_si512(rows) : _mm512_maskz_loadu_epi8(byte_mask(bytes), rows);
+      const __m512i r1 = bytes == 128 ? _mm512_loadu_si512(rows + 64)
+                                      : _mm512_maskz_loadu_epi8(byte_mask(bytes - 64), rows + 64);
+      const __m512i a = _mm512_shuffle_epi8(_mm512_permutex2var_epi32(r0, first, r1), transpose);
+      const __m512i b = _mm512_shuffle_epi8(_mm512_permutex2var_epi32(r0, second, r1), transpose);
+      const __m512i codes[4] = {_mm512_and_si512(a, nibble), _mm512_and_si512(b, nibble),
+                                _mm512_and_si512(_mm512_srli_epi16(a, 4), nibble),
+                                _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble)};
+      for (int k = 0; k < 2; ++k) {
+        int32_t four;
+        std::memcpy(&four, digits[k] + g, 4);
+        const __m512i weights4 = _mm512_set1_epi32(four);
+        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], weights4, codes[j]);
+      }
+    }
+    const float scale = top / 255.f;
+    const __m512 high_scale = _mm512_set1_ps(scale), low_scale = _mm512_set1_ps(scale / 255.f);
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), low_scale,
+                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), high_scale, acc[j]));
+    weight_sum += scale * (static_cast<float>(_mm512_reduce_add_epi32(count[0])) +
+                           static_cast<float>(_mm512_reduce_add_epi32(count[1])) / 255.f);
   }
-  if (t < positions) add(0, t);
-  const __m512 offset = _mm512_mul_ps(_mm512_add_ps(total[0], total[1]), _mm512_set1_ps(8.f));  // the codes' 8
-  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_sub_ps(_mm512_add_ps(acc[0][j], acc[1][j]), offset));
+  const __m512 offset = _mm512_set1_ps(8.f * weight_sum);
+  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_sub_ps(acc[j], offset));
 }
 
 static void check_q4(const at::Tensor& cache, const at::Tensor& scales, int64_t bh) {
