@@ -34,14 +34,22 @@ inline __mmask64 byte_mask(int64_t bytes) {
   return bytes <= 0 ? 0 : bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
 }
 
-// Lanes 0-7 summed and lanes 8-15 summed, of 8 vectors: 16 totals, lane 2i + j: v[i]'s half j.
-inline __m512i half_sums8(const __m512i* v) {
-  __m512i halves[16];
-  for (int i = 0; i < 8; ++i) {
-    halves[2 * i] = _mm512_maskz_mov_epi32(0x00FF, v[i]);
-    halves[2 * i + 1] = _mm512_maskz_mov_epi32(0xFF00, v[i]);
+// Eight vectors of partial sums, each for two positions (lanes 0-7: one, 8-15: the next) -> the
+// 16 totals in position order: sum16's first two rounds of interleaved adds (within each 128-bit
+// block: the block's sum for 4 vectors), then one round across blocks and one permute.
+inline __m512i pair_sums8(const __m512i* v) {
+  __m512i quads[2];
+  for (int g = 0; g < 2; ++g) {
+    const __m512i* w = v + 4 * g;
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(w[0], w[1]), _mm512_unpackhi_epi32(w[0], w[1]));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(w[2], w[3]), _mm512_unpackhi_epi32(w[2], w[3]));
+    quads[g] = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
   }
-  return sum16(halves);
+  // blocks (0 + 1) and (2 + 3) of each: lane 4 k + i = vector 4 (k / 2) + i, its position k % 2
+  const __m512i halves = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                          _mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+  return _mm512_permutexvar_epi32(order, halves);
 }
 
 }  // namespace
@@ -87,7 +95,7 @@ void scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales
   for (; t + 16 <= positions; t += 16) {
     __m512i partial[8];
     for (int i = 0; i < 8; ++i) partial[i] = pair(t + 2 * i);
-    const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(half_sums8(partial), offset));
+    const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(pair_sums8(partial), offset));
     _mm512_storeu_ps(out + t, _mm512_mul_ps(_mm512_mul_ps(sums, factor), _mm512_loadu_ps(key_scales + t)));
   }
   for (; t < positions; ++t) {  // one at a time: the 32 bytes as the low half
