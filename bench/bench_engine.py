@@ -61,6 +61,10 @@ METHODS = ("engine", "seed", "extend", "transformers", "fast-musicgen")
 #: GB summed for the bandwidth read just before and after the engine's timed stride (far larger
 #: than the caches, small beside the model's memory).
 ADJACENT_BANDWIDTH_GB = 0.25
+#: And between its decode steps, every this many steps (each read about 2-4 ms, left out of the
+#: stride's time): the bandwidth beside the steps themselves, where on shared machines it moves by
+#: up to 1.8x between reads a minute apart.
+BETWEEN_STEPS_BANDWIDTH_GB, BANDWIDTH_EVERY_STEPS = 0.1, 50
 
 
 def run_engine(model, args) -> dict:
@@ -89,15 +93,17 @@ def run_engine(model, args) -> dict:
     gen.set_context(context)
     stitcher.push(gen.next_stride(PROMPT, WARMUP_FRAMES))  # warm-up with the full context
     gen.set_context(context)
-    clock = StepClock(args.device, args.steps)
+    probe = BandwidthProbe(args.device, BETWEEN_STEPS_BANDWIDTH_GB)
+    clock = StepClock(args.device, args.steps, probe, BANDWIDTH_EVERY_STEPS)
     # the read bandwidth right before and after the timed stride (in this process; it moves by
     # up to 1.7x within a minute on shared machines): the step's floor is taken against it
     bandwidth_before = read_bandwidth_gbs(args.device, ADJACENT_BANDWIDTH_GB)
     started = time.perf_counter()
     wall = timed(args.device, started, lambda: stitcher.push(gen.next_stride(PROMPT, stride_frames, clock)))
+    wall = None if wall is None else wall - clock.paused_s
     adjacent = (bandwidth_before + read_bandwidth_gbs(args.device, ADJACENT_BANDWIDTH_GB)) / 2
     result = {**clock.figures(started), "stride_wall_s": wall, "first_sound_s": first_sound,
-              "adjacent_bandwidth_gbs": adjacent,
+              "adjacent_bandwidth_gbs": adjacent, "between_steps_gbs": clock.bandwidths,
               "dtype": gen.dtype + (f"/{gen.fast.kernels}{'-ops' if unfused else ''}/"
                                     f"{gen.fast.cache.precision}-cache"
                                     if gen.fast is not None else "/audiocraft")}
@@ -132,16 +138,24 @@ def child(args) -> None:
 def read_bandwidth_gbs(device: str, gigabytes: float = 1.0, repeats: int = 6) -> float:
     """Memory read bandwidth as the decode step sees it (all of torch's threads summing a buffer
     far larger than the caches; the best of `repeats`), in GB/s."""
-    import torch
-    buffer = torch.ones(int(gigabytes * 1e9) // 4, dtype=torch.float32, device=device)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
+    probe = BandwidthProbe(device, gigabytes)
+    return max(probe() for _ in range(repeats))
+
+
+class BandwidthProbe:
+    """One read of a buffer of `gigabytes` (allocated once) by all of torch's threads → GB/s."""
+
+    def __init__(self, device: str, gigabytes: float):
+        import torch
+        self.buffer = torch.ones(int(gigabytes * 1e9) // 4, dtype=torch.float32, device=device)
+        self.device = device
+
+    def __call__(self) -> float:
+        sync(self.device)
         started = time.perf_counter()
-        buffer.sum()
-        sync(device)
-        best = min(best, time.perf_counter() - started)
-    return buffer.numel() * 4 / best / 1e9
+        self.buffer.sum()
+        sync(self.device)
+        return self.buffer.numel() * 4 / (time.perf_counter() - started) / 1e9
 
 
 def int8_peak_gops() -> tp.Optional[float]:
@@ -238,6 +252,12 @@ def main() -> None:
                   f"floor {floor_ms:.2f} ms at {bandwidth:.1f} GB/s; the step takes {r['step_ms'] / floor_ms:.2f}x "
                   f"the floor; {r['step_ms'] / near_floor_ms:.2f}x at the {near:.1f} GB/s read just before and after "
                   f"its stride", flush=True)
+            between = r.get("between_steps_gbs") or []
+            if between:  # the floor at the time per byte of the reads between its steps (their mean)
+                seconds_per_gb = sum(1 / b for b in between) / len(between)
+                print(f"{label:22s} {r['step_ms'] / (r['step_bytes'] / 1e9 * seconds_per_gb * 1000):.2f}x the floor at "
+                      f"the {1 / seconds_per_gb:.1f} GB/s read between its steps ({len(between)} reads every "
+                      f"{BANDWIDTH_EVERY_STEPS} steps, {min(between):.1f}-{max(between):.1f} GB/s)", flush=True)
     for label, r in results.items():
         if peak is not None and r.get("quantised") and r["prefill_s"] > 0:
             rate = r["prefill_ops"] / r["prefill_s"] / 1e9

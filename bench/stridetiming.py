@@ -12,16 +12,27 @@ WARMUP_FRAMES = 10
 
 
 class StepClock:
-    """Progress callback that records when each decode step finished."""
+    """Progress callback that records when each decode step finished. With a `probe` (a
+    callable returning GB/s), every `probe_every` steps it reads the memory bandwidth between
+    two steps, beside the steps themselves; the probes' time is left out of the step times
+    (`paused_s`: to be left out of the stride's wall time too)."""
 
-    def __init__(self, device: str, limit: int = 0):
+    def __init__(self, device: str, limit: int = 0, probe: tp.Optional[tp.Callable[[], float]] = None,
+                 probe_every: int = 0):
         self.device, self.limit, self.times = device, limit, []
+        self.probe, self.probe_every = probe, probe_every
+        self.bandwidths: tp.List[float] = []  # GB/s, one per probe
+        self.paused_s = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         sync(self.device)
-        self.times.append(time.perf_counter())
+        now = time.perf_counter()
+        self.times.append(now - self.paused_s)
         if self.limit and len(self.times) > self.limit:
             raise EnoughSteps()
+        if self.probe is not None and len(self.times) % self.probe_every == 0:
+            self.bandwidths.append(self.probe())
+            self.paused_s += time.perf_counter() - now
 
     def figures(self, started: float) -> dict:
         t = self.times

@@ -89,7 +89,7 @@ class KVCache:
     def _allocate(self, shape: tp.Tuple[int, ...], device: torch.device) -> None:
         """shape: [layers, B, H, positions, Dh] (on CPU on huge pages: hugepages.py)."""
         row = shape[-1] // 2 if self.bits == 4 else shape[-1]  # two 4-bit codes to a byte
-        self.kv = zeros_on_huge_pages((2, *shape[:-1], row), self.dtype, device)  # keys and values: one write per step
+        self.kv = zeros_on_huge_pages((2, *shape[:-1], row), self.dtype, device)  # keys, values: one write a step
         self.k, self.v = self.kv[0], self.kv[1]
         scales = ((lambda: zeros_on_huge_pages(shape[:-1], torch.float32, device).fill_(1.0))
                   if self.quantized else None)
@@ -179,7 +179,7 @@ class KVCache:
     def read(self, layer: int, end: int, dtype: torch.dtype) -> tp.Tuple[torch.Tensor, torch.Tensor]:
         """Positions 0..end-1 as [B, H, end, Dh] in `dtype`."""
         if self.quantized:
-            return tuple((_codes(cache[layer, :, :, :end], self.bits).to(dtype) * scales[layer, :, :, :end, None].to(dtype))
+            return tuple(_codes(cache[layer, :, :, :end], self.bits).to(dtype) * scales[layer, :, :, :end, None].to(dtype)
                          for cache, scales in ((self.k, self.k_scale), (self.v, self.v_scale)))
         return self.k[layer, :, :, :end].to(dtype), self.v[layer, :, :, :end].to(dtype)
 

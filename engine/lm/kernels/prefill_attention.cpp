@@ -5,9 +5,10 @@
 // 90 GFLOPS here: 1 s of a 20 s context's 3.5 s prefill on 2 cores. Here both products run on
 // vdpbf16ps (32 multiply-adds per instruction): the cached int8 keys and values, or the 4-bit
 // cache's codes minus 8, are exact in bf16 (their scales are applied outside the products); the
-// queries and the softmax weights are rounded to bf16 (8 significant bits, to nearest even). Per head, the cached rows are laid out
-// once per chunk in the pairs vdpbf16ps reads; queries go four at a time against 64 positions at
-// a time (16 sums in registers), then four at a time through the values.
+// queries and the softmax weights are rounded to bf16 (8 significant bits, to nearest even). Per
+// head, the cached rows are laid out once per chunk in the pairs vdpbf16ps reads; queries go four
+// at a time against 64 positions at a time (16 sums in registers), then four at a time through
+// the values.
 //
 //   prefill_attention_q8(q [B, H, T, 64] fp32, keys, values [B, H, P, 64] int8 or [B, H, P, 32]
 //     uint8 4-bit codes (rows contiguous), key_scales, value_scales [B, H, P] fp32, start)
