@@ -65,17 +65,18 @@ void weighted_loop(const float* wp, const T* vp, int64_t bh, int64_t positions, 
   });
 }
 
+// Four vectors of 16 int32 -> each 128-bit block: the sums over that block of w[0], w[1], w[2],
+// w[3] (two rounds of interleaved adds).
+inline __m512i block_sums4(const __m512i* w) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(w[0], w[1]), _mm512_unpackhi_epi32(w[0], w[1]));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(w[2], w[3]), _mm512_unpackhi_epi32(w[2], w[3]));
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+}
+
 // Sixteen vectors of 16 int32 partial sums -> one vector of their 16 totals (lane i: v[i]'s),
 // by interleaving adds: 45 instructions where 16 separate horizontal sums take about 150.
 inline __m512i sum16(const __m512i* v) {
-  __m512i quads[4];
-  for (int g = 0; g < 4; ++g) {
-    const __m512i* w = v + 4 * g;
-    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(w[0], w[1]), _mm512_unpackhi_epi32(w[0], w[1]));
-    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(w[2], w[3]), _mm512_unpackhi_epi32(w[2], w[3]));
-    // each 128-bit block: the sums over that block of w[0], w[1], w[2], w[3]
-    quads[g] = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
-  }
+  const __m512i quads[4] = {block_sums4(v), block_sums4(v + 4), block_sums4(v + 8), block_sums4(v + 12)};
   const __m512i q01 = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
                                        _mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
   const __m512i q23 = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),

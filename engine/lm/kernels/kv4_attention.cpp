@@ -38,13 +38,7 @@ inline __mmask64 byte_mask(int64_t bytes) {
 // 16 totals in position order: sum16's first two rounds of interleaved adds (within each 128-bit
 // block: the block's sum for 4 vectors), then one round across blocks and one permute.
 inline __m512i pair_sums8(const __m512i* v) {
-  __m512i quads[2];
-  for (int g = 0; g < 2; ++g) {
-    const __m512i* w = v + 4 * g;
-    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(w[0], w[1]), _mm512_unpackhi_epi32(w[0], w[1]));
-    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(w[2], w[3]), _mm512_unpackhi_epi32(w[2], w[3]));
-    quads[g] = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
-  }
+  const __m512i quads[2] = {block_sums4(v), block_sums4(v + 4)};
   // blocks (0 + 1) and (2 + 3) of each: lane 4 k + i = vector 4 (k / 2) + i, its position k % 2
   const __m512i halves = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
                                           _mm512_shuffle_i32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
