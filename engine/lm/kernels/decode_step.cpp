@@ -21,6 +21,19 @@ namespace {
 
 const auto unit_scale = [](int64_t) { return 1.f; };
 
+// Each (row, head) task of the attention reads its keys, then its values: two streams of up to
+// a few tens of KB that end short of the cache's capacity, each of which the hardware prefetcher
+// picks up again from a standing start. Their first kAheadBytes are fetched ahead instead (the
+// values while the keys are read, the next task's keys while the values are): over the 4-bit
+// cache the scores read 39 GB/s alone, 45 with 2 KiB and 47 with 8 KiB fetched ahead (a whole
+// capacity, no gaps: 54); whole steps at 1250 positions took 0.97x the time with 4 KiB (medians of
+// 240 alternations in one process, 8-bit and 4-bit caches alike).
+constexpr int64_t kAheadBytes = 4096;
+
+void prefetch_start(const char* p, int64_t bytes) {
+  for (int64_t o = 0; o < std::min(bytes, kAheadBytes); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
 // scores [T] -> softmax weights, each times `value_scales[t]` (null: 1), in place.
 void softmax_in_place(float* s, int64_t positions, const float* value_scales) {
   __m512 peak = _mm512_set1_ps(-INFINITY);
@@ -170,6 +183,7 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
   float* f = y + R * D;                 // [R, F]
   float* s = f + R * hidden_;           // [R H, longest] scores
   const Strides cache(k), scales(q4 || q8 ? k_scale : k), text(cross_k);
+  const int64_t row_bytes = width * k.element_size();  // one cached key (value) row
   const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
   auto add_into_x = [&](const float* from) {
     for (int64_t i = 0; i < R * D; i += 16)
@@ -214,6 +228,13 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         const float* q = qkv + r * 3 * D + hd * Dh;
         float* st = s + task * longest;
         const int64_t at = cache.at(l, rows[r], hd);
+        // The start of this task's values and of the next task's keys, while these keys are read.
+        prefetch_start(static_cast<const char*>(v.data_ptr()) + at * v.element_size(), T * row_bytes);
+        if (task + 1 < end) {
+          const int64_t next_r = (task + 1) % R, next_h = (task + 1) / R;
+          prefetch_start(static_cast<const char*>(k.data_ptr()) + cache.at(l, rows[next_r], next_h) * k.element_size(),
+                         (positions[next_r] + 1) * row_bytes);
+        }
         if (q4) {
           const int64_t si = scales.at(l, rows[r], hd);
           scores_q4_head(q, k.data_ptr<uint8_t>() + at, k_scale.data_ptr<float>() + si, T, scale, st);
