@@ -17,7 +17,7 @@ import typing as tp
 import torch
 
 from .codec.clip import ClipError, read_clip
-from .lm.hardware import check_kv_cache, resolve_dtype
+from .lm.hardware import KVCacheUnavailable, check_kv_cache, resolve_dtype
 from .models.load import ModelLoadError, check_model_name, has_melody_conditioning, load_model, resolve_device
 from .net.config import NetworkConfig
 from .net.icecast import IcecastUrlError
@@ -88,7 +88,11 @@ def play(model, models: ModelConfig, engine: StationConfig, outputs: OutputConfi
 def _play(model, models: ModelConfig, engine: StationConfig, outputs: OutputConfig, network: NetworkConfig,
           stop: threading.Event, redactor: SecretRedactor) -> int:
     raise_open_file_limit()
-    station = Station(engine, model, model_config=models, release_lm_weights=True)  # the fast decoder holds its own
+    try:
+        station = Station(engine, model, model_config=models, release_lm_weights=True)  # the fast decoder holds its own
+    except KVCacheUnavailable as err:  # e.g. --kv-cache int4 for a model whose heads are not 64 wide
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
     service = None
     if network.enabled:
         service = start_network({"": station}, network)

@@ -17,7 +17,7 @@ import typing as tp
 
 from .lm.batch import BatchedDecoder, padded_slots
 from .lm.batcher import StrideBatcher
-from .lm.hardware import resolve_dtype
+from .lm.hardware import KVCacheUnavailable, resolve_dtype
 from .lm.model import FastLM
 from .lm.weights import UnsupportedModel
 from .models.memory import available_bytes
@@ -68,6 +68,8 @@ def batcher_for(model, models: ModelConfig, slots: int) -> StrideBatcher:
     try:
         fast = FastLM(model.lm, max_frames=frames, dtype=resolve_dtype(models.dtype, device), device=device,
                       kv_cache=models.kv_cache)
+    except KVCacheUnavailable as err:
+        raise ConfigError(str(err)) from err
     except UnsupportedModel as err:
         raise ConfigError(f"several stations share the fast decoder, which does not run {models.name} ({err}); "
                           f"run it as one station") from err

@@ -414,7 +414,7 @@ def test_8_bit_kv_cache_keeps_the_decoders_predictions(tiny_model):
     assert figures["top10_overlap"] > 0.9, figures
     same = logit_agreement(reference, reference, targets, eight.special_token)
     assert same["logit_relative_error"] == 0 and same["top10_overlap"] == 1 and same["top250_overlap"] == 1
-    with pytest.raises(ValueError, match="8-bit KV cache needs"):
+    with pytest.raises(ValueError, match=r"8-bit KV cache \(--kv-cache int8\) needs"):
         FastLM(lm, max_frames=80, dtype="fp32", kv_cache="int8")
 
 

@@ -169,7 +169,7 @@ def test_the_4_bit_cache_keeps_the_decoders_predictions(lm, dtype):
     figures = logit_agreement(reference, guided_logits(four, codes, attributes)[0], targets, four.special_token)
     assert figures["logit_relative_error"] < 0.12, figures
     assert figures["top10_overlap"] > 0.8, figures
-    with pytest.raises(ValueError, match="4-bit KV cache needs"):
+    with pytest.raises(ValueError, match=r"4-bit KV cache \(--kv-cache int4\) needs"):
         FastLM(lm, max_frames=80, dtype="fp32", kv_cache="int4")
 
 
@@ -191,3 +191,36 @@ def test_kv_cache_flag_becomes_the_model_config_and_is_checked_before_loading():
         with pytest.raises(ConfigError, match="--kv-cache int4 runs on the native CPU kernels only"):
             check(ModelConfig(name="tiny", device="cpu", dtype=dtype, kv_cache="int4"), StationConfig(),
                   OutputConfig(play=False), NetworkConfig())
+
+
+def test_a_model_the_4_bit_cache_cannot_hold_ends_the_server_with_one_clear_line():
+    """The tiny model's heads are 16 wide: `--kv-cache int4` stops the server before it plays,
+    with exit code 2 and what to do, not a traceback; `--kv-cache int8` runs it on the native
+    kernels whatever its width."""
+    import subprocess
+    import sys
+    from engine.lm.hardware import KVCacheUnavailable
+    from engine.models.load import load_model
+    done = subprocess.run([sys.executable, "server.py", "--model", "tiny", "--dtype", "int4", "--kv-cache", "int4",
+                           "--device", "cpu", "--no-play", "--port", "0"], capture_output=True, text=True, timeout=300,
+                          cwd=__file__.rsplit("/tests/", 1)[0])
+    from nativeutil import HAS_NATIVE
+    why = ("a 4-bit KV cache needs heads of 64 (this model's: 16); use --kv-cache int8 or auto" if HAS_NATIVE
+           else "on a CPU with the native kernels (AVX-512 VNNI and a C++ compiler); use --kv-cache auto")
+    assert done.returncode == 2 and why in done.stderr
+    assert "Traceback" not in done.stderr
+    tiny = load_model("tiny", device="cpu", seed=0).lm
+    with pytest.raises(KVCacheUnavailable, match="heads of 64" if HAS_NATIVE else "native kernels"):
+        FastLM(tiny, max_frames=40, dtype="int4", kv_cache="int4")
+    if HAS_NATIVE:
+        eight = FastLM(tiny, max_frames=40, dtype="int4", kv_cache="int8")
+        assert eight.kernels == "native" and eight.cache.precision == "int8"
+
+
+def test_several_stations_refuse_a_cache_their_model_cannot_hold_as_a_config_error():
+    from engine.models.load import load_model
+    from engine.station.config import ConfigError, ModelConfig
+    from engine.stations import batcher_for
+    model = load_model("tiny", device="cpu", seed=0)
+    with pytest.raises(ConfigError, match="4-bit KV cache"):
+        batcher_for(model, ModelConfig(name="tiny", device="cpu", dtype="int4", kv_cache="int4"), slots=2)

@@ -12,7 +12,7 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-from .hardware import cpu_flags
+from .hardware import KVCacheUnavailable, cpu_flags
 from .hugepages import zeros_on_huge_pages
 from .kernels import BF16_CPU_FLAG
 
@@ -74,9 +74,11 @@ class KVCache:
         self.bits = {torch.int8: 8, INT4_CACHE: 4}.get(dtype)  # None: not quantised
         self.quantized = self.bits is not None
         if self.quantized and (native is None or kernels != "native" or head_dim % 16):
-            raise ValueError(f"a {self.bits}-bit KV cache needs the native CPU kernels")
+            raise KVCacheUnavailable(f"a {self.bits}-bit KV cache needs the native CPU kernels and heads of a "
+                                     f"multiple of 16 (this model's: {head_dim})")
         if self.bits == 4 and head_dim != CHUNK_HEAD_DIM:
-            raise ValueError(f"a 4-bit KV cache needs heads of {CHUNK_HEAD_DIM} (this model's: {head_dim})")
+            raise KVCacheUnavailable(f"a 4-bit KV cache needs heads of {CHUNK_HEAD_DIM} (this model's: {head_dim}); "
+                                     f"use --kv-cache int8 or auto")
         self._allocate((layers, rows, heads, positions, head_dim), device)
         self._native = native if (kernels == "native" and dtype in (torch.float16, torch.int8, INT4_CACHE)
                                   and head_dim % 16 == 0) else None

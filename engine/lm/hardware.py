@@ -73,6 +73,10 @@ def resolve_kernels(name: str, device: torch.device, mode: str, dim: int) -> str
 KV_CACHE_CHOICES = ("auto", "fp16", "int8", "int4")
 
 
+class KVCacheUnavailable(ValueError):
+    """A KV cache precision asked for by name cannot run with this model, precision or kernels."""
+
+
 def check_kv_cache(name: str, mode: str, device: torch.device) -> None:
     """Refuse (ValueError), before a model loads, a KV cache precision that cannot run with the
     resolved precision `mode` on `device`."""
@@ -94,7 +98,8 @@ def resolve_kv_cache(name: str, mode: str, default: torch.dtype, native, kernels
         raise ValueError(f"kv cache must be one of {', '.join(KV_CACHE_CHOICES)} (got {name!r})")
     possible = mode in QUANTISED and native is not None and kernels == "native"
     if name in ("int8", "int4") and not possible:
-        raise ValueError(f"an {name[3:]}-bit KV cache needs --dtype int8 or int4 on a CPU with the native kernels")
+        raise KVCacheUnavailable(f"an {name[3:]}-bit KV cache (--kv-cache {name}) needs --dtype int8 or int4 on a "
+                                 f"CPU with the native kernels (AVX-512 VNNI and a C++ compiler); use --kv-cache auto")
     if name == "fp16":
         return torch.float16 if mode in QUANTISED else default
     if name == "int4":

@@ -84,6 +84,8 @@ class FastLM:
         self.activation = activation(t.layers[0])
         self.max_positions = int(max_frames) + max(self.delays) + 1
         cache_positions = -(-self.max_positions // CACHE_ALIGN_POSITIONS) * CACHE_ALIGN_POSITIONS
+        if kernels == "auto" and kv_cache in ("int8", "int4") and self.device.type == "cpu":
+            kernels = "native"  # (only they read a quantised cache, whatever the model's width)
         kernels = resolve_kernels(kernels, self.device, self.mode, self.dim)
         native = load_cpu_kernels() if kernels == "native" and self.device.type == "cpu" else None
         self.kernels = "compiled" if kernels == "native" and native is None else kernels
