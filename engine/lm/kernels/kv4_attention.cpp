@@ -107,10 +107,11 @@ void weighted_q4_head(const float* w, const uint8_t* values, int64_t positions, 
   // positions, and the 4 weights are broadcast beside it. So the weights are held as two uint8
   // digits per block of 64 positions (w / scale = high + low / 255, scale: the block's largest /
   // 255, so that a softmax's small weights beside a large one are not rounded away: within
-  // 1 / 130000 of the block's largest), and each 4 positions' 128 bytes are transposed by two dword permutes (the
-  // 16-byte quarters of the 4 rows: bytes 0-15 of each, then 16-31) and a byte shuffle within
-  // each 128-bit lane (4 x 4 bytes), both AVX-512F/BW. Lane d of the first then holds byte d of
-  // each row: numbers d (low nibbles) and d + 32 (high); of the second, 16 + d and 48 + d.
+  // 1 / 130000 of the block's largest), and each 4 positions' 128 bytes are transposed by two
+  // dword permutes (the 16-byte quarters of the 4 rows: bytes 0-15 of each, then 16-31) and a
+  // byte shuffle within each 128-bit lane (4 x 4 bytes), both AVX-512F/BW. Lane d of the first
+  // then holds byte d of each row: numbers d (low nibbles) and d + 32 (high); of the second,
+  // 16 + d and 48 + d.
   alignas(64) static const int32_t kFirst[16] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27};
   alignas(64) static const int32_t kSecond[16] = {4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31};
   alignas(64) static const int8_t kTranspose[64] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
