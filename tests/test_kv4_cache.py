@@ -224,3 +224,28 @@ def test_several_stations_refuse_a_cache_their_model_cannot_hold_as_a_config_err
     model = load_model("tiny", device="cpu", seed=0)
     with pytest.raises(ConfigError, match="4-bit KV cache"):
         batcher_for(model, ModelConfig(name="tiny", device="cpu", dtype="int4", kv_cache="int4"), slots=2)
+
+
+@needs_native
+def test_batched_stations_give_their_alone_tokens_over_the_4_bit_cache():
+    """The batched CPU decoder (several stations' rows in one fused step) over the 4-bit cache:
+    each station's tokens are the same alone as in the batch, joining together or late."""
+    from engine.lm.batch import BatchedDecoder
+    from engine.lm.batcher import StrideBatcher
+    from engine.models.random_musicgen import build_random_musicgen
+    from test_batcher import STATIONS, request, run
+    model = build_random_musicgen(SHAPE, seed=3)
+    fast = FastLM(model.lm, max_frames=80, dtype="int4", kv_cache="int4")
+    assert fast.cache.bits == 4 and fast.native_step is not None
+    batcher = StrideBatcher(BatchedDecoder(fast, slots=4))
+    assert batcher.decoder.cache.bits == 4 and batcher.decoder.cache.k.shape[1] == 8  # 4 slots of 2 rows
+    for name in STATIONS:
+        batcher.join(name)
+    together, errors = run(batcher, [request(model, name) for name in STATIONS])
+    assert not errors and batcher.busy_slot_steps > batcher.steps
+    for name in STATIONS:
+        alone, _ = run(batcher, [request(model, name)])
+        assert torch.equal(alone[name], together[name]), name
+    staggered, _ = run(batcher, [request(model, name) for name in STATIONS], start_when={"jazz": 5, "rain": 11})
+    for name in STATIONS:
+        assert torch.equal(staggered[name], together[name]), name
