@@ -27,14 +27,18 @@ static constexpr int64_t kGroup = 256;  // inputs per scale
 static constexpr int64_t kChannels = 16;  // outputs per block (one vector of int32 sums)
 static constexpr int64_t kStep = 8;  // inputs per 64 packed bytes of a block
 static constexpr int64_t kTileBlocks = 4;  // blocks interleaved per step in one stream (64 channels)
-// The weights are read this far ahead by software prefetch into L2. With the tiles as one stream
-// it matters little (alternated on 2 cores over 144 MB: 24.6-25.4 GB/s from none to 16 KiB ahead,
-// where torch's sum() read 24-28 in the same rounds; `-D` overrides them for such sweeps).
+// The weights are read this far ahead by software prefetch, non-temporal (they are read once per
+// step). The distance matters little (alternated on 2 cores over 144 MB: 24.6-25.4 GB/s from none
+// to 16 KiB ahead, where torch's sum() read 24-28 in the same rounds); the hint does: 96 GEMVs
+// alternated with sum() in one process (7508 rounds, binned by sum()'s reading) read 41.7 / 44.0 /
+// 56.0 GB/s with NTA where into L2 (T1) they read 38.4 / 40.2 / 49.7 (sum() 41 / 49 / 78); whole
+// int4 steps at 20 positions took 0.89x (sum() at 48 GB/s) and 0.94x (at 78) the time, at 1250
+// positions 0.99x and 0.97x. `-D` overrides both for such sweeps.
 #ifndef INT4_PREFETCH_BYTES
 #define INT4_PREFETCH_BYTES 4096
 #endif
 #ifndef INT4_PREFETCH_HINT
-#define INT4_PREFETCH_HINT _MM_HINT_T1
+#define INT4_PREFETCH_HINT _MM_HINT_NTA
 #endif
 static constexpr int64_t kPrefetchBytes = INT4_PREFETCH_BYTES;
 
