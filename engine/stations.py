@@ -73,7 +73,7 @@ def batcher_for(model, models: ModelConfig, slots: int) -> StrideBatcher:
     except UnsupportedModel as err:
         raise ConfigError(f"several stations share the fast decoder, which does not run {models.name} ({err}); "
                           f"run it as one station") from err
-    slot_bytes = len(fast.layers) * 2 * fast.cache.k.shape[3] * fast.cache.position_bytes()  # one slot's cache
+    slot_bytes = fast.cache.k.shape[3] * fast.cache.position_bytes()  # one slot's cache (FastLM's: 2 rows)
     free = available_bytes(device.type)
     allocated = padded_slots(slots) if device.type == "cuda" else slots  # (batch.py: powers of two on CUDA)
     if allocated * slot_bytes > 0.9 * free:

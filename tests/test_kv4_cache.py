@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.lm.cache import CHUNK_HEAD_DIM, INT4_CACHE, KVCache
+from engine.lm.cache import CHUNK_HEAD_DIM, KVCache
+from engine.lm.hardware import INT4_CACHE
 from engine.lm.model import FastLM
 from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
 from nativeutil import needs_native
@@ -45,7 +46,8 @@ def test_rows_are_written_as_4_bit_codes_and_read_back_within_half_a_step(native
                     device=torch.device("cpu"), kernels="native", native=native)
     assert cache.quantized and cache.bits == 4 and cache.precision == "int4" and cache.kernel == "native"
     assert cache.k.shape == (2, 2, 3, 48, CHUNK_HEAD_DIM // 2) and cache.k.dtype == torch.uint8
-    assert cache.position_bytes() == 2 * 3 * (32 + 4)  # keys and values of 3 heads, each 32 bytes and a scale
+    # keys and values of 2 layers, 2 rows, 3 heads: each 32 bytes and a scale
+    assert cache.position_bytes() == 2 * 2 * 2 * 3 * (32 + 4)
     k, v = torch.randn(2, 3, 40, 64), torch.randn(2, 3, 40, 64) * 3
     cache.write(1, 0, k[:, :, :30], v[:, :, :30])  # a prefill chunk
     for t in range(30, 40):  # decode steps

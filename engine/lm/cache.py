@@ -12,15 +12,13 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-from .hardware import KVCacheUnavailable, cpu_flags
+from .hardware import INT4_CACHE, KVCacheUnavailable, cpu_flags
 from .hugepages import zeros_on_huge_pages
 from .kernels import BF16_CPU_FLAG
 
 log = logging.getLogger(__name__)
 #: The native prefill attention's head dim (every MusicGen's), and the 4-bit cache's.
 CHUNK_HEAD_DIM = 64
-#: The dtype that stands for the 4-bit cache (two codes to a byte; torch has no int4 tensors).
-INT4_CACHE = torch.uint8
 
 
 def _codes(cache: torch.Tensor, bits: int) -> torch.Tensor:
@@ -142,10 +140,11 @@ class KVCache:
         return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "int8"}[self.dtype]
 
     def position_bytes(self) -> int:
-        """Bytes of one cached position of one row of one layer: keys and values (with their
+        """Bytes of one cached position over every layer and row: keys and values (with their
         scales where quantised)."""
+        layers, rows, heads = self.k.shape[:3]
         row = self.k.shape[-1] * self.k.element_size() + (4 if self.quantized else 0)
-        return 2 * self.k.shape[2] * row
+        return 2 * layers * rows * heads * row
 
     @property
     def kernel(self) -> str:

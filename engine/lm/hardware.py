@@ -57,20 +57,23 @@ def compute_dtypes(mode: str) -> tp.Tuple[torch.dtype, torch.dtype]:
     return TORCH_DTYPES[mode], TORCH_DTYPES[mode]
 
 
-def resolve_kernels(name: str, device: torch.device, mode: str, dim: int) -> str:
+def resolve_kernels(name: str, device: torch.device, mode: str, dim: int, kv_cache: str = "auto") -> str:
     """`auto` → graph on CUDA; on CPU native for reduced precision and models of width ≥ 512
-    (below that the step is too small for the kernels to pay), else eager."""
+    (below that the step is too small for the kernels to pay), or whatever the width where an
+    8- or 4-bit KV cache is asked for (only they read one), else eager."""
     if name not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)} (got {name!r})")
     if name != "auto":
         return name
     if device.type == "cuda":
         return "graph"
-    return "native" if mode != "fp32" and dim >= 512 else "eager"
+    return "native" if mode != "fp32" and dim >= 512 or kv_cache in ("int8", "int4") else "eager"
 
 
 #: KV cache precisions (`resolve_kv_cache` says what auto picks).
 KV_CACHE_CHOICES = ("auto", "fp16", "int8", "int4")
+#: The dtype that stands for the 4-bit cache (two codes to a byte; torch has no int4 tensors).
+INT4_CACHE = torch.uint8
 
 
 class KVCacheUnavailable(ValueError):
@@ -89,7 +92,7 @@ def check_kv_cache(name: str, mode: str, device: torch.device) -> None:
 
 def resolve_kv_cache(name: str, mode: str, default: torch.dtype, native, kernels: str) -> torch.dtype:
     """The KV cache's dtype: `default` (compute_dtypes') unless "int8", an 8-bit cache, or
-    "int4", a 4-bit one (torch.uint8 stands for it: cache.INT4_CACHE), which need a quantised
+    "int4", a 4-bit one (INT4_CACHE stands for it), which need a quantised
     precision on the native CPU kernels (cache.py); "auto" picks the 8-bit one there (half the
     cache's bytes per step; its logits stay within 1.5 % of the fp16 cache's, measured on
     musicgen-small's shape). The 4-bit one is only ever asked for: its error is measured on
@@ -103,5 +106,5 @@ def resolve_kv_cache(name: str, mode: str, default: torch.dtype, native, kernels
     if name == "fp16":
         return torch.float16 if mode in QUANTISED else default
     if name == "int4":
-        return torch.uint8
+        return INT4_CACHE
     return torch.int8 if name == "int8" or possible else default

@@ -84,9 +84,7 @@ class FastLM:
         self.activation = activation(t.layers[0])
         self.max_positions = int(max_frames) + max(self.delays) + 1
         cache_positions = -(-self.max_positions // CACHE_ALIGN_POSITIONS) * CACHE_ALIGN_POSITIONS
-        if kernels == "auto" and kv_cache in ("int8", "int4") and self.device.type == "cpu":
-            kernels = "native"  # (only they read a quantised cache, whatever the model's width)
-        kernels = resolve_kernels(kernels, self.device, self.mode, self.dim)
+        kernels = resolve_kernels(kernels, self.device, self.mode, self.dim, kv_cache)
         native = load_cpu_kernels() if kernels == "native" and self.device.type == "cpu" else None
         self.kernels = "compiled" if kernels == "native" and native is None else kernels
         self.native = native  # the loaded CPU kernels module (also the sampler's: generate.py), or None
@@ -141,10 +139,9 @@ class FastLM:
         """Bytes one decode step reads with `positions` cached: every layer's weights and the
         output heads, the self-attention keys and values of both CFG rows up to there, and the
         text condition's cross-attention keys and values."""
-        per_position = len(self.layers) * self.cache.k.shape[1] * self.cache.position_bytes()
         cross = self.cross.keys
         cross_bytes = 0 if cross is None else 2 * cross.numel() * cross.element_size()
-        return self.parameter_bytes() + self.head.weight_bytes() + positions * per_position + cross_bytes
+        return self.parameter_bytes() + self.head.weight_bytes() + positions * self.cache.position_bytes() + cross_bytes
 
     def prefill_ops(self, positions: int, text_positions: int = 0) -> int:
         """Arithmetic operations (2 per multiply-add) of a prefill of `positions` for both CFG

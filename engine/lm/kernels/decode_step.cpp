@@ -228,11 +228,10 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         const int64_t r = task % R, hd = task / R, T = positions[r] + 1;
         const float* q = qkv + r * 3 * D + hd * Dh;
         float* st = s + task * longest;
-        const int64_t at = cache.at(l, rows[r], hd);
+        const int64_t at = cache.at(l, rows[r], hd), si = scales.at(l, rows[r], hd);  // (si: quantised caches)
         // The start of this task's values and of the next task's keys (and of their scales).
         prefetch_start(static_cast<const char*>(v.data_ptr()) + at * v.element_size(), T * row_bytes);
-        if (q4 || q8) prefetch_start(reinterpret_cast<const char*>(v_scale.data_ptr<float>() + scales.at(l, rows[r], hd)),
-                                     T * 4, kAheadScaleBytes);
+        if (q4 || q8) prefetch_start(reinterpret_cast<const char*>(v_scale.data_ptr<float>() + si), T * 4, kAheadScaleBytes);
         if (task + 1 < end) {
           const int64_t next_r = (task + 1) % R, next_h = (task + 1) / R, next_t = positions[next_r] + 1;
           prefetch_start(static_cast<const char*>(k.data_ptr()) + cache.at(l, rows[next_r], next_h) * k.element_size(),
@@ -242,12 +241,10 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
                            next_t * 4, kAheadScaleBytes);
         }
         if (q4) {
-          const int64_t si = scales.at(l, rows[r], hd);
           scores_q4_head(q, k.data_ptr<uint8_t>() + at, k_scale.data_ptr<float>() + si, T, scale, st);
           softmax_in_place(st, T, v_scale.data_ptr<float>() + si);
           weighted_q4_head(st, v.data_ptr<uint8_t>() + at, T, a + r * D + hd * Dh);
         } else if (q8) {
-          const int64_t si = scales.at(l, rows[r], hd);
           scores_q8_head(q, k.data_ptr<int8_t>() + at, k_scale.data_ptr<float>() + si, T, Dh, scale, st);
           softmax_in_place(st, T, v_scale.data_ptr<float>() + si);
           weighted_head(st, v.data_ptr<int8_t>() + at, T, Dh, load16_int8, unit_scale, a + r * D + hd * Dh);
