@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_cuda_sampler_draws_the_top_k_inverse_cdf_token():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])  # keep the caller's packages
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")

@@ -66,7 +66,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_fused_step_is_the_torch_step_folded_unfolded_and_through_a_morph():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])  # keep the caller's packages
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")

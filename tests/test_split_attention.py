@@ -38,7 +38,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_split_attention_is_sdpa_under_masks_and_the_same_alone_as_in_a_batch():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])  # keep the caller's packages
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")
