@@ -15,6 +15,7 @@
 #include "kernels.h"
 #include "vmath.h"
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <cmath>
 
 namespace {
@@ -30,6 +31,11 @@ const auto unit_scale = [](int64_t) { return 1.f; };
 // 240 alternations in one process, 8-bit and 4-bit caches alike), and 0.995x (8-bit) and 0.983x
 // (4-bit) as long again with the first 2 KiB of the scales too (293 alternations).
 constexpr int64_t kAheadBytes = 4096, kAheadScaleBytes = 2048;
+
+// Each linear's weights are fetched ahead from the start of the thread's share, while the phase
+// before it (norms, quantisation, the barrier) runs: its stream does not start from a standstill
+// (whole int4 steps at 20 positions: 0.98x the time with torch's sum() at 78 GB/s, 0.95x at 48).
+constexpr int64_t kShareAheadBytes = 4096;
 
 void prefetch_start(const char* p, int64_t bytes, int64_t ahead = kAheadBytes) {
   for (int64_t o = 0; o < std::min(bytes, ahead); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
@@ -134,21 +140,39 @@ void DecodeStep::Norm::apply(const float* x, int64_t rows, int64_t dim, float* y
   }
 }
 
-void DecodeStep::Linear::apply(const float* x, int64_t rows, float* y) const {
+void DecodeStep::Linear::quantize(const float* x, int64_t r, Inputs& inputs) const {
+  uint8_t* codes = inputs.codes.data() + r * in;
+  if (int4)
+    inputs.scales[r] = quantize_input4(x, in, reinterpret_cast<int8_t*>(codes), inputs.sums.data() + r * (in / 256));
+  else
+    quantize_rows_u8(x, 1, in, codes, inputs.scales.data() + r);
+}
+
+void DecodeStep::Linear::prefetch(int64_t tid, int64_t team) const {
+  const int64_t parts = int4 ? gemv4_tiles(out) : out, begin = parts * tid / team;
+  const char* share = static_cast<const char*>(a.data_ptr()) + (int4 ? begin * 64 * (in / 2) : begin * in);
+  for (int64_t o = 0; o < kShareAheadBytes; o += 64) _mm_prefetch(share + o, _MM_HINT_T0);
+}
+
+void DecodeStep::Linear::run(const Inputs& inputs, int64_t rows, float* y, int64_t tid, int64_t team) const {
   const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  const int64_t parts = int4 ? gemv4_tiles(out) : out, begin = parts * tid / team, end = parts * (tid + 1) / team;
   for (int64_t r = 0; r < rows; r += 4) {  // the kernels take up to 4 rows
     const int64_t n = std::min<int64_t>(4, rows - r);
+    const uint8_t* codes = inputs.codes.data() + r * in;
     if (int4)
-      gemv4_rows(x + r * in, n, in, a.data_ptr<uint8_t>(), b.data_ptr<float>(), bp, y + r * out, out);
+      gemv4_range(reinterpret_cast<const int8_t*>(codes), inputs.sums.data() + r * (in / 256), inputs.scales.data() + r,
+                  n, in, a.data_ptr<uint8_t>(), b.data_ptr<float>(), bp, y + r * out, out, begin, end);
     else
-      gemv_rows(x + r * in, n, in, a.data_ptr<int8_t>(), b.data_ptr<int32_t>(), c.data_ptr<float>(), bp, y + r * out, out);
+      gemv_range(codes, inputs.scales.data() + r, n, in, a.data_ptr<int8_t>(), b.data_ptr<int32_t>(),
+                 c.data_ptr<float>(), bp, y + r * out, out, begin, end);
   }
 }
 
 at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vector<int64_t> positions, at::Tensor k,
                                at::Tensor v, at::Tensor k_scale, at::Tensor v_scale, at::Tensor cross_k,
                                at::Tensor cross_v, std::vector<int64_t> cross_lengths) const {
-  const int64_t R = x.size(0), D = dim_, H = heads_, Dh = D / H, L = layers_.size();
+  const int64_t R = x.size(0), D = dim_, H = heads_, Dh = D / H, L = layers_.size(), F = hidden_;
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && D == x.size(1), "x: [R, D] fp32");
   TORCH_CHECK(static_cast<int64_t>(rows.size()) == R && static_cast<int64_t>(positions.size()) == R &&
               static_cast<int64_t>(cross_lengths.size()) == R, "rows, positions, cross lengths: one per row");
@@ -175,114 +199,160 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
     longest = std::max({longest, positions[r] + 1, cross_lengths[r]});
   }
   x = x.contiguous().clone();
-  auto buffer = at::empty({R * (4 * D + 2 * D + hidden_) + R * H * longest}, x.options());
+  auto buffer = at::empty({R * (4 * D + 2 * D + F) + R * H * longest}, x.options());
   float* xp = x.data_ptr<float>();
   float* h = buffer.data_ptr<float>();  // [R, D] normed
   float* qkv = h + R * D;               // [R, 3D]
   float* a = qkv + 3 * R * D;           // [R, D] attention out
   float* y = a + R * D;                 // [R, D] a linear's out
   float* f = y + R * D;                 // [R, F]
-  float* s = f + R * hidden_;           // [R H, longest] scores
+  float* s = f + R * F;                 // [R H, longest] scores
+  Inputs inputs{std::vector<uint8_t>(R * F), std::vector<int32_t>(R * F / 256 + 1), std::vector<float>(R)};
   const Strides cache(k), scales(q4 || q8 ? k_scale : k), text(cross_k);
   const int64_t row_bytes = width * k.element_size();  // one cached key (value) row
   const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
-  auto add_into_x = [&](const float* from) {
-    for (int64_t i = 0; i < R * D; i += 16)
-      _mm512_storeu_ps(xp + i, _mm512_add_ps(_mm512_loadu_ps(xp + i), _mm512_loadu_ps(from + i)));
-  };
-  for (int64_t l = 0; l < L; ++l) {
-    const Layer& layer = layers_[l];
-    // Self-attention: write this position's keys and values, then attend over 0..position.
-    layer.norm_self.apply(xp, R, D, h);
-    layer.qkv.apply(h, R, qkv);
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t hd = 0; hd < H; ++hd) {
+  char* const k_base = static_cast<char*>(k.data_ptr());
+  char* const v_base = static_cast<char*>(v.data_ptr());
+  float* const k_scales = q4 || q8 ? k_scale.data_ptr<float>() : nullptr;
+  float* const v_scales = q4 || q8 ? v_scale.data_ptr<float>() : nullptr;
+  const float* const text_k = cross_k.data_ptr<float>();
+  const float* const text_v = cross_v.data_ptr<float>();
+
+  // One parallel region for the whole step, its phases apart by barriers: a parallel region per
+  // linear and attention (8 per layer, 192 per step) cost about 8 us each to wake the other
+  // threads, where the linears read at most a few MB (96 GEMVs of 1.5 MB in one region read
+  // 70 GB/s where called one by one they read 55, torch's sum() 70, alternated in one process).
+  // Each thread takes its share of a linear's channels, of the attention's (head, row) tasks, and
+  // of the rows for the norms, residuals, activations and the quantisation of each linear's input.
+  const int team_size = std::max(1, at::get_num_threads());
+#pragma omp parallel num_threads(team_size)
+  {
+    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t row_begin = R * tid / team, row_end = R * (tid + 1) / team;
+    const int64_t task_begin = R * H * tid / team, task_end = R * H * (tid + 1) / team;
+    auto add_row = [&](int64_t r, const float* from) {  // x[r] += from[r]
+      for (int64_t i = r * D; i < (r + 1) * D; i += 16)
+        _mm512_storeu_ps(xp + i, _mm512_add_ps(_mm512_loadu_ps(xp + i), _mm512_loadu_ps(from + i)));
+    };
+    for (int64_t l = 0; l < L; ++l) {
+      const Layer& layer = layers_[l];
+      layer.qkv.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        if (l > 0) add_row(r, y);  // the previous layer's feed-forward
+        layer.norm_self.apply(xp + r * D, 1, D, h + r * D);
+        layer.qkv.quantize(h + r * D, r, inputs);
+      }
+#pragma omp barrier
+      layer.qkv.run(inputs, R, qkv, tid, team);
+#pragma omp barrier
+      // Self-attention, task (head, row) head-major: each thread's share holds all rows' heads
+      // alike, so rows at different positions (stations of a batch, or any rows whose caches
+      // differ in length) split evenly; row-major, one thread took all of the long rows (4 rows
+      // at 1250, 1250, 250, 250 positions against 4 at 750, the same bytes: 1.03-1.13x as long
+      // row-major, 1.00x head-major). A task writes its row's keys and values at its position,
+      // then attends over positions 0..position of that head.
+      for (int64_t task = task_begin; task < task_end; ++task) {
+        const int64_t r = task % R, hd = task / R, T = positions[r] + 1;
         const float* kr = qkv + r * 3 * D + D + hd * Dh;
         const float* vr = kr + D;
-        const int64_t at = cache.at(l, rows[r], hd) + positions[r] * width;
+        const float* q = qkv + r * 3 * D + hd * Dh;
+        float* st = s + task * longest;
+        const int64_t at = cache.at(l, rows[r], hd), si = scales.at(l, rows[r], hd);  // (si: quantised caches)
+        const int64_t here = at + positions[r] * width;
         if (q4) {
-          const int64_t si = scales.at(l, rows[r], hd) + positions[r];
-          k_scale.data_ptr<float>()[si] = quantize_row4(kr, k.data_ptr<uint8_t>() + at);
-          v_scale.data_ptr<float>()[si] = quantize_row4(vr, v.data_ptr<uint8_t>() + at);
+          k_scales[si + positions[r]] = quantize_row4(kr, reinterpret_cast<uint8_t*>(k_base) + here);
+          v_scales[si + positions[r]] = quantize_row4(vr, reinterpret_cast<uint8_t*>(v_base) + here);
         } else if (q8) {
-          const int64_t si = scales.at(l, rows[r], hd) + positions[r];
-          k_scale.data_ptr<float>()[si] = quantize_row<0>(kr, Dh, k.data_ptr<int8_t>() + at);
-          v_scale.data_ptr<float>()[si] = quantize_row<0>(vr, Dh, v.data_ptr<int8_t>() + at);
+          k_scales[si + positions[r]] = quantize_row<0>(kr, Dh, reinterpret_cast<int8_t*>(k_base) + here);
+          v_scales[si + positions[r]] = quantize_row<0>(vr, Dh, reinterpret_cast<int8_t*>(v_base) + here);
         } else {
-          auto* kc = reinterpret_cast<uint16_t*>(k.data_ptr<at::Half>()) + at;
-          auto* vc = reinterpret_cast<uint16_t*>(v.data_ptr<at::Half>()) + at;
+          auto* kc = reinterpret_cast<uint16_t*>(k_base) + here;
+          auto* vc = reinterpret_cast<uint16_t*>(v_base) + here;
           for (int64_t d = 0; d < Dh; d += 16) {
             constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(kc + d), _mm512_cvtps_ph(_mm512_loadu_ps(kr + d), kRound));
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(vc + d), _mm512_cvtps_ph(_mm512_loadu_ps(vr + d), kRound));
           }
         }
-      }
-    // Tasks head-major (every row of head 0, then of head 1, ...): each thread's contiguous share
-    // holds all rows' heads alike, so rows at different positions (stations of a batch, or any
-    // rows whose caches differ in length) split evenly; row-major, one thread took all of the
-    // long rows (4 rows at 1250, 1250, 250, 250 positions against 4 at 750, the same bytes:
-    // 1.03-1.13x as long row-major, 1.00x head-major).
-    at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t r = task % R, hd = task / R, T = positions[r] + 1;
-        const float* q = qkv + r * 3 * D + hd * Dh;
-        float* st = s + task * longest;
-        const int64_t at = cache.at(l, rows[r], hd), si = scales.at(l, rows[r], hd);  // (si: quantised caches)
         // The start of this task's values and of the next task's keys (and of their scales).
-        prefetch_start(static_cast<const char*>(v.data_ptr()) + at * v.element_size(), T * row_bytes);
-        if (q4 || q8) prefetch_start(reinterpret_cast<const char*>(v_scale.data_ptr<float>() + si), T * 4, kAheadScaleBytes);
-        if (task + 1 < end) {
+        prefetch_start(v_base + at * k.element_size(), T * row_bytes);
+        if (q4 || q8) prefetch_start(reinterpret_cast<const char*>(v_scales + si), T * 4, kAheadScaleBytes);
+        if (task + 1 < task_end) {
           const int64_t next_r = (task + 1) % R, next_h = (task + 1) / R, next_t = positions[next_r] + 1;
-          prefetch_start(static_cast<const char*>(k.data_ptr()) + cache.at(l, rows[next_r], next_h) * k.element_size(),
-                         next_t * row_bytes);
+          prefetch_start(k_base + cache.at(l, rows[next_r], next_h) * k.element_size(), next_t * row_bytes);
           if (q4 || q8)
-            prefetch_start(reinterpret_cast<const char*>(k_scale.data_ptr<float>() + scales.at(l, rows[next_r], next_h)),
-                           next_t * 4, kAheadScaleBytes);
+            prefetch_start(reinterpret_cast<const char*>(k_scales + scales.at(l, rows[next_r], next_h)), next_t * 4,
+                           kAheadScaleBytes);
         }
+        float* out = a + r * D + hd * Dh;
         if (q4) {
-          scores_q4_head(q, k.data_ptr<uint8_t>() + at, k_scale.data_ptr<float>() + si, T, scale, st);
-          softmax_in_place(st, T, v_scale.data_ptr<float>() + si);
-          weighted_q4_head(st, v.data_ptr<uint8_t>() + at, T, a + r * D + hd * Dh);
+          scores_q4_head(q, reinterpret_cast<const uint8_t*>(k_base) + at, k_scales + si, T, scale, st);
+          softmax_in_place(st, T, v_scales + si);
+          weighted_q4_head(st, reinterpret_cast<const uint8_t*>(v_base) + at, T, out);
         } else if (q8) {
-          scores_q8_head(q, k.data_ptr<int8_t>() + at, k_scale.data_ptr<float>() + si, T, Dh, scale, st);
-          softmax_in_place(st, T, v_scale.data_ptr<float>() + si);
-          weighted_head(st, v.data_ptr<int8_t>() + at, T, Dh, load16_int8, unit_scale, a + r * D + hd * Dh);
+          scores_q8_head(q, reinterpret_cast<const int8_t*>(k_base) + at, k_scales + si, T, Dh, scale, st);
+          softmax_in_place(st, T, v_scales + si);
+          weighted_head(st, reinterpret_cast<const int8_t*>(v_base) + at, T, Dh, load16_int8, unit_scale, out);
         } else {
-          scores_head(q, reinterpret_cast<const uint16_t*>(k.data_ptr<at::Half>()) + at, T, Dh, scale, load16_fp16,
-                      unit_scale, st);
+          scores_head(q, reinterpret_cast<const uint16_t*>(k_base) + at, T, Dh, scale, load16_fp16, unit_scale, st);
           softmax_in_place(st, T, nullptr);
-          weighted_head(st, reinterpret_cast<const uint16_t*>(v.data_ptr<at::Half>()) + at, T, Dh, load16_fp16,
-                        unit_scale, a + r * D + hd * Dh);
+          weighted_head(st, reinterpret_cast<const uint16_t*>(v_base) + at, T, Dh, load16_fp16, unit_scale, out);
         }
       }
-    });
-    layer.out_self.apply(a, R, y);
-    add_into_x(y);
-    // Cross-attention to the text condition.
-    layer.norm_cross.apply(xp, R, D, h);
-    layer.q_cross.apply(h, R, qkv);
-    at::parallel_for(0, R * H, 4, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {  // (head-major too: text lengths differ by row)
+#pragma omp barrier
+      layer.out_self.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) layer.out_self.quantize(a + r * D, r, inputs);
+#pragma omp barrier
+      layer.out_self.run(inputs, R, y, tid, team);
+#pragma omp barrier
+      // Cross-attention to the text condition (head-major too: text lengths differ by row).
+      layer.q_cross.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        add_row(r, y);
+        layer.norm_cross.apply(xp + r * D, 1, D, h + r * D);
+        layer.q_cross.quantize(h + r * D, r, inputs);
+      }
+#pragma omp barrier
+      layer.q_cross.run(inputs, R, qkv, tid, team);
+#pragma omp barrier
+      for (int64_t task = task_begin; task < task_end; ++task) {
         const int64_t r = task % R, hd = task / R, T = cross_lengths[r];
         float* st = s + task * longest;
         const int64_t at = text.at(l, rows[r], hd);
-        scores_head(qkv + r * D + hd * Dh, cross_k.data_ptr<float>() + at, T, Dh, scale, load16_fp32, unit_scale, st);
+        scores_head(qkv + r * D + hd * Dh, text_k + at, T, Dh, scale, load16_fp32, unit_scale, st);
         softmax_in_place(st, T, nullptr);
-        weighted_head(st, cross_v.data_ptr<float>() + at, T, Dh, load16_fp32, unit_scale, a + r * D + hd * Dh);
+        weighted_head(st, text_v + at, T, Dh, load16_fp32, unit_scale, a + r * D + hd * Dh);
       }
-    });
-    layer.out_cross.apply(a, R, y);
-    add_into_x(y);
-    // Feed-forward.
-    layer.norm_ff.apply(xp, R, D, h);
-    layer.ff1.apply(h, R, f);
-    for (int64_t i = 0; i < R * hidden_; i += 16) {
-      const __m512 u = _mm512_loadu_ps(f + i);
-      _mm512_storeu_ps(f + i, gelu_ ? gelu16(u) : _mm512_max_ps(u, _mm512_setzero_ps()));
+#pragma omp barrier
+      layer.out_cross.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) layer.out_cross.quantize(a + r * D, r, inputs);
+#pragma omp barrier
+      layer.out_cross.run(inputs, R, y, tid, team);
+#pragma omp barrier
+      // Feed-forward.
+      layer.ff1.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        add_row(r, y);
+        layer.norm_ff.apply(xp + r * D, 1, D, h + r * D);
+        layer.ff1.quantize(h + r * D, r, inputs);
+      }
+#pragma omp barrier
+      layer.ff1.run(inputs, R, f, tid, team);
+#pragma omp barrier
+      layer.ff2.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        float* fr = f + r * F;
+        for (int64_t i = 0; i < F; i += 16) {
+          const __m512 u = _mm512_loadu_ps(fr + i);
+          _mm512_storeu_ps(fr + i, gelu_ ? gelu16(u) : _mm512_max_ps(u, _mm512_setzero_ps()));
+        }
+        layer.ff2.quantize(fr, r, inputs);
+      }
+#pragma omp barrier
+      layer.ff2.run(inputs, R, y, tid, team);
+#pragma omp barrier
     }
-    layer.ff2.apply(f, R, y);
-    add_into_x(y);
+    for (int64_t r = row_begin; r < row_end; ++r) add_row(r, y);
   }
   return x;
 }

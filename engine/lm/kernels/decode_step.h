@@ -32,11 +32,23 @@ class DecodeStep {
     float eps;
     void apply(const float* x, int64_t rows, int64_t dim, float* y) const;
   };
+  // A linear's input rows, quantised as its kernel takes them: codes [R, in] (x + 128 as uint8
+  // for int8 weights; x as int8 for int4, with sums [R, in / 256] of each group of 256), scales [R].
+  struct Inputs {
+    std::vector<uint8_t> codes;
+    std::vector<int32_t> sums;
+    std::vector<float> scales;
+  };
   struct Linear {
     bool int4;
     at::Tensor a, b, c, bias;
     int64_t in, out;
-    void apply(const float* x, int64_t rows, float* y) const;
+    // Row r of the input (x [in]) into `inputs`.
+    void quantize(const float* x, int64_t r, Inputs& inputs) const;
+    // Fetch the start of thread `tid` of `team`'s share of the weights.
+    void prefetch(int64_t tid, int64_t team) const;
+    // y [rows, out] = inputs W^T (+ bias): thread `tid` of `team`'s share of the output channels.
+    void run(const Inputs& inputs, int64_t rows, float* y, int64_t tid, int64_t team) const;
   };
   struct Layer {
     Norm norm_self, norm_cross, norm_ff;

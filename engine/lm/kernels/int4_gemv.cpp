@@ -122,21 +122,45 @@ static inline void tile_kernel4(const int8_t* xq, const int32_t* x_sums, const f
   }
 }
 
+int64_t gemv4_tiles(int64_t out_features) {
+  return (out_features / kChannels + kTileBlocks - 1) / kTileBlocks;
+}
+
 template <int64_t Rows>
-static void rows_kernel4(const int8_t* xq, const int32_t* x_sums, const float* x_scales, const uint8_t* pp,
-                         const float* sp, const float* bp, float* yp, int64_t in, int64_t out_features) {
-  const int64_t blocks = out_features / kChannels, tiles = (blocks + kTileBlocks - 1) / kTileBlocks;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t block = tile * kTileBlocks;
-      switch (std::min<int64_t>(kTileBlocks, blocks - block)) {  // the last tile may hold fewer blocks
-        case 1: tile_kernel4<Rows, 1>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
-        case 2: tile_kernel4<Rows, 2>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
-        case 3: tile_kernel4<Rows, 3>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
-        default: tile_kernel4<Rows, 4>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
-      }
+static void tiles_kernel4(const int8_t* xq, const int32_t* x_sums, const float* x_scales, const uint8_t* pp,
+                          const float* sp, const float* bp, float* yp, int64_t in, int64_t out_features, int64_t begin,
+                          int64_t end) {
+  const int64_t blocks = out_features / kChannels;
+  for (int64_t tile = begin; tile < end; ++tile) {
+    const int64_t block = tile * kTileBlocks;
+    switch (std::min<int64_t>(kTileBlocks, blocks - block)) {  // the last tile may hold fewer blocks
+      case 1: tile_kernel4<Rows, 1>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
+      case 2: tile_kernel4<Rows, 2>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
+      case 3: tile_kernel4<Rows, 3>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
+      default: tile_kernel4<Rows, 4>(xq, x_sums, x_scales, pp, sp, bp, yp, in, out_features, block); break;
     }
-  });
+  }
+}
+
+float quantize_input4(const float* x, int64_t in, int8_t* xq, int32_t* group_sums) {
+  const float scale = quantize_row<0>(x, in, xq);
+  for (int64_t g = 0; g < in / kGroup; ++g) {
+    int32_t sum = 0;
+    for (int64_t i = g * kGroup; i < (g + 1) * kGroup; ++i) sum += xq[i];
+    group_sums[g] = sum;
+  }
+  return scale;
+}
+
+void gemv4_range(const int8_t* xq, const int32_t* x_sums, const float* x_scales, int64_t rows, int64_t in,
+                 const uint8_t* pp, const float* sp, const float* bp, float* y, int64_t out_features, int64_t begin,
+                 int64_t end) {
+  switch (rows) {
+    case 1: tiles_kernel4<1>(xq, x_sums, x_scales, pp, sp, bp, y, in, out_features, begin, end); break;
+    case 2: tiles_kernel4<2>(xq, x_sums, x_scales, pp, sp, bp, y, in, out_features, begin, end); break;
+    case 3: tiles_kernel4<3>(xq, x_sums, x_scales, pp, sp, bp, y, in, out_features, begin, end); break;
+    default: tiles_kernel4<4>(xq, x_sums, x_scales, pp, sp, bp, y, in, out_features, begin, end); break;
+  }
 }
 
 void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* pp, const float* sp, const float* bp,
@@ -145,20 +169,11 @@ void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* pp, con
   std::vector<int8_t> xq(rows * in);
   std::vector<int32_t> x_sums(rows * groups);
   float x_scales[kMaxRows];
-  for (int64_t m = 0; m < rows; ++m) {
-    x_scales[m] = quantize_row<0>(x + m * in, in, xq.data() + m * in);
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t sum = 0;
-      for (int64_t i = g * kGroup; i < (g + 1) * kGroup; ++i) sum += xq[m * in + i];
-      x_sums[m * groups + g] = sum;
-    }
-  }
-  switch (rows) {
-    case 1: rows_kernel4<1>(xq.data(), x_sums.data(), x_scales, pp, sp, bp, y, in, out_features); break;
-    case 2: rows_kernel4<2>(xq.data(), x_sums.data(), x_scales, pp, sp, bp, y, in, out_features); break;
-    case 3: rows_kernel4<3>(xq.data(), x_sums.data(), x_scales, pp, sp, bp, y, in, out_features); break;
-    default: rows_kernel4<4>(xq.data(), x_sums.data(), x_scales, pp, sp, bp, y, in, out_features); break;
-  }
+  for (int64_t m = 0; m < rows; ++m)
+    x_scales[m] = quantize_input4(x + m * in, in, xq.data() + m * in, x_sums.data() + m * groups);
+  at::parallel_for(0, gemv4_tiles(out_features), 1, [&](int64_t begin, int64_t end) {
+    gemv4_range(xq.data(), x_sums.data(), x_scales, rows, in, pp, sp, bp, y, out_features, begin, end);
+  });
 }
 
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor scales, at::Tensor bias) {

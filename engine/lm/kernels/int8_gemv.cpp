@@ -26,34 +26,46 @@ at::Tensor prepare(at::Tensor weight) {
 }
 
 template <int64_t Rows>
-static void rows_kernel(const uint8_t* xq, const int8_t* wp, const int32_t* row_sums,
-                        const float* x_scales, const float* sp, const float* bp, float* yp,
-                        int64_t in, int64_t out_features) {
-  at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {
-      const int8_t* row = wp + o * in;
-      __m512i acc[Rows];
-      for (int64_t m = 0; m < Rows; ++m) acc[m] = _mm512_setzero_si512();
-      for (int64_t i = 0; i < in; i += 64) {
-        const __m512i w = _mm512_loadu_si512(reinterpret_cast<const void*>(row + i));
-        for (int64_t m = 0; m < Rows; ++m) {
-          const __m512i x = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + m * in + i));
-          acc[m] = _mm512_dpbusd_epi32(acc[m], x, w);
-        }
-      }
+static void range_kernel(const uint8_t* xq, const int8_t* wp, const int32_t* row_sums, const float* x_scales,
+                         const float* sp, const float* bp, float* yp, int64_t in, int64_t out_features, int64_t begin,
+                         int64_t end) {
+  for (int64_t o = begin; o < end; ++o) {
+    const int8_t* row = wp + o * in;
+    __m512i acc[Rows];
+    for (int64_t m = 0; m < Rows; ++m) acc[m] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < in; i += 64) {
+      const __m512i w = _mm512_loadu_si512(reinterpret_cast<const void*>(row + i));
       for (int64_t m = 0; m < Rows; ++m) {
-        const int32_t dot = _mm512_reduce_add_epi32(acc[m]) - 128 * row_sums[o];
-        float v = static_cast<float>(dot) * x_scales[m] * sp[o];
-        yp[m * out_features + o] = bp ? v + bp[o] : v;
+        const __m512i x = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + m * in + i));
+        acc[m] = _mm512_dpbusd_epi32(acc[m], x, w);
       }
     }
-  });
+    for (int64_t m = 0; m < Rows; ++m) {
+      const int32_t dot = _mm512_reduce_add_epi32(acc[m]) - 128 * row_sums[o];
+      float v = static_cast<float>(dot) * x_scales[m] * sp[o];
+      yp[m * out_features + o] = bp ? v + bp[o] : v;
+    }
+  }
+}
+
+void gemv_range(const uint8_t* xq, const float* x_scales, int64_t rows, int64_t in, const int8_t* wp,
+                const int32_t* row_sums, const float* scales, const float* bp, float* y, int64_t out_features,
+                int64_t begin, int64_t end) {
+  switch (rows) {
+    case 1: range_kernel<1>(xq, wp, row_sums, x_scales, scales, bp, y, in, out_features, begin, end); break;
+    case 2: range_kernel<2>(xq, wp, row_sums, x_scales, scales, bp, y, in, out_features, begin, end); break;
+    case 3: range_kernel<3>(xq, wp, row_sums, x_scales, scales, bp, y, in, out_features, begin, end); break;
+    default: range_kernel<4>(xq, wp, row_sums, x_scales, scales, bp, y, in, out_features, begin, end); break;
+  }
 }
 
 void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* wp, const int32_t* row_sums,
                const float* scales, const float* bp, float* y, int64_t out_features) {
-  with_quantised_rows(x, rows, in, [&](auto count, const uint8_t* qp, const float* x_scales) {
-    rows_kernel<decltype(count)::value>(qp, wp, row_sums, x_scales, scales, bp, y, in, out_features);
+  std::vector<uint8_t> xq(rows * in);
+  float x_scales[kMaxRows];
+  quantize_rows_u8(x, rows, in, xq.data(), x_scales);
+  at::parallel_for(0, out_features, 64, [&](int64_t begin, int64_t end) {
+    gemv_range(xq.data(), x_scales, rows, in, wp, row_sums, scales, bp, y, out_features, begin, end);
   });
 }
 

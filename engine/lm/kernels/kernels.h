@@ -37,27 +37,25 @@ inline float quantize_row(const float* row, int64_t n, T* out) {
 // Each of `rows` rows of `in` floats by quantize_row, stored +128 as uint8, scales into `scales`
 // (int8_gemv.cpp).
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales);
-// The int8 linears' entry (int8_gemv.cpp): quantises the 1 to 4 rows of x [rows, in]
-// (quantize_rows_u8) and calls kernel(std::integral_constant<int64_t, rows>, the quantised rows,
-// their scales), so that each kernel is compiled for each row count.
-template <typename Kernel>
-inline void with_quantised_rows(const float* x, int64_t rows, int64_t in, Kernel&& kernel) {
-  std::vector<uint8_t> xq(rows * in);
-  float scales[4];
-  quantize_rows_u8(x, rows, in, xq.data(), scales);
-  switch (rows) {
-    case 1: kernel(std::integral_constant<int64_t, 1>{}, xq.data(), scales); break;
-    case 2: kernel(std::integral_constant<int64_t, 2>{}, xq.data(), scales); break;
-    case 3: kernel(std::integral_constant<int64_t, 3>{}, xq.data(), scales); break;
-    default: kernel(std::integral_constant<int64_t, 4>{}, xq.data(), scales); break;
-  }
-}
 // y [rows, out] = x [rows, in] W^T (+ bias) for rows <= 4, W int8 (int8_gemv.cpp) or packed int4
 // (int4_gemv.cpp); bias may be null. The tensor-level gemv / gemv4 check their inputs and call these.
 void gemv_rows(const float* x, int64_t rows, int64_t in, const int8_t* weight, const int32_t* row_sums,
                const float* scales, const float* bias, float* y, int64_t out_features);
 void gemv4_rows(const float* x, int64_t rows, int64_t in, const uint8_t* packed, const float* block_scales,
                 const float* bias, float* y, int64_t out_features);
+// The same for output channels [begin, end) (int8) or tiles of 64 channels [begin, end) (int4)
+// alone, with x already quantised: `rows` (1 to 4) rows of `in` numbers each, x + 128 as uint8
+// with their scales (quantize_rows_u8) for int8; for int4 x as int8 with the sums of each group
+// of 256 and the scales (quantize_input4 per row). One thread's share of a linear in a parallel
+// region that outlives it (decode_step.cpp); the functions above split all channels over torch's threads.
+void gemv_range(const uint8_t* xq, const float* x_scales, int64_t rows, int64_t in, const int8_t* weight,
+                const int32_t* row_sums, const float* scales, const float* bias, float* y, int64_t out_features,
+                int64_t begin, int64_t end);
+int64_t gemv4_tiles(int64_t out_features);
+float quantize_input4(const float* x, int64_t in, int8_t* xq, int32_t* group_sums);
+void gemv4_range(const int8_t* xq, const int32_t* x_sums, const float* x_scales, int64_t rows, int64_t in,
+                 const uint8_t* packed, const float* block_scales, const float* bias, float* y, int64_t out_features,
+                 int64_t begin, int64_t end);
 at::Tensor gemv(at::Tensor x, at::Tensor weight, at::Tensor row_sums, at::Tensor scale,
                    at::Tensor bias);
 at::Tensor pack_vnni(at::Tensor weight);

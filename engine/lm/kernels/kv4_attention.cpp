@@ -86,7 +86,10 @@ void scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales
     return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), low, q_low), high, q_high);
   };
   int64_t t = 0;
+  const int64_t ahead = rows_ahead(32);
   for (; t + 16 <= positions; t += 16) {
+    fetch_rows(keys, t + ahead, 16, 32, positions);
+    fetch_rows(key_scales, t + ahead, 16, 4, positions);
     __m512i partial[8];
     for (int i = 0; i < 8; ++i) partial[i] = pair(t + 2 * i);
     const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(pair_sums8(partial), offset));
@@ -150,6 +153,7 @@ void weighted_q4_head(const float* w, const uint8_t* values, int64_t positions, 
       for (auto& a : set) a = _mm512_setzero_si512();
     for (int64_t g = 0; g < n; g += 4) {
       const uint8_t* rows = values + (b0 + g) * 32;
+      fetch_rows(values, b0 + g + rows_ahead(32), 4, 32, positions);
       const int64_t bytes = std::min<int64_t>(4, n - g) * 32;  // (the last group may hold fewer rows)
       const __m512i r0 = bytes == 128 ? _mm512_loadu_si512(rows) : _mm512_maskz_loadu_epi8(byte_mask(bytes), rows);
       const __m512i r1 = bytes == 128 ? _mm512_loadu_si512(rows + 64)

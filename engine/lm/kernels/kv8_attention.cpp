@@ -78,7 +78,10 @@ void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales,
     return acc;
   };
   int64_t t = 0;
+  const int64_t ahead = rows_ahead(dh);
   for (; t + 16 <= positions; t += 16) {
+    fetch_rows(keys, t + ahead, 16, dh, positions);
+    fetch_rows(key_scales, t + ahead, 16, 4, positions);
     __m512i partial[16];
     for (int i = 0; i < 16; ++i) partial[i] = dot(t + i);
     const __m512 sums = _mm512_cvtepi32_ps(sum16(partial));
