@@ -14,7 +14,7 @@ from engine.lm.sampling import sample
 from engine.lm.weights import UnsupportedModel
 from engine.lm.window import SamplingParams, WindowGenerator
 from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
-from nativeutil import HAS_NATIVE, needs_native
+from nativeutil import HAS_NATIVE, mapping_flags, needs_native
 
 
 def _attributes(model, text="lofi hip hop"):
@@ -246,20 +246,6 @@ def test_prefill_leaves_out_the_cross_attention_of_silent_rows(tiny_model, dtype
         torch.testing.assert_close(now[..., :300, :].float(), before[..., :300, :].float(), atol=1e-4, rtol=1e-4)
 
 
-def _mapping_flags(address: int) -> set:
-    """The VmFlags of this process's mapping that holds `address` (/proc/self/smaps)."""
-    inside = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and ":" not in head:
-                start, end = (int(part, 16) for part in head.split("-"))
-                inside = start <= address < end
-            elif inside and head == "VmFlags:":
-                return set(line.split()[1:])
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
 @pytest.mark.parametrize("dtype, kv_cache", [("fp32", "auto"), pytest.param("int8", "int8", marks=needs_native),
                                              pytest.param("int8", "int4", marks=needs_native)])
@@ -272,12 +258,12 @@ def test_the_cpu_kv_cache_is_advised_onto_huge_pages(tiny_model, dtype, kv_cache
     cache = fast.cache
     tensors = [cache.kv] + ([cache.k_scale, cache.v_scale] if cache.quantized else [])
     for tensor in tensors:
-        assert "hg" in _mapping_flags(tensor.data_ptr())
+        assert "hg" in mapping_flags(tensor.data_ptr())
         assert tensor.data_ptr() % HUGE_PAGE_BYTES == 0
     assert not cache.kv.any()
     assert cache.quantized == (dtype == "int8") and (not cache.quantized or bool((cache.k_scale == 1).all()))
     assert cache.precision == {"auto": "fp32"}.get(kv_cache, kv_cache)
-    assert "hg" not in _mapping_flags(torch.zeros(1 << 20).data_ptr())  # (a plain tensor is not)
+    assert "hg" not in mapping_flags(torch.zeros(1 << 20).data_ptr())  # (a plain tensor is not)
 
 
 def test_decode_attention_kernels_compute_the_same():

@@ -2,13 +2,16 @@
 computes what the layers as torch ops around the same kernels compute, on a model whose shapes
 take every native path: int4 groups of 256 inputs and heads of 64 (the 8-bit cache's VNNI
 scores), like every MusicGen."""
+import os
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.lm.model import FastLM
 from engine.models.random_musicgen import TINY_SHAPE, build_random_lm
-from nativeutil import needs_native
+from nativeutil import mapping_flags, needs_native
 
 pytestmark = needs_native
 
@@ -197,3 +200,44 @@ def test_the_native_kernels_let_other_python_threads_run():
         torch.set_num_threads(threads)
     assert len(gaps) > 100
     assert max(gaps) < call_seconds / 2, (max(gaps), call_seconds)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_the_step_weights_lie_side_by_side_on_huge_pages(lm, dtype):
+    """quantize.step_weights_onto_huge_pages: what the native step reads of every linear (int8:
+    weights, row sums, scales; int4: packed nibbles, group scales) is moved into one mapping
+    advised MADV_HUGEPAGE, in the step's order, each 64-byte aligned; the steps' logits are
+    those of the same decoder without the move, to the bit."""
+    from engine.lm import quantize
+    moved = FastLM(lm, max_frames=100, dtype=dtype, kernels="native")
+    with mock.patch.object(quantize, "onto_huge_pages", lambda tensors: list(tensors)):
+        kept = FastLM(lm, max_frames=100, dtype=dtype, kernels="native")
+    tensors = [getattr(lin, name) for layer in moved.layers for lin in layer.linears() for name in lin.STEP_TENSORS]
+    assert len(tensors) == len(moved.layers) * 6 * (2 if dtype == "int4" else 3)
+    addresses = [t.data_ptr() for t in tensors]
+    assert addresses == sorted(addresses) and all(a % 64 == 0 for a in addresses)
+    span = addresses[-1] + tensors[-1].numel() * tensors[-1].element_size() - addresses[0]
+    assert span <= sum(t.numel() * t.element_size() + 63 for t in tensors)  # side by side
+    assert "hg" in mapping_flags(addresses[0]) and "hg" in mapping_flags(addresses[-1])
+    first = kept.layers[0].qkv
+    assert "hg" not in mapping_flags(getattr(first, first.STEP_TENSORS[0]).data_ptr())
+    assert torch.equal(_steps(moved, lm, True), _steps(kept, lm, True))
+
+
+@pytest.mark.parametrize("dtype, kv_cache", [("int4", "int4"), ("int8", "int8")])
+def test_the_step_gives_the_same_numbers_on_any_number_of_threads(lm, dtype, kv_cache):
+    """The step runs as one parallel region whose threads each take a share of every linear's
+    channels, of the attention's (head, row) tasks and of the rows (kernels/decode_step.cpp):
+    every number is computed whole by one thread, so 1, 2 or 3 threads (shares of uneven
+    sizes) give the same logits to the bit."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(_steps(FastLM(lm, max_frames=100, dtype=dtype, kernels="native", kv_cache=kv_cache),
+                                  lm, True, steps=4))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])

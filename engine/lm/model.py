@@ -25,7 +25,7 @@ from .graph import StepGraph
 from .hardware import QUANTISED, compute_dtypes, resolve_dtype, resolve_kernels, resolve_kv_cache
 from .kernels import load_cpu_kernels
 from .native_step import NativeStep, why_not_fused
-from .quantize import Dense
+from .quantize import Dense, step_weights_onto_huge_pages
 from .split_attention import SplitAttention, available as split_attention_available
 from .weights import activation, check_supported, convert, release_source_weights
 
@@ -117,6 +117,8 @@ class FastLM:
             if unfused is not None and self.device.type == "cuda":
                 log.info("decoder: the decode step runs on torch's ops, not the fused kernels (%s)", unfused)
         # native: the decode step's layers in one native call where everything in them can be.
+        if self.kernels == "native":
+            step_weights_onto_huge_pages([lin for layer in self.layers for lin in layer.linears()])
         unfused = why_not_fused(self) if native is not None else "no native kernels"
         self.native_step = NativeStep(self, native) if unfused is None else None
         if self.kernels == "native" and unfused is not None:

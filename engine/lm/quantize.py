@@ -9,6 +9,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .hugepages import onto_huge_pages
+
 
 class Dense:
     """y = x W^T + b with W [out, in] stored in `dtype`. `max_rows` (set by `gemm_rows_at_most`):
@@ -75,6 +77,8 @@ class Int8:
 
     group_rows = 0
     active_groups: tp.Optional[tp.Sequence[bool]] = None
+    #: The tensors the native kernel reads for decode rows (with `kernels`).
+    STEP_TENSORS: tp.Tuple[str, ...] = ("weight", "row_sums", "scales")
 
     def __init__(self, weight: torch.Tensor, bias: tp.Optional[torch.Tensor], kernels=None):
         self.shape = tuple(weight.shape)  # (out, in)
@@ -192,6 +196,8 @@ class Int4(Int8):
             del self.weight  # (the int8 copy: the steps read the nibbles, the prefill `vnni`)
             self.packed4, self.scales4 = kernels.pack4(q.contiguous(), scales)  # (kernels/int4_gemv.cpp's order)
 
+    STEP_TENSORS = ("packed4", "scales4")
+
     def _decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
         return self.kernels.gemv4(rows, self.packed4, self.scales4, self._no_bias if self.bias is None else self.bias)
 
@@ -202,6 +208,15 @@ class Int4(Int8):
 
 
 Linear = tp.Union[Dense, Int8, Int4]
+
+
+def step_weights_onto_huge_pages(linears: tp.Sequence[Linear]) -> None:
+    """Move what the native kernels read of these linears at each decode step into one mapping
+    on huge pages, in their order (hugepages.py): whole int4 steps took 0.94-0.98x the time
+    (int8: 0.94-0.98x), alternated in one process on 2 cores. Other linears stay as they are."""
+    fields = [(lin, name) for lin in linears if isinstance(lin, Int8) and lin.native for name in lin.STEP_TENSORS]
+    for (lin, name), moved in zip(fields, onto_huge_pages([getattr(lin, name) for lin, name in fields])):
+        setattr(lin, name, moved)
 
 
 @contextlib.contextmanager

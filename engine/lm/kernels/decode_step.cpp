@@ -3,10 +3,13 @@
 // Run as torch ops from Python, the step between the kernels of the linears and the attention
 // (layer norms, GELU, softmax, residual adds, views and copies: about 20 small ops per layer)
 // cost 3-5 ms of a 17-20 ms step on 2 cores, more than the bytes they move. Here each layer is
-// one pass of plain loops over buffers allocated once per call: the norms and residuals on the
-// calling thread, the linears (int8_gemv.cpp, int4_gemv.cpp) and the attention heads spread over
-// torch's threads. Rows are independent: a row's numbers do not depend on the other rows (each
-// is quantised and computed on its own), so one station gives the same tokens alone as in a batch.
+// one pass of plain loops over buffers allocated once per call, all in one parallel region of
+// torch's threads: each thread takes its share of the rows (norms, residuals, activations, the
+// quantisation of each linear's input), of each linear's channels (int8_gemv.cpp,
+// int4_gemv.cpp) and of the attention's (head, row) tasks. Rows are independent: a row's
+// numbers do not depend on the other rows (each is quantised and computed on its own), so one
+// station gives the same tokens alone as in a batch; and every number is computed whole by one
+// thread, so any number of threads gives the same numbers.
 //
 // Shapes: R rows (2 per generation: cond, uncond), D model dim, H heads, Dh = D / H, F the
 // feed-forward width, L layers, P cache positions, Tc text positions.
