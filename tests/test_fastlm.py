@@ -105,6 +105,41 @@ def test_native_sampler_is_reproducible_and_its_top_1_is_the_argmax():
     assert torch.equal(runs[0], runs[1])
 
 
+@needs_native
+def test_native_sampler_draws_the_top_k_inverse_cdf_token():
+    """kernels/sampling.cpp picks, for each codebook, the first of the top k (sorted by guided
+    logit, ties by lower index, -0 equal to +0) whose cumulative softmax weight passes the uniform
+    times the total, as a float64 reference by a stable sort does."""
+    from engine.lm.kernels import load_cpu_kernels
+    kernels = load_cpu_kernels()
+
+    def reference(logits, cfg, temperature, k, uniforms):
+        guided = (logits[1] + (logits[0] - logits[1]) * cfg).double() + 0.0
+        tokens = []
+        for book in range(guided.shape[0]):
+            order = torch.sort(-guided[book], stable=True).indices[:k]
+            weights = torch.exp((guided[book, order] - guided[book, order[0]]) / temperature)
+            before = int((torch.cumsum(weights, 0) <= uniforms[book].double() * weights.sum()).sum())
+            tokens.append(int(order[min(before, k - 1)]))
+        return torch.tensor(tokens)
+
+    torch.manual_seed(0)
+    same = total = 0
+    for card, k, temperature, draws in [(300, 250, 1.0, 20), (300, 5, 0.7, 20), (2048, 250, 1.0, 10), (17, 17, 2.0, 20)]:
+        for _ in range(draws):
+            logits = torch.randn(2, 4, card) * 3
+            logits[:, :, 1:3] = 100.0  # a tie at the top of the guided logits
+            logits[:, 3, :] = torch.randint(-2, 3, (2, card)).float() * 0.5  # many ties, and -0 beside +0
+            logits[:, 3, 5], logits[:, 3, 4] = -0.0, 0.0
+            uniforms = torch.rand(4)
+            uniforms[0] = 0.0  # the first of the top: the lower entry of the tie
+            got = kernels.sample_top_k(logits, 3.0, temperature, k, uniforms)
+            assert got.dtype == torch.long and got[0].item() == 1, got
+            same += int((got == reference(logits, 3.0, temperature, k, uniforms)).sum())
+            total += 4
+    assert same == total, (same, total)
+
+
 def test_top_k_1_sampling_is_greedy(tiny_model):
     fast = FastLM(tiny_model.lm, max_frames=60, dtype="fp32")
     attributes = _attributes(tiny_model)[0]
