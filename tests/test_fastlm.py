@@ -107,21 +107,11 @@ def test_native_sampler_is_reproducible_and_its_top_1_is_the_argmax():
 
 @needs_native
 def test_native_sampler_draws_the_top_k_inverse_cdf_token():
-    """kernels/sampling.cpp picks, for each codebook, the first of the top k (sorted by guided
-    logit, ties by lower index, -0 equal to +0) whose cumulative softmax weight passes the uniform
-    times the total, as a float64 reference by a stable sort does."""
+    """kernels/sampling.cpp draws what the float64 reference (samplingref.py) draws, ties and -0
+    beside +0 included."""
     from engine.lm.kernels import load_cpu_kernels
+    from samplingref import top_k_inverse_cdf
     kernels = load_cpu_kernels()
-
-    def reference(logits, cfg, temperature, k, uniforms):
-        guided = (logits[1] + (logits[0] - logits[1]) * cfg).double() + 0.0
-        tokens = []
-        for book in range(guided.shape[0]):
-            order = torch.sort(-guided[book], stable=True).indices[:k]
-            weights = torch.exp((guided[book, order] - guided[book, order[0]]) / temperature)
-            before = int((torch.cumsum(weights, 0) <= uniforms[book].double() * weights.sum()).sum())
-            tokens.append(int(order[min(before, k - 1)]))
-        return torch.tensor(tokens)
 
     torch.manual_seed(0)
     same = total = 0
@@ -135,7 +125,7 @@ def test_native_sampler_draws_the_top_k_inverse_cdf_token():
             uniforms[0] = 0.0  # the first of the top: the lower entry of the tie
             got = kernels.sample_top_k(logits, 3.0, temperature, k, uniforms)
             assert got.dtype == torch.long and got[0].item() == 1, got
-            same += int((got == reference(logits, 3.0, temperature, k, uniforms)).sum())
+            same += int((got == top_k_inverse_cdf(logits, 3.0, temperature, k, uniforms)).sum())
             total += 4
     assert same == total, (same, total)
 

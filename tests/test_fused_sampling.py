@@ -1,7 +1,7 @@
 """The CUDA top-k sampler (engine/lm/fused_sampling.py), run by Triton's interpreter on CPU: given
 the same uniforms, it draws the token that guidance, the top k, the softmax at the temperature and
-the inverse CDF give, computed in float64 by sorting (the algorithm of the CPU's native sampler),
-ties at equal values going to the lower entry. (On CUDA, sampling.sample uses it:
+the inverse CDF give, computed in float64 by sorting (samplingref.py, the algorithm of the CPU's
+native sampler), ties at equal values going to the lower entry. (On CUDA, sampling.sample uses it:
 tests/test_fastlm_cuda.py.)"""
 import os
 import subprocess
@@ -13,16 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import torch
     from engine.lm.fused_sampling import sample_top_k
-
-    def reference(logits, cfg, temperature, k, uniforms):
-        guided = (logits[1] + (logits[0] - logits[1]) * cfg).double()
-        tokens = []
-        for book in range(guided.shape[0]):
-            order = torch.sort(-guided[book], stable=True).indices[:k]  # ties: the lower entry first
-            weights = torch.exp((guided[book, order] - guided[book, order[0]]) / temperature)
-            before = int((torch.cumsum(weights, 0) <= uniforms[book].double() * weights.sum()).sum())
-            tokens.append(int(order[min(before, k - 1)]))
-        return torch.tensor(tokens)
+    from samplingref import top_k_inverse_cdf as reference
 
     torch.manual_seed(0)
     same = total = 0
@@ -43,7 +34,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_cuda_sampler_draws_the_top_k_inverse_cdf_token():
-    path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])  # keep the caller's packages
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

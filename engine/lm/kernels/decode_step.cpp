@@ -237,17 +237,32 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
       for (int64_t i = r * D; i < (r + 1) * D; i += 16)
         _mm512_storeu_ps(xp + i, _mm512_add_ps(_mm512_loadu_ps(xp + i), _mm512_loadu_ps(from + i)));
     };
+    // This thread's rows: x += y (the last linear's out, where `add`), normed into h and
+    // quantised for `next`, whose share of the weights is fetched meanwhile.
+    auto residual_norm = [&](bool add, const Norm& norm, const Linear& next) {
+      next.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        if (add) add_row(r, y);
+        norm.apply(xp + r * D, 1, D, h + r * D);
+        next.quantize(h + r * D, r, inputs);
+      }
+    };
+    // This thread's rows of the attention's out `a`, quantised for `next`.
+    auto inputs_from_attention = [&](const Linear& next) {
+#pragma omp barrier
+      next.prefetch(tid, team);
+      for (int64_t r = row_begin; r < row_end; ++r) next.quantize(a + r * D, r, inputs);
+    };
+    // Once every row's input is quantised: this thread's share of `linear` into `out`.
+    auto run = [&](const Linear& linear, float* out) {
+#pragma omp barrier
+      linear.run(inputs, R, out, tid, team);
+#pragma omp barrier
+    };
     for (int64_t l = 0; l < L; ++l) {
       const Layer& layer = layers_[l];
-      layer.qkv.prefetch(tid, team);
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        if (l > 0) add_row(r, y);  // the previous layer's feed-forward
-        layer.norm_self.apply(xp + r * D, 1, D, h + r * D);
-        layer.qkv.quantize(h + r * D, r, inputs);
-      }
-#pragma omp barrier
-      layer.qkv.run(inputs, R, qkv, tid, team);
-#pragma omp barrier
+      residual_norm(l > 0, layer.norm_self, layer.qkv);  // (y: the previous layer's feed-forward)
+      run(layer.qkv, qkv);
       // Self-attention, task (head, row) head-major: each thread's share holds all rows' heads
       // alike, so rows at different positions (stations of a batch, or any rows whose caches
       // differ in length) split evenly; row-major, one thread took all of the long rows (4 rows
@@ -302,22 +317,11 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
           weighted_head(st, reinterpret_cast<const uint16_t*>(v_base) + at, T, Dh, load16_fp16, unit_scale, out);
         }
       }
-#pragma omp barrier
-      layer.out_self.prefetch(tid, team);
-      for (int64_t r = row_begin; r < row_end; ++r) layer.out_self.quantize(a + r * D, r, inputs);
-#pragma omp barrier
-      layer.out_self.run(inputs, R, y, tid, team);
-#pragma omp barrier
+      inputs_from_attention(layer.out_self);
+      run(layer.out_self, y);
       // Cross-attention to the text condition (head-major too: text lengths differ by row).
-      layer.q_cross.prefetch(tid, team);
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        add_row(r, y);
-        layer.norm_cross.apply(xp + r * D, 1, D, h + r * D);
-        layer.q_cross.quantize(h + r * D, r, inputs);
-      }
-#pragma omp barrier
-      layer.q_cross.run(inputs, R, qkv, tid, team);
-#pragma omp barrier
+      residual_norm(true, layer.norm_cross, layer.q_cross);
+      run(layer.q_cross, qkv);
       for (int64_t task = task_begin; task < task_end; ++task) {
         const int64_t r = task % R, hd = task / R, T = cross_lengths[r];
         float* st = s + task * longest;
@@ -326,22 +330,11 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         softmax_in_place(st, T, nullptr);
         weighted_head(st, text_v + at, T, Dh, load16_fp32, unit_scale, a + r * D + hd * Dh);
       }
-#pragma omp barrier
-      layer.out_cross.prefetch(tid, team);
-      for (int64_t r = row_begin; r < row_end; ++r) layer.out_cross.quantize(a + r * D, r, inputs);
-#pragma omp barrier
-      layer.out_cross.run(inputs, R, y, tid, team);
-#pragma omp barrier
+      inputs_from_attention(layer.out_cross);
+      run(layer.out_cross, y);
       // Feed-forward.
-      layer.ff1.prefetch(tid, team);
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        add_row(r, y);
-        layer.norm_ff.apply(xp + r * D, 1, D, h + r * D);
-        layer.ff1.quantize(h + r * D, r, inputs);
-      }
-#pragma omp barrier
-      layer.ff1.run(inputs, R, f, tid, team);
-#pragma omp barrier
+      residual_norm(true, layer.norm_ff, layer.ff1);
+      run(layer.ff1, f);
       layer.ff2.prefetch(tid, team);
       for (int64_t r = row_begin; r < row_end; ++r) {
         float* fr = f + r * F;
@@ -351,9 +344,7 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         }
         layer.ff2.quantize(fr, r, inputs);
       }
-#pragma omp barrier
-      layer.ff2.run(inputs, R, y, tid, team);
-#pragma omp barrier
+      run(layer.ff2, y);
     }
     for (int64_t r = row_begin; r < row_end; ++r) add_row(r, y);
   }
