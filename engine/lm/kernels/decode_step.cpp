@@ -44,8 +44,10 @@ void prefetch_start(const char* p, int64_t bytes, int64_t ahead = kAheadBytes) {
   for (int64_t o = 0; o < std::min(bytes, ahead); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
-// scores [T] -> softmax weights, each times `value_scales[t]` (null: 1), in place.
-void softmax_in_place(float* s, int64_t positions, const float* value_scales) {
+// scores [T] -> exp(score - max), each times `value_scales[t]` (null: 1), in place; returns
+// 1 / the sum of the exps, for the weighted sum's output (a softmax in two passes over the
+// scores, not three).
+float softmax_unnormalised(float* s, int64_t positions, const float* value_scales) {
   __m512 peak = _mm512_set1_ps(-INFINITY);
   int64_t t = 0;
   for (; t + 16 <= positions; t += 16) peak = _mm512_max_ps(peak, _mm512_loadu_ps(s + t));
@@ -55,17 +57,17 @@ void softmax_in_place(float* s, int64_t positions, const float* value_scales) {
   __m512 sum = _mm512_setzero_ps();
   for (t = 0; t < positions; t += 16) {
     const __mmask16 lanes = first_lanes(t, positions);
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + t), top16));
-    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(lanes, e));
-    _mm512_mask_storeu_ps(s + t, lanes, e);
+    const __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + t), top16)));
+    sum = _mm512_add_ps(sum, e);
+    _mm512_mask_storeu_ps(s + t, lanes,
+                          value_scales ? _mm512_mul_ps(e, _mm512_maskz_loadu_ps(lanes, value_scales + t)) : e);
   }
-  const float inverse = 1.f / _mm512_reduce_add_ps(sum);
-  for (t = 0; t < positions; t += 16) {
-    const __mmask16 lanes = first_lanes(t, positions);
-    __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + t), _mm512_set1_ps(inverse));
-    if (value_scales != nullptr) w = _mm512_mul_ps(w, _mm512_maskz_loadu_ps(lanes, value_scales + t));
-    _mm512_mask_storeu_ps(s + t, lanes, w);
-  }
+  return 1.f / _mm512_reduce_add_ps(sum);
+}
+
+// out [dh] *= factor.
+void scale_row(float* out, int64_t dh, float factor) {
+  for (int64_t d = 0; d < dh; d += 16) _mm512_storeu_ps(out + d, _mm512_mul_ps(_mm512_loadu_ps(out + d), _mm512_set1_ps(factor)));
 }
 
 // Strides (in elements) of a [L, B, H, P or Tc, row] cache, or of [L, B, H, P] scales.
@@ -305,16 +307,19 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         float* out = a + r * D + hd * Dh;
         if (q4) {
           scores_q4_head(q, reinterpret_cast<const uint8_t*>(k_base) + at, k_scales + si, T, scale, st);
-          softmax_in_place(st, T, v_scales + si);
+          const float norm = softmax_unnormalised(st, T, v_scales + si);
           weighted_q4_head(st, reinterpret_cast<const uint8_t*>(v_base) + at, T, out);
+          scale_row(out, Dh, norm);
         } else if (q8) {
           scores_q8_head(q, reinterpret_cast<const int8_t*>(k_base) + at, k_scales + si, T, Dh, scale, st);
-          softmax_in_place(st, T, v_scales + si);
+          const float norm = softmax_unnormalised(st, T, v_scales + si);
           weighted_head(st, reinterpret_cast<const int8_t*>(v_base) + at, T, Dh, load16_int8, unit_scale, out);
+          scale_row(out, Dh, norm);
         } else {
           scores_head(q, reinterpret_cast<const uint16_t*>(k_base) + at, T, Dh, scale, load16_fp16, unit_scale, st);
-          softmax_in_place(st, T, nullptr);
+          const float norm = softmax_unnormalised(st, T, nullptr);
           weighted_head(st, reinterpret_cast<const uint16_t*>(v_base) + at, T, Dh, load16_fp16, unit_scale, out);
+          scale_row(out, Dh, norm);
         }
       }
       inputs_from_attention(layer.out_self);
@@ -327,8 +332,9 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         float* st = s + task * longest;
         const int64_t at = text.at(l, rows[r], hd);
         scores_head(qkv + r * D + hd * Dh, text_k + at, T, Dh, scale, load16_fp32, unit_scale, st);
-        softmax_in_place(st, T, nullptr);
+        const float norm = softmax_unnormalised(st, T, nullptr);
         weighted_head(st, text_v + at, T, Dh, load16_fp32, unit_scale, a + r * D + hd * Dh);
+        scale_row(a + r * D + hd * Dh, Dh, norm);
       }
       inputs_from_attention(layer.out_cross);
       run(layer.out_cross, y);
