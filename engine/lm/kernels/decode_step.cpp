@@ -212,7 +212,8 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
   float* y = a + R * D;                 // [R, D] a linear's out
   float* f = y + R * D;                 // [R, F]
   float* s = f + R * F;                 // [R H, longest] scores
-  Inputs inputs{std::vector<uint8_t>(R * F), std::vector<int32_t>(R * F / 256 + 1), std::vector<float>(R)};
+  const int64_t widest = std::max(D, F);  // a linear's input: D, or F for the second feed-forward
+  Inputs inputs{std::vector<uint8_t>(R * widest), std::vector<int32_t>(R * widest / 256 + 1), std::vector<float>(R)};
   const Strides cache(k), scales(q4 || q8 ? k_scale : k), text(cross_k);
   const int64_t row_bytes = width * k.element_size();  // one cached key (value) row
   const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
