@@ -110,23 +110,14 @@ def test_native_sampler_draws_the_top_k_inverse_cdf_token():
     """kernels/sampling.cpp draws what the float64 reference (samplingref.py) draws, ties and -0
     beside +0 included."""
     from engine.lm.kernels import load_cpu_kernels
-    from samplingref import top_k_inverse_cdf
+    from samplingref import sampling_cases, top_k_inverse_cdf
     kernels = load_cpu_kernels()
-
-    torch.manual_seed(0)
     same = total = 0
-    for card, k, temperature, draws in [(300, 250, 1.0, 20), (300, 5, 0.7, 20), (2048, 250, 1.0, 10), (17, 17, 2.0, 20)]:
-        for _ in range(draws):
-            logits = torch.randn(2, 4, card) * 3
-            logits[:, :, 1:3] = 100.0  # a tie at the top of the guided logits
-            logits[:, 3, :] = torch.randint(-2, 3, (2, card)).float() * 0.5  # many ties, and -0 beside +0
-            logits[:, 3, 5], logits[:, 3, 4] = -0.0, 0.0
-            uniforms = torch.rand(4)
-            uniforms[0] = 0.0  # the first of the top: the lower entry of the tie
-            got = kernels.sample_top_k(logits, 3.0, temperature, k, uniforms)
-            assert got.dtype == torch.long and got[0].item() == 1, got
-            same += int((got == top_k_inverse_cdf(logits, 3.0, temperature, k, uniforms)).sum())
-            total += 4
+    for logits, k, temperature, uniforms in sampling_cases(repeat=5, many_ties=True):
+        got = kernels.sample_top_k(logits, 3.0, temperature, k, uniforms)
+        assert got.dtype == torch.long and got[0].item() == 1, got
+        same += int((got == top_k_inverse_cdf(logits, 3.0, temperature, k, uniforms)).sum())
+        total += 4
     assert same == total, (same, total)
 
 

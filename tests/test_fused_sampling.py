@@ -13,21 +13,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import torch
     from engine.lm.fused_sampling import sample_top_k
-    from samplingref import top_k_inverse_cdf as reference
+    from samplingref import sampling_cases, top_k_inverse_cdf as reference
 
-    torch.manual_seed(0)
     same = total = 0
-    for card, k, temperature, draws in [(300, 250, 1.0, 4), (300, 5, 0.7, 4), (2048, 250, 1.0, 1), (17, 17, 2.0, 4)]:
-        for _ in range(draws):
-            logits = torch.randn(2, 4, card) * 3
-            logits[:, :, 1:3] = 100.0  # a tie at the top of the guided logits
-            uniforms = torch.rand(4)
-            uniforms[0] = 0.0  # the first of the top: the lower entry of the tie
-            got = sample_top_k(logits, 3.0, temperature, k, uniforms)
-            expected = reference(logits, 3.0, temperature, k, uniforms)
-            assert got.dtype == torch.long and got[0].item() == 1, got
-            same += int((got == expected).sum())
-            total += 4
+    for logits, k, temperature, uniforms in sampling_cases():
+        got = sample_top_k(logits, 3.0, temperature, k, uniforms)
+        assert got.dtype == torch.long and got[0].item() == 1, got
+        same += int((got == reference(logits, 3.0, temperature, k, uniforms)).sum())
+        total += 4
     assert same >= total - 1, (same, total)  # (fp32 against float64 sums: a draw on a boundary may differ)
     print("ok", same, total)
 """)
