@@ -24,11 +24,10 @@ Unfusable = tp.Optional[str]
 
 
 def _linear_tensors(lin) -> tp.List[torch.Tensor]:
-    no_bias = torch.empty(0)
-    bias = no_bias if lin.bias is None else lin.bias
-    if isinstance(lin, Int4):
-        return [lin.packed4, lin.scales4, no_bias, bias]
-    return [lin.weight, lin.row_sums, lin.scales, bias]
+    """DecodeStep's four tensors of a linear: what its kernel reads (`STEP_TENSORS`: int8 weight,
+    row sums, scales; int4 nibbles, group scales and an empty third), then the bias or empty."""
+    tensors = [getattr(lin, name) for name in lin.STEP_TENSORS]
+    return tensors + [torch.empty(0)] * (3 - len(tensors)) + [torch.empty(0) if lin.bias is None else lin.bias]
 
 
 def why_not_fused(fast) -> Unfusable:

@@ -41,7 +41,7 @@ constexpr int64_t kAheadBytes = 4096, kAheadScaleBytes = 2048;
 constexpr int64_t kShareAheadBytes = 4096;
 
 void prefetch_start(const char* p, int64_t bytes, int64_t ahead = kAheadBytes) {
-  for (int64_t o = 0; o < std::min(bytes, ahead); o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+  fetch_rows(p, 0, ahead, 1, bytes);  // (rows of one byte: its first `ahead` bytes, at most `bytes`)
 }
 
 // scores [T] -> exp(score - max), each times `value_scales[t]` (null: 1), in place; returns
@@ -153,15 +153,19 @@ void DecodeStep::Linear::quantize(const float* x, int64_t r, Inputs& inputs) con
     quantize_rows_u8(x, 1, in, codes, inputs.scales.data() + r);
 }
 
+std::pair<int64_t, int64_t> DecodeStep::Linear::share(int64_t tid, int64_t team) const {
+  const int64_t parts = int4 ? gemv4_tiles(out) : out;  // tiles of 64 channels, or channels
+  return {parts * tid / team, parts * (tid + 1) / team};
+}
+
 void DecodeStep::Linear::prefetch(int64_t tid, int64_t team) const {
-  const int64_t parts = int4 ? gemv4_tiles(out) : out, begin = parts * tid / team;
-  const char* share = static_cast<const char*>(a.data_ptr()) + (int4 ? begin * 64 * (in / 2) : begin * in);
-  for (int64_t o = 0; o < kShareAheadBytes; o += 64) _mm_prefetch(share + o, _MM_HINT_T0);
+  const int64_t part_bytes = int4 ? 64 * (in / 2) : in;  // a tile's packed nibbles, a channel's int8 row
+  fetch_rows(a.data_ptr(), share(tid, team).first * part_bytes, kShareAheadBytes, 1, a.numel());
 }
 
 void DecodeStep::Linear::run(const Inputs& inputs, int64_t rows, float* y, int64_t tid, int64_t team) const {
   const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
-  const int64_t parts = int4 ? gemv4_tiles(out) : out, begin = parts * tid / team, end = parts * (tid + 1) / team;
+  const auto [begin, end] = share(tid, team);
   for (int64_t r = 0; r < rows; r += 4) {  // the kernels take up to 4 rows
     const int64_t n = std::min<int64_t>(4, rows - r);
     const uint8_t* codes = inputs.codes.data() + r * in;

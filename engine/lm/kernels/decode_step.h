@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 class DecodeStep {
@@ -45,6 +46,8 @@ class DecodeStep {
     int64_t in, out;
     // Row r of the input (x [in]) into `inputs`.
     void quantize(const float* x, int64_t r, Inputs& inputs) const;
+    // Thread `tid` of `team`'s share of the output: [first, last) tiles of 64 channels (int4) or channels.
+    std::pair<int64_t, int64_t> share(int64_t tid, int64_t team) const;
     // Fetch the start of thread `tid` of `team`'s share of the weights.
     void prefetch(int64_t tid, int64_t team) const;
     // y [rows, out] = inputs W^T (+ bias): thread `tid` of `team`'s share of the output channels.

@@ -27,20 +27,6 @@ static constexpr int64_t kGroup = 256;  // inputs per scale
 static constexpr int64_t kChannels = 16;  // outputs per block (one vector of int32 sums)
 static constexpr int64_t kStep = 8;  // inputs per 64 packed bytes of a block
 static constexpr int64_t kTileBlocks = 4;  // blocks interleaved per step in one stream (64 channels)
-// The weights are read this far ahead by software prefetch, non-temporal (they are read once per
-// step). The distance matters little (alternated on 2 cores over 144 MB: 24.6-25.4 GB/s from none
-// to 16 KiB ahead, where torch's sum() read 24-28 in the same rounds); the hint does: 96 GEMVs
-// alternated with sum() in one process (7508 rounds, binned by sum()'s reading) read 41.7 / 44.0 /
-// 56.0 GB/s with NTA where into L2 (T1) they read 38.4 / 40.2 / 49.7 (sum() 41 / 49 / 78); whole
-// int4 steps at 20 positions took 0.89x (sum() at 48 GB/s) and 0.94x (at 78) the time, at 1250
-// positions 0.99x and 0.97x. `-D` overrides both for such sweeps.
-#ifndef INT4_PREFETCH_BYTES
-#define INT4_PREFETCH_BYTES 4096
-#endif
-#ifndef INT4_PREFETCH_HINT
-#define INT4_PREFETCH_HINT _MM_HINT_NTA
-#endif
-static constexpr int64_t kPrefetchBytes = INT4_PREFETCH_BYTES;
 
 std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales) {
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 2,
@@ -96,7 +82,7 @@ static inline void tile_kernel4(const int8_t* xq, const int32_t* x_sums, const f
       }
       const uint8_t* step = stream + s * Blocks * 64;
       for (int64_t b = 0; b < Blocks; ++b) {
-        _mm_prefetch(reinterpret_cast<const char*>(step + b * 64 + kPrefetchBytes), INT4_PREFETCH_HINT);
+        _mm_prefetch(reinterpret_cast<const char*>(step + b * 64 + kGemvAheadBytes), GEMV_PREFETCH_HINT);
         const __m512i both = _mm512_loadu_si512(reinterpret_cast<const void*>(step + b * 64));
         const __m512i low = _mm512_and_si512(both, low_nibbles);
         const __m512i high = _mm512_and_si512(_mm512_srli_epi16(both, 4), low_nibbles);

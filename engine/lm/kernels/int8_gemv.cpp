@@ -14,10 +14,6 @@
 #include <vector>
 
 static constexpr int64_t kMaxRows = 4;  // rows of x per call
-// The weights are read this far ahead by software prefetch, non-temporal (read once per step), as
-// the int4 kernel's: whole int8 steps took 0.89-0.93x the time at 20 positions and 0.92-0.95x at
-// 1250 (alternated in one process with the kernel without it, torch's sum() at 48-79 GB/s).
-static constexpr int64_t kPrefetchBytes = 4096;
 
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* out, float* scales) {
   for (int64_t m = 0; m < rows; ++m) scales[m] = quantize_row<128>(x + m * in, in, out + m * in);
@@ -38,7 +34,7 @@ static void range_kernel(const uint8_t* xq, const int8_t* wp, const int32_t* row
     __m512i acc[Rows];
     for (int64_t m = 0; m < Rows; ++m) acc[m] = _mm512_setzero_si512();
     for (int64_t i = 0; i < in; i += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(row + i + kPrefetchBytes), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(row + i + kGemvAheadBytes), GEMV_PREFETCH_HINT);
       const __m512i w = _mm512_loadu_si512(reinterpret_cast<const void*>(row + i));
       for (int64_t m = 0; m < Rows; ++m) {
         const __m512i x = _mm512_loadu_si512(reinterpret_cast<const void*>(xq + m * in + i));
