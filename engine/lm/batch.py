@@ -208,6 +208,9 @@ class BatchedDecoder:
         x = fast._embed(self._tokens[rows], fast.pos_emb.index_select(0, where).unsqueeze(1)).view(len(rows), -1)
         lengths = [self.conditions[row // 2].keys.shape[3] for row in rows]
         x = fast.native_step(x, self.cache, rows, where.tolist(), self.cross_keys, self.cross_values, lengths)
+        if fast.native_step.logits:  # (the heads in the native call: each row quantised on its own)
+            logits[rows] = x.view(len(rows), K, fast.card)
+            return logits
         with activations_per_group([fast.head], rows=2):
             logits[rows] = fast._logits(x).view(len(rows), K, fast.card)
         return logits

@@ -118,7 +118,7 @@ class FastLM:
                 log.info("decoder: the decode step runs on torch's ops, not the fused kernels (%s)", unfused)
         # native: the decode step's layers in one native call where everything in them can be.
         if self.kernels == "native":
-            step_weights_onto_huge_pages([lin for layer in self.layers for lin in layer.linears()])
+            step_weights_onto_huge_pages([lin for layer in self.layers for lin in layer.linears()] + [self.head])
         unfused = why_not_fused(self) if native is not None else "no native kernels"
         self.native_step = NativeStep(self, native) if unfused is None else None
         if self.kernels == "native" and unfused is not None:
@@ -356,7 +356,7 @@ class FastLM:
         text = self.cross.keys.shape[3]
         x = self.native_step(x.expand(2, -1), self.cache, (0, 1), (position, position),
                              self.cross.keys, self.cross.values, (text, text))
-        return self._logits(x).view(2, self.num_codebooks, self.card)
+        return (x if self.native_step.logits else self._logits(x)).view(2, self.num_codebooks, self.card)
 
     def prefill(self, tokens: torch.Tensor, last_only: bool = True, cache: tp.Optional[KVCache] = None,
                 cross: tp.Optional[CrossConditions] = None) -> torch.Tensor:

@@ -28,7 +28,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prefill_attention_q8", &prefill_attention_q8, NoGil(),
         "causal attention of a prefill chunk over an int8 cache (BF16)");
   pybind11::class_<DecodeStep>(m, "DecodeStep", "the decode step through every layer (decode_step.h)")
-      .def(pybind11::init<std::vector<std::vector<at::Tensor>>, std::vector<double>, int64_t, bool>())
+      .def(pybind11::init<std::vector<std::vector<at::Tensor>>, std::vector<double>, int64_t, bool, std::vector<at::Tensor>,
+                          double>())
       .def("forward", &DecodeStep::forward, NoGil())
       .def_readonly_static("layer_tensors", &DecodeStep::kLayerTensors);
 }

@@ -85,7 +85,8 @@ void check_cache(const at::Tensor& t, int64_t width, const char* name) {
 
 }  // namespace
 
-DecodeStep::DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu)
+DecodeStep::DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu,
+                       std::vector<at::Tensor> head, double head_eps)
     : heads_(heads), gelu_(gelu) {
   TORCH_CHECK(!layers.empty() && eps.size() == 3 * layers.size(), "one list of tensors and three eps per layer");
   auto norm = [](const at::Tensor& w, const at::Tensor& b, double e) {
@@ -119,6 +120,13 @@ DecodeStep::DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<
     TORCH_CHECK(l.qkv.in == dim_ && l.qkv.out == 3 * dim_ && l.out_self.in == dim_ && l.q_cross.out == dim_ &&
                 l.out_cross.in == dim_ && l.ff1.in == dim_ && l.ff2.in == hidden_ && l.ff2.out == dim_,
                 "layer shapes differ");
+  if (!head.empty()) {
+    TORCH_CHECK(head.size() == 6, "head: the output norm's weight and bias, then its linear's four tensors");
+    out_norm_ = norm(head[0], head[1], head_eps);
+    head_ = linear(head.data() + 2);
+    TORCH_CHECK(out_norm_.weight.numel() == dim_ && head_.in == dim_, "head: a norm of D, then a linear [out, D]");
+    has_head_ = true;
+  }
 }
 
 void DecodeStep::Norm::apply(const float* x, int64_t rows, int64_t dim, float* y) const {
@@ -227,6 +235,8 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
   float* const v_scales = q4 || q8 ? v_scale.data_ptr<float>() : nullptr;
   const float* const text_k = cross_k.data_ptr<float>();
   const float* const text_v = cross_v.data_ptr<float>();
+  at::Tensor logits = has_head_ ? at::empty({R, head_.out}, x.options()) : at::Tensor();
+  float* const lp = has_head_ ? logits.data_ptr<float>() : nullptr;
 
   // One parallel region for the whole step, its phases apart by barriers: a parallel region per
   // linear and attention (8 per layer, 192 per step) cost about 8 us each to wake the other
@@ -357,7 +367,12 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
       }
       run(layer.ff2, y);
     }
-    for (int64_t r = row_begin; r < row_end; ++r) add_row(r, y);
+    if (has_head_) {  // the output norm and heads, as one more linear
+      residual_norm(true, out_norm_, head_);
+      run(head_, lp);
+    } else {
+      for (int64_t r = row_begin; r < row_end; ++r) add_row(r, y);
+    }
   }
-  return x;
+  return has_head_ ? logits : x;
 }

@@ -12,15 +12,19 @@ class DecodeStep {
   // out_self, q_cross, out_cross, ff1, ff2) as four each: int8 (weight [out, in] int8, row sums
   // [out] int32, scales [out] fp32, bias) or int4 (packed [out, in / 2] uint8, block scales
   // [out, in / 256] fp32 (both from pack4), an empty tensor, bias), the bias fp32 or empty. `eps`: per layer
-  // the three norms' epsilon. `gelu`: the feed-forward activation is GELU (else ReLU).
-  DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu);
+  // the three norms' epsilon. `gelu`: the feed-forward activation is GELU (else ReLU). `head`:
+  // empty, or the output norm's weight and bias (`head_eps`) and the output heads' linear [out, D]
+  // as four tensors (as a layer's), run at the end of the same call (forward returns the logits).
+  DecodeStep(std::vector<std::vector<at::Tensor>> layers, std::vector<double> eps, int64_t heads, bool gelu,
+             std::vector<at::Tensor> head, double head_eps);
 
   // x [R, D] fp32: the embedded inputs of R rows. Row r is cache row rows[r] at position
   // positions[r] and attends to the cached positions 0..positions[r] (its own written first) and
   // to the first cross_lengths[r] text positions of cross row rows[r]. k, v: the KV cache
   // [L, B, H, P, Dh] (int8 with k_scale, v_scale [L, B, H, P] fp32, or [L, B, H, P, Dh / 2]
   // uint8 holding 4-bit codes with those scales (kv4_attention.cpp), or fp16 with them empty);
-  // cross_k, cross_v [L, B, H, Tc, Dh] fp32. -> x after every layer [R, D] fp32.
+  // cross_k, cross_v [L, B, H, Tc, Dh] fp32. -> x after every layer [R, D] fp32, or with a `head`
+  // the logits [R, out] fp32 of x after the output norm.
   at::Tensor forward(at::Tensor x, std::vector<int64_t> rows, std::vector<int64_t> positions, at::Tensor k,
                      at::Tensor v, at::Tensor k_scale, at::Tensor v_scale, at::Tensor cross_k, at::Tensor cross_v,
                      std::vector<int64_t> cross_lengths) const;
@@ -60,4 +64,7 @@ class DecodeStep {
   std::vector<Layer> layers_;
   int64_t heads_, dim_, hidden_;
   bool gelu_;
+  bool has_head_ = false;
+  Norm out_norm_;
+  Linear head_;
 };
