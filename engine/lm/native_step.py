@@ -67,8 +67,8 @@ class NativeStep:
                 tensors += _linear_tensors(lin)
             layers.append(tensors)
         #: The call returns the logits [R, K * card] (else x after the layers [R, D]).
-        self.logits = (fast.out_norm is not None and isinstance(fast.head, (Int8, Int4))
-                       and getattr(fast.head, "native", False))
+        self.logits = bool(fast.out_norm is not None and isinstance(fast.head, (Int8, Int4))
+                           and getattr(fast.head, "native", False))
         head, head_eps = [], 0.0
         if self.logits:
             norm = fast.out_norm
