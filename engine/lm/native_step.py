@@ -31,6 +31,11 @@ def _linear_tensors(lin) -> tp.List[torch.Tensor]:
     return tensors + [torch.empty(0)] * (3 - len(tensors)) + [torch.empty(0) if lin.bias is None else lin.bias]
 
 
+def _norm_tensors(norm) -> tp.List[torch.Tensor]:
+    """DecodeStep's two tensors of a layer norm: its weight, then its bias or empty (fp32)."""
+    return [norm.weight.float().contiguous(), torch.empty(0) if norm.bias is None else norm.bias.float().contiguous()]
+
+
 def why_not_fused(fast) -> Unfusable:
     """None where `fast` (a FastLM) can run its decode steps on DecodeStep, else the reason."""
     if fast.kernels != "native" or fast.device.type != "cpu":
@@ -59,8 +64,7 @@ class NativeStep:
         for layer in fast.layers:
             tensors = []
             for norm in (layer.norm_self, layer.norm_cross, layer.norm_ff):
-                tensors += [norm.weight.float().contiguous(),
-                            torch.empty(0) if norm.bias is None else norm.bias.float().contiguous()]
+                tensors += _norm_tensors(norm)
                 eps.append(float(norm.eps))
             for lin in layer.linears():
                 assert isinstance(lin, (Int8, Int4)) and lin.native
@@ -71,10 +75,8 @@ class NativeStep:
                            and getattr(fast.head, "native", False))
         head, head_eps = [], 0.0
         if self.logits:
-            norm = fast.out_norm
-            head = [norm.weight.float().contiguous(),
-                    torch.empty(0) if norm.bias is None else norm.bias.float().contiguous()] + _linear_tensors(fast.head)
-            head_eps = float(norm.eps)
+            head = _norm_tensors(fast.out_norm) + _linear_tensors(fast.head)
+            head_eps = float(fast.out_norm.eps)
         self._step = native.DecodeStep(layers, eps, fast.heads, fast.activation is F.gelu, head, head_eps)
 
     def __call__(self, x: torch.Tensor, cache: KVCache, rows: tp.Sequence[int], positions: tp.Sequence[int],
