@@ -6,8 +6,10 @@
 // the per-head functions itself. Dh % 16 == 0, Dh <= 256.
 #pragma once
 #include <ATen/Parallel.h>
+#include "vmath.h"
 #include <immintrin.h>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 // 16 cached numbers as floats: fp16 (F16C), int8, fp32. (Lambdas, so that the loops inline them.)
@@ -26,6 +28,9 @@ static const auto load16_fp32 = [](const float* p) { return _mm512_loadu_ps(p); 
 // sum() at 78 GB/s; 0.74x at 45-52 GB/s), 0.73x with 2 KiB, and more again with 8 or 16 KiB;
 // T0 and NTA alike (alternated in one process, bench/results/README.md, session 14).
 constexpr int64_t kStreamAheadBytes = 4096;
+// A head's per-position scales (4 bytes a position) are fetched this far ahead: the decode step
+// fetches their first 2 KiB as a task starts (decode_step.cpp), the loops that stream them the rest.
+constexpr int64_t kScalesAheadBytes = 2048;
 
 // Rows of `row_bytes` this far ahead of the row a loop reads.
 inline int64_t rows_ahead(int64_t row_bytes) { return std::max<int64_t>(1, kStreamAheadBytes / row_bytes); }
@@ -37,17 +42,55 @@ inline void fetch_rows(const void* base, int64_t first, int64_t count, int64_t r
     _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
+// out [T] = scale * q.k_t * row_scale(t) -> the largest.
 template <typename T, typename Load, typename RowScale>
-inline void scores_head(const float* q, const T* k, int64_t positions, int64_t dh, float scale, Load load16,
-                        RowScale row_scale, float* out) {
+inline float scores_head(const float* q, const T* k, int64_t positions, int64_t dh, float scale, Load load16,
+                         RowScale row_scale, float* out) {
   const int64_t ahead = rows_ahead(dh * sizeof(T));
+  float top = -INFINITY;
   for (int64_t t = 0; t < positions; ++t) {
     const T* row = k + t * dh;
     fetch_rows(k, t + ahead, 1, dh * sizeof(T), positions);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t d = 0; d < dh; d += 16) acc = _mm512_fmadd_ps(load16(row + d), _mm512_loadu_ps(q + d), acc);
     out[t] = _mm512_reduce_add_ps(acc) * scale * row_scale(t);
+    top = std::max(top, out[t]);
   }
+  return top;
+}
+
+// out [Dh] = sum_t exp(s[t] - top) value_scales[t] v[t] (value_scales null: 1), unnormalised ->
+// sum_t exp(s[t] - top). The softmax's exps are taken 16 positions at a time between the values'
+// loads, not in a pass of their own over the scores (whole steps at 1250 positions: 0.97x the
+// time over the 4-bit cache, kv4_attention.cpp).
+template <typename T, typename Load>
+inline float softmax_weighted_head(const float* s, float top, const float* value_scales, const T* v, int64_t positions,
+                                   int64_t dh, Load load16, float* out) {
+  __m512 acc[16];
+  const int64_t blocks = dh / 16;
+  for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_setzero_ps();
+  const int64_t ahead = rows_ahead(dh * sizeof(T));
+  const __m512 top16 = _mm512_set1_ps(top);
+  __m512 exp_sum = _mm512_setzero_ps();
+  alignas(64) float weights[16];
+  for (int64_t first = 0; first < positions; first += 16) {
+    const __mmask16 lanes = first_lanes(first, positions);
+    __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + first), top16)));
+    exp_sum = _mm512_add_ps(exp_sum, e);
+    if (value_scales != nullptr) {
+      fetch_rows(value_scales, first + kScalesAheadBytes / 4, 16, 4, positions);
+      e = _mm512_mul_ps(e, _mm512_maskz_loadu_ps(lanes, value_scales + first));
+    }
+    _mm512_store_ps(weights, e);
+    for (int64_t t = first; t < std::min<int64_t>(first + 16, positions); ++t) {
+      const __m512 wt = _mm512_set1_ps(weights[t - first]);
+      const T* row = v + t * dh;
+      fetch_rows(v, t + ahead, 1, dh * sizeof(T), positions);
+      for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_fmadd_ps(wt, load16(row + 16 * j), acc[j]);
+    }
+  }
+  for (int64_t j = 0; j < blocks; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
+  return _mm512_reduce_add_ps(exp_sum);
 }
 
 // out [Dh] = sum_t w[t] row_scale(t) v[t].

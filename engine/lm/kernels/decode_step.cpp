@@ -32,8 +32,8 @@ const auto unit_scale = [](int64_t) { return 1.f; };
 // cache the scores read 39 GB/s alone, 45 with 2 KiB and 47 with 8 KiB fetched ahead (a whole
 // capacity, no gaps: 54); whole steps at 1250 positions took 0.97x the time with 4 KiB (medians of
 // 240 alternations in one process, 8-bit and 4-bit caches alike), and 0.995x (8-bit) and 0.983x
-// (4-bit) as long again with the first 2 KiB of the scales too (293 alternations).
-constexpr int64_t kAheadBytes = 4096, kAheadScaleBytes = 2048;
+// (4-bit) as long again with the first kScalesAheadBytes (2 KiB) of the scales too (293 alternations).
+constexpr int64_t kAheadBytes = 4096;
 
 // Each linear's weights are fetched ahead from the start of the thread's share, while the phase
 // before it (norms, quantisation, the barrier) runs: its stream does not start from a standstill
@@ -42,27 +42,6 @@ constexpr int64_t kShareAheadBytes = 4096;
 
 void prefetch_start(const char* p, int64_t bytes, int64_t ahead = kAheadBytes) {
   fetch_rows(p, 0, ahead, 1, bytes);  // (rows of one byte: its first `ahead` bytes, at most `bytes`)
-}
-
-// scores [T] -> exp(score - max), each times `value_scales[t]` (null: 1), in place; returns
-// 1 / the sum of the exps, for the weighted sum's output (a softmax in two passes over the
-// scores, not three).
-float softmax_unnormalised(float* s, int64_t positions, const float* value_scales) {
-  __m512 peak = _mm512_set1_ps(-INFINITY);
-  int64_t t = 0;
-  for (; t + 16 <= positions; t += 16) peak = _mm512_max_ps(peak, _mm512_loadu_ps(s + t));
-  float top = _mm512_reduce_max_ps(peak);
-  for (; t < positions; ++t) top = std::max(top, s[t]);
-  const __m512 top16 = _mm512_set1_ps(top);
-  __m512 sum = _mm512_setzero_ps();
-  for (t = 0; t < positions; t += 16) {
-    const __mmask16 lanes = first_lanes(t, positions);
-    const __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + t), top16)));
-    sum = _mm512_add_ps(sum, e);
-    _mm512_mask_storeu_ps(s + t, lanes,
-                          value_scales ? _mm512_mul_ps(e, _mm512_maskz_loadu_ps(lanes, value_scales + t)) : e);
-  }
-  return 1.f / _mm512_reduce_add_ps(sum);
 }
 
 // out [dh] *= factor.
@@ -311,31 +290,31 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         }
         // The start of this task's values and of the next task's keys (and of their scales).
         prefetch_start(v_base + at * k.element_size(), T * row_bytes);
-        if (q4 || q8) prefetch_start(reinterpret_cast<const char*>(v_scales + si), T * 4, kAheadScaleBytes);
+        if (q4 || q8) prefetch_start(reinterpret_cast<const char*>(v_scales + si), T * 4, kScalesAheadBytes);
         if (task + 1 < task_end) {
           const int64_t next_r = (task + 1) % R, next_h = (task + 1) / R, next_t = positions[next_r] + 1;
           prefetch_start(k_base + cache.at(l, rows[next_r], next_h) * k.element_size(), next_t * row_bytes);
           if (q4 || q8)
             prefetch_start(reinterpret_cast<const char*>(k_scales + scales.at(l, rows[next_r], next_h)), next_t * 4,
-                           kAheadScaleBytes);
+                           kScalesAheadBytes);
         }
+        // Scores (-> their largest), then the values weighted by their exps (-> the exps' sum).
         float* out = a + r * D + hd * Dh;
+        float total;
         if (q4) {
-          scores_q4_head(q, reinterpret_cast<const uint8_t*>(k_base) + at, k_scales + si, T, scale, st);
-          const float norm = softmax_unnormalised(st, T, v_scales + si);
-          weighted_q4_head(st, reinterpret_cast<const uint8_t*>(v_base) + at, T, out);
-          scale_row(out, Dh, norm);
+          const float top = scores_q4_head(q, reinterpret_cast<const uint8_t*>(k_base) + at, k_scales + si, T, scale, st);
+          total = softmax_weighted_q4_head(st, top, v_scales + si, reinterpret_cast<const uint8_t*>(v_base) + at, T, out);
         } else if (q8) {
-          scores_q8_head(q, reinterpret_cast<const int8_t*>(k_base) + at, k_scales + si, T, Dh, scale, st);
-          const float norm = softmax_unnormalised(st, T, v_scales + si);
-          weighted_head(st, reinterpret_cast<const int8_t*>(v_base) + at, T, Dh, load16_int8, unit_scale, out);
-          scale_row(out, Dh, norm);
+          const float top = scores_q8_head(q, reinterpret_cast<const int8_t*>(k_base) + at, k_scales + si, T, Dh, scale, st);
+          total = softmax_weighted_head(st, top, v_scales + si, reinterpret_cast<const int8_t*>(v_base) + at, T, Dh,
+                                        load16_int8, out);
         } else {
-          scores_head(q, reinterpret_cast<const uint16_t*>(k_base) + at, T, Dh, scale, load16_fp16, unit_scale, st);
-          const float norm = softmax_unnormalised(st, T, nullptr);
-          weighted_head(st, reinterpret_cast<const uint16_t*>(v_base) + at, T, Dh, load16_fp16, unit_scale, out);
-          scale_row(out, Dh, norm);
+          const float top = scores_head(q, reinterpret_cast<const uint16_t*>(k_base) + at, T, Dh, scale, load16_fp16,
+                                        unit_scale, st);
+          total = softmax_weighted_head(st, top, nullptr, reinterpret_cast<const uint16_t*>(v_base) + at, T, Dh,
+                                        load16_fp16, out);
         }
+        scale_row(out, Dh, 1.f / total);
       }
       inputs_from_attention(layer.out_self);
       run(layer.out_self, y);
@@ -346,10 +325,9 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
         const int64_t r = task % R, hd = task / R, T = cross_lengths[r];
         float* st = s + task * longest;
         const int64_t at = text.at(l, rows[r], hd);
-        scores_head(qkv + r * D + hd * Dh, text_k + at, T, Dh, scale, load16_fp32, unit_scale, st);
-        const float norm = softmax_unnormalised(st, T, nullptr);
-        weighted_head(st, text_v + at, T, Dh, load16_fp32, unit_scale, a + r * D + hd * Dh);
-        scale_row(a + r * D + hd * Dh, Dh, norm);
+        float* out = a + r * D + hd * Dh;
+        const float top = scores_head(qkv + r * D + hd * Dh, text_k + at, T, Dh, scale, load16_fp32, unit_scale, st);
+        scale_row(out, Dh, 1.f / softmax_weighted_head(st, top, nullptr, text_v + at, T, Dh, load16_fp32, out));
       }
       inputs_from_attention(layer.out_cross);
       run(layer.out_cross, y);

@@ -80,18 +80,20 @@ std::vector<at::Tensor> pack4(at::Tensor weight, at::Tensor scales);
 at::Tensor gemv4(at::Tensor x, at::Tensor packed, at::Tensor block_scales, at::Tensor bias);
 void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t start);
 // One head's scores over an 8-bit cache (kv8_attention.cpp): q [Dh] fp32, keys [T, Dh] int8 with
-// key_scales [T] -> out [T] = scale * q.k.
-void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
-                    float scale, float* out);
+// key_scales [T] -> out [T] = scale * q.k; returns the largest.
+float scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
+                     float scale, float* out);
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 // The 4-bit cache's (kv4_attention.cpp; heads of 64): a row's 64 numbers as 32 bytes of codes
-// with one scale (returned); one head's scores (as scores_q8_head, scale included) and weighted
-// values (w: the softmax weights times the value scales).
+// with one scale (returned); one head's scores (as scores_q8_head, scale included; returns the
+// largest), and its values weighted by the softmax of those scores, unnormalised: out [64] =
+// sum_t exp(scores[t] - top) v_t (returns the sum of the exps).
 float quantize_row4(const float* x, uint8_t* out);
-void scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales, int64_t positions, float scale,
-                    float* out);
-void weighted_q4_head(const float* w, const uint8_t* values, int64_t positions, float* out);
+float scores_q4_head(const float* q, const uint8_t* keys, const float* key_scales, int64_t positions, float scale,
+                     float* out);
+float softmax_weighted_q4_head(const float* scores, float top, const float* value_scales, const uint8_t* values,
+                               int64_t positions, float* out);
 at::Tensor scores_q4(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q4(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 int64_t vnni_peak(int64_t iterations);

@@ -49,12 +49,11 @@ void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t st
   });
 }
 
-void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
-                    float scale, float* out) {
-  if (dh % 64 != 0 || dh > 256) {  // (every MusicGen has Dh = 64) the float loop
-    scores_head(q, keys, positions, dh, scale, load16_int8, [key_scales](int64_t t) { return key_scales[t]; }, out);
-    return;
-  }
+float scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
+                     float scale, float* out) {
+  if (dh % 64 != 0 || dh > 256)  // (every MusicGen has Dh = 64) the float loop
+    return scores_head(q, keys, positions, dh, scale, load16_int8, [key_scales](int64_t t) { return key_scales[t]; },
+                       out);
   // q as int8 (one scale for the head); vpdpbusd multiplies unsigned by signed bytes, so |q| is
   // the unsigned side and each key byte is negated where q is negative.
   const int64_t chunks = dh / 64;
@@ -79,16 +78,23 @@ void scores_q8_head(const float* q, const int8_t* keys, const float* key_scales,
   };
   int64_t t = 0;
   const int64_t ahead = rows_ahead(dh);
+  __m512 peak = _mm512_set1_ps(-INFINITY);
   for (; t + 16 <= positions; t += 16) {
     fetch_rows(keys, t + ahead, 16, dh, positions);
     fetch_rows(key_scales, t + ahead, 16, 4, positions);
     __m512i partial[16];
     for (int i = 0; i < 16; ++i) partial[i] = dot(t + i);
     const __m512 sums = _mm512_cvtepi32_ps(sum16(partial));
-    _mm512_storeu_ps(out + t, _mm512_mul_ps(_mm512_mul_ps(sums, factor), _mm512_loadu_ps(key_scales + t)));
+    const __m512 scores = _mm512_mul_ps(_mm512_mul_ps(sums, factor), _mm512_loadu_ps(key_scales + t));
+    peak = _mm512_max_ps(peak, scores);
+    _mm512_storeu_ps(out + t, scores);
   }
-  for (; t < positions; ++t)
+  float top = _mm512_reduce_max_ps(peak);
+  for (; t < positions; ++t) {
     out[t] = static_cast<float>(_mm512_reduce_add_epi32(dot(t))) * q_scale * scale * key_scales[t];
+    top = std::max(top, out[t]);
+  }
+  return top;
 }
 
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions) {
