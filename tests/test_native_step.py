@@ -119,6 +119,33 @@ def test_vnni_scores_over_the_8_bit_cache_are_the_dequantised_scores():
 
 
 
+def test_vnni_weighted_values_over_the_8_bit_cache_are_the_dequantised_sum():
+    """weighted_q8 over heads of 64 (the decode step's loop with the softmax's exps inside it)
+    holds the weights times the value scales as two uint8 digits per block of 64 positions and
+    sums 4 positions per VNNI product, its rows interleaved by unpacks: within half a step of
+    1 / 255² of each block's largest per weight, every number in its place. Other head widths
+    take the float loop."""
+    import torch.nn.functional as F
+    from engine.lm.kernels import load_cpu_kernels
+    native = load_cpu_kernels()
+    torch.manual_seed(5)
+    heads, capacity = 5, 300
+    for head_dim in (64, 32):
+        values = torch.randint(-127, 128, (heads, capacity, head_dim), dtype=torch.int8)
+        value_scales = torch.rand(heads, capacity) * 0.05 + 0.001
+        for positions in (1, 3, 16, 37, 64, 65, 129, 300):
+            for spread in (1.0, 12.0):  # flat, and peaked: most weights below 1 / 255 of the largest
+                weights = torch.softmax(torch.randn(heads, positions) * spread, dim=-1)
+                got = native.weighted_q8(weights, values, value_scales)
+                scaled = weights * value_scales[:, :positions]
+                expected = (scaled.unsqueeze(1) @ values[:, :positions].float()).squeeze(1)
+                blocks = F.pad(scaled, (0, -positions % 64)).view(heads, -1, 64).amax(-1)
+                step = blocks.repeat_interleave(64, dim=1)[:, :positions] / 255 ** 2
+                bound = 127 * 0.5 * step.sum(-1, keepdim=True) + 1e-6 * expected.abs().amax(-1, keepdim=True)
+                assert got.shape == (heads, head_dim)
+                assert ((got - expected).abs() <= bound).all(), (head_dim, positions, spread)
+
+
 def test_the_prefill_attention_over_the_8_bit_cache_is_the_dequantised_attention():
     """prefill_attention_q8 (BF16 products): each query of a chunk attends causally to the
     cached positions up to its own, as torch's attention over the dequantised cache, within the

@@ -306,8 +306,7 @@ at::Tensor DecodeStep::forward(at::Tensor x, std::vector<int64_t> rows, std::vec
           total = softmax_weighted_q4_head(st, top, v_scales + si, reinterpret_cast<const uint8_t*>(v_base) + at, T, out);
         } else if (q8) {
           const float top = scores_q8_head(q, reinterpret_cast<const int8_t*>(k_base) + at, k_scales + si, T, Dh, scale, st);
-          total = softmax_weighted_head(st, top, v_scales + si, reinterpret_cast<const int8_t*>(v_base) + at, T, Dh,
-                                        load16_int8, out);
+          total = softmax_weighted_q8_head(st, top, v_scales + si, reinterpret_cast<const int8_t*>(v_base) + at, T, Dh, out);
         } else {
           const float top = scores_head(q, reinterpret_cast<const uint16_t*>(k_base) + at, T, Dh, scale, load16_fp16,
                                         unit_scale, st);

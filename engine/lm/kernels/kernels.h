@@ -83,6 +83,10 @@ void quantize_into(at::Tensor cache, at::Tensor scales, at::Tensor x, int64_t st
 // key_scales [T] -> out [T] = scale * q.k; returns the largest.
 float scores_q8_head(const float* q, const int8_t* keys, const float* key_scales, int64_t positions, int64_t dh,
                      float scale, float* out);
+// Its values weighted by the softmax of those scores, unnormalised: out [Dh] = sum_t
+// exp(scores[t] - top) value_scales[t] v_t (v [T, Dh] int8) -> the sum of the exps.
+float softmax_weighted_q8_head(const float* scores, float top, const float* value_scales, const int8_t* values,
+                               int64_t positions, int64_t dh, float* out);
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions);
 at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_scales);
 // The 4-bit cache's (kv4_attention.cpp; heads of 64): a row's 64 numbers as 32 bytes of codes

@@ -12,11 +12,14 @@
 //     summed by AVX-512 VNNI, 16 positions at a time (scores_q8_head: the float loop converted
 //     each key first and was bound by arithmetic, at 20 GB/s of keys on 2 cores)
 //   weighted_q8(weights [BH, T] fp32, values [BH, P, Dh] int8, value scales [BH, P])
-//     -> [BH, Dh] fp32
+//     -> [BH, Dh] fp32 (heads of 64: the weights times the value scales held as two uint8 digits
+//     per block of 64 positions and summed by VNNI, as the 4-bit cache's; softmax_weighted_q8_head
+//     takes the scores and their exps in the same loop)
 // P is the cache capacity (positions allocated); only the first T are read. Dh % 16 == 0.
 #include "attention.h"
 #include "kernels.h"
 #include <cmath>
+#include <cstring>
 
 static void check_q8(const at::Tensor& cache, const at::Tensor& scales, int64_t bh, int64_t dh) {
   TORCH_CHECK(cache.scalar_type() == at::kChar && cache.is_contiguous(), "cache: contiguous int8");
@@ -97,6 +100,95 @@ float scores_q8_head(const float* q, const int8_t* keys, const float* key_scales
   return top;
 }
 
+namespace {
+
+// Heads of 64: out [64] = sum_t w_t v_t, where (Softmax) w_t = exp(w[t] - top) value_scales[t] (w:
+// scores) -> the sum of the exps; else w_t = w[t] (softmax weights times value scales) -> 0.
+// vpdpbusd sums 4 products per 32-bit lane: unsigned weights (as two uint8 digits per block of
+  // 64 positions, as kv4_attention.cpp's) times the signed values of 4 positions. Each 4
+  // positions' 4 rows of 64 bytes are interleaved by bytes, then by pairs (8 unpacks, within
+  // 128-bit lanes): vector k's lane 4 L + m then holds number 16 L + 4 k + m of the 4 rows, and
+  // the sums are put back in order once, at the end. (The float loop converted each number and
+  // took 17 vector ops a position where this takes 5.5.)
+template <bool Softmax>
+float weighted_q8_64(const float* w, float top, const float* value_scales, const int8_t* values, int64_t positions,
+                     float* out) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 exp_sum = _mm512_setzero_ps();
+  const __m512 top16 = _mm512_set1_ps(top);
+  const int64_t ahead = rows_ahead(64);
+  for (int64_t b0 = 0; b0 < positions; b0 += 64) {
+    const int64_t n = std::min<int64_t>(64, positions - b0);
+    if (Softmax) fetch_rows(value_scales, b0 + kScalesAheadBytes / 4, 64, 4, positions);
+    __m512 block[4];
+    __m512 peak = _mm512_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      const __mmask16 lanes = first_lanes(16 * i, n);
+      block[i] = _mm512_maskz_loadu_ps(lanes, w + b0 + 16 * i);
+      if (Softmax) {
+        block[i] = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(block[i], top16)));
+        exp_sum = _mm512_add_ps(exp_sum, block[i]);
+        block[i] = _mm512_mul_ps(block[i], _mm512_maskz_loadu_ps(lanes, value_scales + b0 + 16 * i));
+      }
+      peak = _mm512_max_ps(peak, block[i]);
+    }
+    const float block_top = _mm512_reduce_max_ps(peak);
+    if (!(block_top > 0.f)) continue;  // (weights are >= 0) nothing to add
+    const __m512 inverse = _mm512_set1_ps(255.f / block_top);
+    alignas(64) uint8_t digits[2][64 + 4];  // high, low (zero past n: the last group's missing rows)
+    for (int i = 0; i < 4; ++i) {
+      const __m512 x = _mm512_min_ps(_mm512_mul_ps(block[i], inverse), _mm512_set1_ps(255.f));
+      const __m512 high = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      _mm_store_si128(reinterpret_cast<__m128i*>(digits[0] + 16 * i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(high)));
+      _mm_store_si128(reinterpret_cast<__m128i*>(digits[1] + 16 * i),
+                      _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, high), _mm512_set1_ps(255.f)))));
+    }
+    __m512i sums[2][4];  // high, low
+    for (auto& set : sums)
+      for (auto& a : set) a = _mm512_setzero_si512();
+    for (int64_t g = 0; g < n; g += 4) {
+      const int8_t* rows = values + (b0 + g) * 64;
+      fetch_rows(values, b0 + g + ahead, 4, 64, positions);
+      __m512i r[4];
+      for (int i = 0; i < 4; ++i)  // (rows past the last are zeros: their weights are too)
+        r[i] = g + i < n ? _mm512_loadu_si512(rows + 64 * i) : _mm512_setzero_si512();
+      const __m512i u0 = _mm512_unpacklo_epi8(r[0], r[1]), u1 = _mm512_unpackhi_epi8(r[0], r[1]);
+      const __m512i u2 = _mm512_unpacklo_epi8(r[2], r[3]), u3 = _mm512_unpackhi_epi8(r[2], r[3]);
+      const __m512i w[4] = {_mm512_unpacklo_epi16(u0, u2), _mm512_unpackhi_epi16(u0, u2),
+                            _mm512_unpacklo_epi16(u1, u3), _mm512_unpackhi_epi16(u1, u3)};
+      for (int k = 0; k < 2; ++k) {
+        int32_t four;
+        std::memcpy(&four, digits[k] + g, 4);
+        const __m512i weights4 = _mm512_set1_epi32(four);
+        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], weights4, w[j]);
+      }
+    }
+    const __m512 high_scale = _mm512_set1_ps(block_top / 255.f), low_scale = _mm512_set1_ps(block_top / 65025.f);
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), low_scale,
+                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), high_scale, acc[j]));
+  }
+  // acc[k]'s 128-bit block L holds numbers 16 L + 4 k .. + 3: out's 16 numbers from 16 L are
+  // block L of acc[0], acc[1], acc[2], acc[3].
+  const __m512 t01 = _mm512_shuffle_f32x4(acc[0], acc[1], _MM_SHUFFLE(1, 0, 1, 0));  // a0.0 a0.1 a1.0 a1.1
+  const __m512 t23 = _mm512_shuffle_f32x4(acc[2], acc[3], _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512 t45 = _mm512_shuffle_f32x4(acc[0], acc[1], _MM_SHUFFLE(3, 2, 3, 2));
+  const __m512 t67 = _mm512_shuffle_f32x4(acc[2], acc[3], _MM_SHUFFLE(3, 2, 3, 2));
+  _mm512_storeu_ps(out, _mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)));
+  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+  _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(t45, t67, _MM_SHUFFLE(2, 0, 2, 0)));
+  _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(t45, t67, _MM_SHUFFLE(3, 1, 3, 1)));
+  return Softmax ? _mm512_reduce_add_ps(exp_sum) : 0.f;
+}
+
+}  // namespace
+
+float softmax_weighted_q8_head(const float* scores, float top, const float* value_scales, const int8_t* values,
+                               int64_t positions, int64_t dh, float* out) {
+  return dh == 64 ? weighted_q8_64<true>(scores, top, value_scales, values, positions, out)
+                  : softmax_weighted_head(scores, top, value_scales, values, positions, dh, load16_int8, out);
+}
+
 at::Tensor scores_q8(at::Tensor q, at::Tensor keys, at::Tensor key_scales, int64_t positions) {
   TORCH_CHECK(q.scalar_type() == at::kFloat && q.is_contiguous() && q.dim() == 2, "q: [BH, Dh] fp32");
   const int64_t bh = q.size(0), dh = q.size(1), capacity = keys.size(1);
@@ -124,6 +216,17 @@ at::Tensor weighted_q8(at::Tensor weights, at::Tensor values, at::Tensor value_s
   TORCH_CHECK(positions <= capacity, "positions out of range");
   TORCH_CHECK(dh <= 256, "head dim above 256");
   auto out = at::empty({bh, dh}, weights.options());
+  if (dh == 64) {  // (every MusicGen) by VNNI, as the decode step's
+    auto scaled = (weights * value_scales.narrow(1, 0, positions)).contiguous();
+    const float* wp = scaled.data_ptr<float>();
+    const int8_t* vp = values.data_ptr<int8_t>();
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t h = begin; h < end; ++h)
+        weighted_q8_64<false>(wp + h * positions, 0.f, nullptr, vp + h * capacity * 64, positions, op + h * 64);
+    });
+    return out;
+  }
   const float* sp = value_scales.data_ptr<float>();
   weighted_loop(weights.data_ptr<float>(), values.data_ptr<int8_t>(), bh, positions, capacity, dh, load16_int8,
                 [sp, capacity](int64_t h, int64_t t) { return sp[h * capacity + t]; }, out.data_ptr<float>());
