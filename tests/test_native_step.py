@@ -98,6 +98,22 @@ def test_a_row_gives_the_same_numbers_alone_as_among_others(lm):
     assert not torch.equal(shorter, alone)  # the text length is honoured
 
 
+def test_the_native_embedding_is_the_torch_ops_embedding(lm):
+    """NativeStep.embed (the step's input rows in one native call) adds the codebooks' rows and
+    the positional ones in _embed's order: the same numbers; a token past a table is refused."""
+    fast = FastLM(lm, max_frames=100, dtype="int8", kernels="native")
+    K = lm.num_codebooks
+    tokens = torch.randint(0, lm.card + 1, (3, K), generator=torch.Generator().manual_seed(4))  # (card: the special token)
+    positions = torch.tensor([0, 57, 99])
+    got = fast.native_step.embed(tokens, positions)
+    expected = fast._embed(tokens.unsqueeze(-1), fast.pos_emb.index_select(0, positions).unsqueeze(1)).squeeze(1)
+    assert torch.equal(got, expected)
+    with pytest.raises(RuntimeError, match="token out of range"):
+        fast.native_step.embed(torch.full((1, K), lm.card + 1), positions[:1])
+    with pytest.raises(RuntimeError, match="position out of range"):
+        fast.native_step.embed(tokens[:1], torch.tensor([fast.pos_emb.shape[0]]))
+
+
 def test_vnni_scores_over_the_8_bit_cache_are_the_dequantised_scores():
     """scores_q8 quantises q to int8 per head and sums by VNNI, 16 positions at a time (and the
     rest one by one): within q's rounding of the exact scores over the dequantised keys."""

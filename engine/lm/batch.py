@@ -205,7 +205,7 @@ class BatchedDecoder:
         if not rows:
             return logits
         where = self._positions[rows]
-        x = fast._embed(self._tokens[rows], fast.pos_emb.index_select(0, where).unsqueeze(1)).view(len(rows), -1)
+        x = fast.native_step.embed(self._tokens[rows].view(len(rows), -1), where)
         lengths = [self.conditions[row // 2].keys.shape[3] for row in rows]
         x = fast.native_step(x, self.cache, rows, where.tolist(), self.cross_keys, self.cross_values, lengths)
         if fast.native_step.logits:  # (the heads in the native call: each row quantised on its own)

@@ -352,7 +352,7 @@ class FastLM:
 
     def _step_native(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """`step` on the native fused step (native_step.py): tokens [K] → logits [2, K, card]."""
-        x = self._embed(tokens.view(1, -1, 1), self.pos_emb[position:position + 1]).view(1, self.dim)
+        x = self.native_step.embed(tokens.view(1, -1), torch.tensor([position]))
         text = self.cross.keys.shape[3]
         x = self.native_step(x.expand(2, -1), self.cache, (0, 1), (position, position),
                              self.cross.keys, self.cross.values, (text, text))

@@ -5,8 +5,8 @@ they read (fp16 or 8-bit), the layers of a decode step need no torch op at all: 
 the batched decoder's CPU step call this instead of running the layers as torch ops around the
 same kernels (`bench/bench_engine.py --dtypes int4,int4/native-ops` runs both side by side: on 2
 cores the fused step took 13.7 ms where the torch ops' took 16.8). The output norm and heads
-run at the end of the same call where they can (`NativeStep.logits`); the prefill and the
-embeddings stay as they are.
+run at the end of the same call where they can (`NativeStep.logits`), and the step's input rows
+are embedded by one native call before it (`NativeStep.embed`); the prefill stays as it is.
 
 Shapes: R rows, D model dim, L layers, B cache rows, H heads, P positions, Tc text positions.
 """
@@ -78,6 +78,14 @@ class NativeStep:
             head = _norm_tensors(fast.out_norm) + _linear_tensors(fast.head)
             head_eps = float(fast.out_norm.eps)
         self._step = native.DecodeStep(layers, eps, fast.heads, fast.activation is F.gelu, head, head_eps)
+        self._embed = native.embed
+        self._tables, self._positional, self._positional_scale = fast.embeddings, fast.pos_emb, fast.positional_scale
+
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens [R, K] at positions [R] (int64) → the step's input x [R, D]: their embeddings
+        summed plus the positional ones, the same numbers as `FastLM._embed` in one native call
+        (kernels/embedding.cpp: as torch ops it took 0.11 ms of a 4-6 ms step)."""
+        return self._embed(tokens, self._tables, self._positional, positions, self._positional_scale)
 
     def __call__(self, x: torch.Tensor, cache: KVCache, rows: tp.Sequence[int], positions: tp.Sequence[int],
                  cross_keys: torch.Tensor, cross_values: torch.Tensor,

@@ -15,7 +15,8 @@ from ..hardware import cpu_flags
 log = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ("bindings.cpp", "decode_attention.cpp", "kv8_attention.cpp", "kv4_attention.cpp", "int8_gemv.cpp",
-           "int8_gemm.cpp", "int4_gemv.cpp", "activations.cpp", "decode_step.cpp", "prefill_attention.cpp", "sampling.cpp")
+           "int8_gemm.cpp", "int4_gemv.cpp", "activations.cpp", "decode_step.cpp", "prefill_attention.cpp", "sampling.cpp",
+           "embedding.cpp")
 REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512_vnni", "f16c", "fma"}
 #: prefill_attention_q8 runs only where the CPU also has this (built everywhere, called where it runs).
 BF16_CPU_FLAG = "avx512_bf16"
@@ -37,7 +38,7 @@ def _put_ninja_on_path() -> None:
 def load_cpu_kernels() -> tp.Optional[tp.Any]:
     """The compiled module (scores, weighted, quantize_into, scores_q8, weighted_q8,
     scores_q4, weighted_q4, prepare,
-    gemv, gemm, pack_vnni, pack4, gemv4, vnni_peak, elu, gelu, sample_top_k, DecodeStep,
+    gemv, gemm, pack_vnni, pack4, gemv4, vnni_peak, elu, gelu, sample_top_k, embed, DecodeStep,
     prefill_attention_q8), or None where it cannot be built
     (no AVX-512 VNNI/F16C, no C++ compiler): callers then use torch's kernels."""
     if not REQUIRED_CPU_FLAGS <= cpu_flags():

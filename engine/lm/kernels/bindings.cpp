@@ -21,6 +21,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weighted_q8", &weighted_q8, NoGil(), "softmax weights times the values of an int8 cache");
   m.def("scores_q4", &scores_q4, NoGil(), "q.k / 8 over the first positions of a 4-bit cache (heads of 64)");
   m.def("weighted_q4", &weighted_q4, NoGil(), "softmax weights times the values of a 4-bit cache (heads of 64)");
+  m.def("embed", &embed, NoGil(), "the decode step's input rows: their tokens' embeddings summed, plus the positional");
   m.def("sample_top_k", &sample_top_k, NoGil(), "guided top-k sampling of every codebook, one uniform each");
   m.def("elu", &elu, NoGil(), "ELU (alpha 1) of fp32, 16 at a time");
   m.def("gelu", &gelu, NoGil(), "GELU (exact, erf form) of fp32, 16 at a time");

@@ -103,6 +103,7 @@ at::Tensor weighted_q4(at::Tensor weights, at::Tensor values, at::Tensor value_s
 int64_t vnni_peak(int64_t iterations);
 at::Tensor prefill_attention_q8(at::Tensor q, at::Tensor keys, at::Tensor values, at::Tensor key_scales,
                                 at::Tensor value_scales, int64_t start);
+at::Tensor embed(at::Tensor tokens, at::Tensor tables, at::Tensor positional, at::Tensor positions, double scale);
 at::Tensor sample_top_k(at::Tensor logits, double cfg, double temperature, int64_t top_k, at::Tensor uniforms);
 at::Tensor elu(at::Tensor x);
 at::Tensor gelu(at::Tensor x);
