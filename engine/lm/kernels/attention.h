@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 // 16 cached numbers as floats: fp16 (F16C), int8, fp32. (Lambdas, so that the loops inline them.)
 static const auto load16_fp16 = [](const uint16_t* p) {
@@ -109,6 +110,63 @@ inline void weighted_head(const float* w, const T* v, int64_t positions, int64_t
   }
   for (int64_t j = 0; j < blocks; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
 }
+
+// A block of up to 64 positions' attention weights as two uint8 digits each, for vpdpbusd (the
+// weighted sums over the 4-bit and 8-bit caches, kv4_attention.cpp and kv8_attention.cpp):
+// w / scale = high + low / 255 with scale = the block's largest / 255, so that a softmax's small
+// weights beside a large one are not rounded away (each within 1 / 130000 of the block's
+// largest). `load<true>`: w are scores and each weight is exp(w - top) times its value scale (the
+// scales fetched kScalesAheadBytes ahead), the exps added to `exp_sum`; `load<false>`: w are the
+// weights (times the value scales). Positions past the block's n get 0.
+struct WeightDigits {
+  alignas(64) uint8_t digits[2][64];  // high, low
+  __m512i count[2];                   // each digit's sum over the block, by lane
+  float largest;                      // the block's largest weight
+
+  // Positions first .. first + n - 1 (n <= 64) of `positions`: false where no weight is above 0.
+  template <bool Softmax>
+  bool load(const float* w, __m512 top16, const float* value_scales, int64_t first, int64_t n, int64_t positions,
+            __m512& exp_sum) {
+    __m512 block[4];
+    __m512 peak = _mm512_setzero_ps();
+    if (Softmax) fetch_rows(value_scales, first + kScalesAheadBytes / 4, 64, 4, positions);
+    for (int i = 0; i < 4; ++i) {
+      const __mmask16 lanes = first_lanes(16 * i, n);
+      block[i] = _mm512_maskz_loadu_ps(lanes, w + first + 16 * i);
+      if (Softmax) {
+        block[i] = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(block[i], top16)));
+        exp_sum = _mm512_add_ps(exp_sum, block[i]);
+        block[i] = _mm512_mul_ps(block[i], _mm512_maskz_loadu_ps(lanes, value_scales + first + 16 * i));
+      }
+      peak = _mm512_max_ps(peak, block[i]);
+    }
+    largest = _mm512_reduce_max_ps(peak);
+    if (!(largest > 0.f)) return false;  // (weights are >= 0) nothing to add
+    const __m512 inverse = _mm512_set1_ps(255.f / largest);
+    count[0] = count[1] = _mm512_setzero_si512();
+    for (int i = 0; i < 4; ++i) {
+      const __m512 x = _mm512_min_ps(_mm512_mul_ps(block[i], inverse), _mm512_set1_ps(255.f));
+      const __m512 high = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      const __m512i q[2] = {_mm512_cvtps_epi32(high),
+                            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, high), _mm512_set1_ps(255.f)))};
+      for (int k = 0; k < 2; ++k) {
+        count[k] = _mm512_add_epi32(count[k], q[k]);
+        _mm_store_si128(reinterpret_cast<__m128i*>(digits[k] + 16 * i), _mm512_cvtusepi32_epi8(q[k]));
+      }
+    }
+    return true;
+  }
+
+  // Digit k (0: high, 1: low) of positions g .. g + 3 of the block, in every 32-bit lane.
+  __m512i four(int k, int64_t g) const {
+    int32_t bytes;
+    std::memcpy(&bytes, digits[k] + g, 4);
+    return _mm512_set1_epi32(bytes);
+  }
+  // The weights of the high and the low digits.
+  __m512 high_scale() const { return _mm512_set1_ps(largest / 255.f); }
+  __m512 low_scale() const { return _mm512_set1_ps(largest / 255.f / 255.f); }
+};
 
 // Heads h of [BH, capacity, Dh] caches; `row_scale(h, t)`.
 template <typename T, typename Load, typename RowScale>

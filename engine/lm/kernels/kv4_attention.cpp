@@ -20,7 +20,6 @@
 #include "vmath.h"
 #include <ATen/Parallel.h>
 #include <cmath>
-#include <cstring>
 
 namespace {
 
@@ -124,11 +123,10 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
                   float* out) {
   // vpdpbusd sums 4 products per 32-bit lane: lane d must hold number d of 4 consecutive
   // positions, and the 4 weights are broadcast beside it. So the weights are held as two uint8
-  // digits per block of 64 positions (w / scale = high + low / 255, scale: the block's largest /
-  // 255, so that a softmax's small weights beside a large one are not rounded away: within
-  // 1 / 130000 of the block's largest), and each 4 positions' 128 bytes are transposed by two
-  // dword permutes (the 16-byte quarters of the 4 rows: bytes 0-15 of each, then 16-31) and a
-  // byte shuffle within each 128-bit lane (4 x 4 bytes), both AVX-512F/BW. Lane d of the first
+  // digits per block of 64 positions (attention.h's WeightDigits), and each 4 positions' 128
+  // bytes are transposed by two dword permutes (the 16-byte quarters of the 4 rows: bytes 0-15
+  // of each, then 16-31) and a byte shuffle within each 128-bit lane (4 x 4 bytes), both
+  // AVX-512F/BW. Lane d of the first
   // then holds byte d of each row: numbers d (low nibbles) and d + 32 (high); of the second,
   // 16 + d and 48 + d.
   alignas(64) static const int32_t kFirst[16] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27};
@@ -145,34 +143,8 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
   const __m512 top16 = _mm512_set1_ps(top);
   for (int64_t b0 = 0; b0 < positions; b0 += 64) {
     const int64_t n = std::min<int64_t>(64, positions - b0);
-    __m512 block[4];
-    __m512 peak = _mm512_setzero_ps();
-    if (Softmax) fetch_rows(value_scales, b0 + kScalesAheadBytes / 4, 64, 4, positions);
-    for (int i = 0; i < 4; ++i) {
-      const __mmask16 lanes = first_lanes(16 * i, n);
-      block[i] = _mm512_maskz_loadu_ps(lanes, w + b0 + 16 * i);
-      if (Softmax) {
-        block[i] = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(block[i], top16)));
-        exp_sum = _mm512_add_ps(exp_sum, block[i]);
-        block[i] = _mm512_mul_ps(block[i], _mm512_maskz_loadu_ps(lanes, value_scales + b0 + 16 * i));
-      }
-      peak = _mm512_max_ps(peak, block[i]);
-    }
-    const float top = _mm512_reduce_max_ps(peak);
-    if (!(top > 0.f)) continue;  // (weights are >= 0) nothing to add
-    const __m512 inverse = _mm512_set1_ps(255.f / top);
-    alignas(64) uint8_t digits[2][64];  // high, low
-    __m512i count[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-    for (int i = 0; i < 4; ++i) {
-      const __m512 x = _mm512_min_ps(_mm512_mul_ps(block[i], inverse), _mm512_set1_ps(255.f));
-      const __m512 high = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      const __m512i q[2] = {_mm512_cvtps_epi32(high),
-                            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, high), _mm512_set1_ps(255.f)))};
-      for (int k = 0; k < 2; ++k) {
-        count[k] = _mm512_add_epi32(count[k], q[k]);
-        _mm_store_si128(reinterpret_cast<__m128i*>(digits[k] + 16 * i), _mm512_cvtusepi32_epi8(q[k]));
-      }
-    }
+    WeightDigits weights;
+    if (!weights.load<Softmax>(w, top16, value_scales, b0, n, positions, exp_sum)) continue;
     __m512i sums[2][4];  // high, low
     for (auto& set : sums)
       for (auto& a : set) a = _mm512_setzero_si512();
@@ -189,19 +161,15 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
                                 _mm512_and_si512(_mm512_srli_epi16(a, 4), nibble),
                                 _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble)};
       for (int k = 0; k < 2; ++k) {
-        int32_t four;
-        std::memcpy(&four, digits[k] + g, 4);
-        const __m512i weights4 = _mm512_set1_epi32(four);
-        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], weights4, codes[j]);
+        const __m512i four = weights.four(k, g);
+        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], four, codes[j]);
       }
     }
-    const float scale = top / 255.f;
-    const __m512 high_scale = _mm512_set1_ps(scale), low_scale = _mm512_set1_ps(scale / 255.f);
     for (int j = 0; j < 4; ++j)
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), low_scale,
-                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), high_scale, acc[j]));
-    weight_sum += scale * (static_cast<float>(_mm512_reduce_add_epi32(count[0])) +
-                           static_cast<float>(_mm512_reduce_add_epi32(count[1])) / 255.f);
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), weights.low_scale(),
+                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), weights.high_scale(), acc[j]));
+    weight_sum += weights.largest / 255.f * (static_cast<float>(_mm512_reduce_add_epi32(weights.count[0])) +
+                                             static_cast<float>(_mm512_reduce_add_epi32(weights.count[1])) / 255.f);
   }
   const __m512 offset = _mm512_set1_ps(8.f * weight_sum);
   for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_sub_ps(acc[j], offset));

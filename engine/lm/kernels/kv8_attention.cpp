@@ -19,7 +19,6 @@
 #include "attention.h"
 #include "kernels.h"
 #include <cmath>
-#include <cstring>
 
 static void check_q8(const at::Tensor& cache, const at::Tensor& scales, int64_t bh, int64_t dh) {
   TORCH_CHECK(cache.scalar_type() == at::kChar && cache.is_contiguous(), "cache: contiguous int8");
@@ -104,12 +103,12 @@ namespace {
 
 // Heads of 64: out [64] = sum_t w_t v_t, where (Softmax) w_t = exp(w[t] - top) value_scales[t] (w:
 // scores) -> the sum of the exps; else w_t = w[t] (softmax weights times value scales) -> 0.
-// vpdpbusd sums 4 products per 32-bit lane: unsigned weights (as two uint8 digits per block of
-  // 64 positions, as kv4_attention.cpp's) times the signed values of 4 positions. Each 4
-  // positions' 4 rows of 64 bytes are interleaved by bytes, then by pairs (8 unpacks, within
-  // 128-bit lanes): vector k's lane 4 L + m then holds number 16 L + 4 k + m of the 4 rows, and
-  // the sums are put back in order once, at the end. (The float loop converted each number and
-  // took 17 vector ops a position where this takes 5.5.)
+// vpdpbusd sums 4 products per 32-bit lane: unsigned weights (two uint8 digits per block of 64
+// positions, attention.h's WeightDigits, as the 4-bit cache's) times the signed values of 4
+// positions. Each 4 positions' 4 rows of 64 bytes are interleaved by bytes, then by pairs (8
+// unpacks, within 128-bit lanes): vector k's lane 4 L + m then holds number 16 L + 4 k + m of the
+// 4 rows, and the sums are put back in order once, at the end. (The float loop converted each
+// number and took 17 vector ops a position where this takes 5.5.)
 template <bool Softmax>
 float weighted_q8_64(const float* w, float top, const float* value_scales, const int8_t* values, int64_t positions,
                      float* out) {
@@ -119,30 +118,8 @@ float weighted_q8_64(const float* w, float top, const float* value_scales, const
   const int64_t ahead = rows_ahead(64);
   for (int64_t b0 = 0; b0 < positions; b0 += 64) {
     const int64_t n = std::min<int64_t>(64, positions - b0);
-    if (Softmax) fetch_rows(value_scales, b0 + kScalesAheadBytes / 4, 64, 4, positions);
-    __m512 block[4];
-    __m512 peak = _mm512_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-      const __mmask16 lanes = first_lanes(16 * i, n);
-      block[i] = _mm512_maskz_loadu_ps(lanes, w + b0 + 16 * i);
-      if (Softmax) {
-        block[i] = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(block[i], top16)));
-        exp_sum = _mm512_add_ps(exp_sum, block[i]);
-        block[i] = _mm512_mul_ps(block[i], _mm512_maskz_loadu_ps(lanes, value_scales + b0 + 16 * i));
-      }
-      peak = _mm512_max_ps(peak, block[i]);
-    }
-    const float block_top = _mm512_reduce_max_ps(peak);
-    if (!(block_top > 0.f)) continue;  // (weights are >= 0) nothing to add
-    const __m512 inverse = _mm512_set1_ps(255.f / block_top);
-    alignas(64) uint8_t digits[2][64 + 4];  // high, low (zero past n: the last group's missing rows)
-    for (int i = 0; i < 4; ++i) {
-      const __m512 x = _mm512_min_ps(_mm512_mul_ps(block[i], inverse), _mm512_set1_ps(255.f));
-      const __m512 high = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      _mm_store_si128(reinterpret_cast<__m128i*>(digits[0] + 16 * i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(high)));
-      _mm_store_si128(reinterpret_cast<__m128i*>(digits[1] + 16 * i),
-                      _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, high), _mm512_set1_ps(255.f)))));
-    }
+    WeightDigits weights;  // (zero past n: the last group's missing rows)
+    if (!weights.load<Softmax>(w, top16, value_scales, b0, n, positions, exp_sum)) continue;
     __m512i sums[2][4];  // high, low
     for (auto& set : sums)
       for (auto& a : set) a = _mm512_setzero_si512();
@@ -157,16 +134,13 @@ float weighted_q8_64(const float* w, float top, const float* value_scales, const
       const __m512i w[4] = {_mm512_unpacklo_epi16(u0, u2), _mm512_unpackhi_epi16(u0, u2),
                             _mm512_unpacklo_epi16(u1, u3), _mm512_unpackhi_epi16(u1, u3)};
       for (int k = 0; k < 2; ++k) {
-        int32_t four;
-        std::memcpy(&four, digits[k] + g, 4);
-        const __m512i weights4 = _mm512_set1_epi32(four);
-        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], weights4, w[j]);
+        const __m512i four = weights.four(k, g);
+        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], four, w[j]);
       }
     }
-    const __m512 high_scale = _mm512_set1_ps(block_top / 255.f), low_scale = _mm512_set1_ps(block_top / 65025.f);
     for (int j = 0; j < 4; ++j)
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), low_scale,
-                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), high_scale, acc[j]));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), weights.low_scale(),
+                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), weights.high_scale(), acc[j]));
   }
   // acc[k]'s 128-bit block L holds numbers 16 L + 4 k .. + 3: out's 16 numbers from 16 L are
   // block L of acc[0], acc[1], acc[2], acc[3].
