@@ -32,7 +32,8 @@ const auto unit_scale = [](int64_t) { return 1.f; };
 // cache the scores read 39 GB/s alone, 45 with 2 KiB and 47 with 8 KiB fetched ahead (a whole
 // capacity, no gaps: 54); whole steps at 1250 positions took 0.97x the time with 4 KiB (medians of
 // 240 alternations in one process, 8-bit and 4-bit caches alike), and 0.995x (8-bit) and 0.983x
-// (4-bit) as long again with the first kScalesAheadBytes (2 KiB) of the scales too (293 alternations).
+// (4-bit) as long again with the first kScalesAheadBytes (2 KiB) of the scales too (293
+// alternations).
 constexpr int64_t kAheadBytes = 4096;
 
 // Each linear's weights are fetched ahead from the start of the thread's share, while the phase

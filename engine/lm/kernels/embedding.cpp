@@ -3,7 +3,8 @@
 // (the same numbers). As those ops (an index and an add per codebook, a scale and its add) it
 // took 0.11 ms of a 4-6 ms step on 2 cores where called between steps: each table row (4 KB of
 // musicgen-small) came from memory after the step's weights, one op after another. Here the rows
-// of every codebook are fetched together first, then summed 16 numbers at a time.
+// of every codebook are fetched together first, then summed 16 numbers at a time: FastLM.step took
+// 0.974x the time at 20 positions, 0.99x at 1250 (int4, alternated in one process).
 //
 //   embed(tokens [R, K] int64, tables [K, N, D] fp32, positional [P, D] fp32, positions [R] int64,
 //         scale) -> x [R, D] fp32
