@@ -91,10 +91,10 @@ class NativeStep:
                  cross_keys: torch.Tensor, cross_values: torch.Tensor,
                  cross_lengths: tp.Sequence[int]) -> torch.Tensor:
         """x [R, D] fp32 → [R, D] after every layer (`logits`: → [R, K * card], after the output
-        norm and heads). Row r is cache row `rows[r]` at
-        `positions[r]` (its keys and values are written there), attends to its cached positions
-        up to there and to the first `cross_lengths[r]` positions of its text condition
-        (cross_keys / cross_values [L, B, H, Tc, Dh] fp32, row `rows[r]`)."""
+        norm and heads). Row r is cache row `rows[r]` at `positions[r]` (its keys and values are
+        written there), attends to its cached positions up to there and to the first
+        `cross_lengths[r]` positions of its text condition (cross_keys / cross_values
+        [L, B, H, Tc, Dh] fp32, row `rows[r]`)."""
         empty = torch.empty(0)
         k_scale = cache.k_scale if cache.quantized else empty
         v_scale = cache.v_scale if cache.quantized else empty

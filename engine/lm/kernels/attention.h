@@ -60,6 +60,15 @@ inline float scores_head(const float* q, const T* k, int64_t positions, int64_t 
   return top;
 }
 
+// The softmax weights of scores s[first ..] (the lanes of `lanes`): exp(s - top), added to
+// `exp_sum`, times their value scales (null: 1).
+inline __m512 softmax_weights16(const float* s, __m512 top16, const float* value_scales, int64_t first,
+                                __mmask16 lanes, __m512& exp_sum) {
+  __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + first), top16)));
+  exp_sum = _mm512_add_ps(exp_sum, e);
+  return value_scales != nullptr ? _mm512_mul_ps(e, _mm512_maskz_loadu_ps(lanes, value_scales + first)) : e;
+}
+
 // out [Dh] = sum_t exp(s[t] - top) value_scales[t] v[t] (value_scales null: 1), unnormalised ->
 // sum_t exp(s[t] - top). The softmax's exps are taken 16 positions at a time between the values'
 // loads, not in a pass of their own over the scores (whole steps at 1250 positions: 0.97x the
@@ -75,14 +84,8 @@ inline float softmax_weighted_head(const float* s, float top, const float* value
   __m512 exp_sum = _mm512_setzero_ps();
   alignas(64) float weights[16];
   for (int64_t first = 0; first < positions; first += 16) {
-    const __mmask16 lanes = first_lanes(first, positions);
-    __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + first), top16)));
-    exp_sum = _mm512_add_ps(exp_sum, e);
-    if (value_scales != nullptr) {
-      fetch_rows(value_scales, first + kScalesAheadBytes / 4, 16, 4, positions);
-      e = _mm512_mul_ps(e, _mm512_maskz_loadu_ps(lanes, value_scales + first));
-    }
-    _mm512_store_ps(weights, e);
+    if (value_scales != nullptr) fetch_rows(value_scales, first + kScalesAheadBytes / 4, 16, 4, positions);
+    _mm512_store_ps(weights, softmax_weights16(s, top16, value_scales, first, first_lanes(first, positions), exp_sum));
     for (int64_t t = first; t < std::min<int64_t>(first + 16, positions); ++t) {
       const __m512 wt = _mm512_set1_ps(weights[t - first]);
       const T* row = v + t * dh;
@@ -111,17 +114,19 @@ inline void weighted_head(const float* w, const T* v, int64_t positions, int64_t
   for (int64_t j = 0; j < blocks; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
 }
 
-// A block of up to 64 positions' attention weights as two uint8 digits each, for vpdpbusd (the
-// weighted sums over the 4-bit and 8-bit caches, kv4_attention.cpp and kv8_attention.cpp):
-// w / scale = high + low / 255 with scale = the block's largest / 255, so that a softmax's small
-// weights beside a large one are not rounded away (each within 1 / 130000 of the block's
-// largest). `load<true>`: w are scores and each weight is exp(w - top) times its value scale (the
-// scales fetched kScalesAheadBytes ahead), the exps added to `exp_sum`; `load<false>`: w are the
-// weights (times the value scales). Positions past the block's n get 0.
+// A block of up to 64 positions' attention weights as two uint8 digits each, and their products
+// with the block's values by vpdpbusd (the weighted sums over the 4-bit and 8-bit caches,
+// kv4_attention.cpp and kv8_attention.cpp): w / scale = high + low / 255 with scale = the block's
+// largest / 255, so that a softmax's small weights beside a large one are not rounded away (each
+// within 1 / 130000 of the block's largest). `load<true>`: w are scores and each weight is
+// exp(w - top) times its value scale (the scales fetched kScalesAheadBytes ahead), the exps added
+// to `exp_sum`; `load<false>`: w are the weights (times the value scales). Positions past the
+// block's n get 0. Then `add` for each 4 positions' values, then `into` the float sums.
 struct WeightDigits {
   alignas(64) uint8_t digits[2][64];  // high, low
   __m512i count[2];                   // each digit's sum over the block, by lane
   float largest;                      // the block's largest weight
+  __m512i sums[2][4];                 // the high and the low digits' products so far, by lane
 
   // Positions first .. first + n - 1 (n <= 64) of `positions`: false where no weight is above 0.
   template <bool Softmax>
@@ -132,18 +137,16 @@ struct WeightDigits {
     if (Softmax) fetch_rows(value_scales, first + kScalesAheadBytes / 4, 64, 4, positions);
     for (int i = 0; i < 4; ++i) {
       const __mmask16 lanes = first_lanes(16 * i, n);
-      block[i] = _mm512_maskz_loadu_ps(lanes, w + first + 16 * i);
-      if (Softmax) {
-        block[i] = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(block[i], top16)));
-        exp_sum = _mm512_add_ps(exp_sum, block[i]);
-        block[i] = _mm512_mul_ps(block[i], _mm512_maskz_loadu_ps(lanes, value_scales + first + 16 * i));
-      }
+      block[i] = Softmax ? softmax_weights16(w, top16, value_scales, first + 16 * i, lanes, exp_sum)
+                         : _mm512_maskz_loadu_ps(lanes, w + first + 16 * i);
       peak = _mm512_max_ps(peak, block[i]);
     }
     largest = _mm512_reduce_max_ps(peak);
     if (!(largest > 0.f)) return false;  // (weights are >= 0) nothing to add
     const __m512 inverse = _mm512_set1_ps(255.f / largest);
     count[0] = count[1] = _mm512_setzero_si512();
+    for (auto& set : sums)
+      for (auto& a : set) a = _mm512_setzero_si512();
     for (int i = 0; i < 4; ++i) {
       const __m512 x = _mm512_min_ps(_mm512_mul_ps(block[i], inverse), _mm512_set1_ps(255.f));
       const __m512 high = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -157,15 +160,23 @@ struct WeightDigits {
     return true;
   }
 
-  // Digit k (0: high, 1: low) of positions g .. g + 3 of the block, in every 32-bit lane.
-  __m512i four(int k, int64_t g) const {
-    int32_t bytes;
-    std::memcpy(&bytes, digits[k] + g, 4);
-    return _mm512_set1_epi32(bytes);
+  // Positions g .. g + 3 of the block: values[j]'s 32-bit lane i holds a number of each of the
+  // four (signed bytes, or 4-bit codes as unsigned ones), summed times their weights into sums[.][j].
+  void add(int64_t g, const __m512i values[4]) {
+    for (int k = 0; k < 2; ++k) {
+      int32_t four;  // digit k of the four positions, in every lane
+      std::memcpy(&four, digits[k] + g, 4);
+      const __m512i weights = _mm512_set1_epi32(four);
+      for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], weights, values[j]);
+    }
   }
-  // The weights of the high and the low digits.
-  __m512 high_scale() const { return _mm512_set1_ps(largest / 255.f); }
-  __m512 low_scale() const { return _mm512_set1_ps(largest / 255.f / 255.f); }
+  // acc[j] += the block's weighted sums in lane order of values[j].
+  void into(__m512 acc[4]) const {
+    const __m512 high = _mm512_set1_ps(largest / 255.f), low = _mm512_set1_ps(largest / 255.f / 255.f);
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), low,
+                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), high, acc[j]));
+  }
 };
 
 // Heads h of [BH, capacity, Dh] caches; `row_scale(h, t)`.

@@ -126,9 +126,8 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
   // digits per block of 64 positions (attention.h's WeightDigits), and each 4 positions' 128
   // bytes are transposed by two dword permutes (the 16-byte quarters of the 4 rows: bytes 0-15
   // of each, then 16-31) and a byte shuffle within each 128-bit lane (4 x 4 bytes), both
-  // AVX-512F/BW. Lane d of the first
-  // then holds byte d of each row: numbers d (low nibbles) and d + 32 (high); of the second,
-  // 16 + d and 48 + d.
+  // AVX-512F/BW. Lane d of the first then holds byte d of each row: numbers d (low nibbles) and
+  // d + 32 (high); of the second, 16 + d and 48 + d.
   alignas(64) static const int32_t kFirst[16] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27};
   alignas(64) static const int32_t kSecond[16] = {4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31};
   alignas(64) static const int8_t kTranspose[64] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
@@ -145,9 +144,6 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
     const int64_t n = std::min<int64_t>(64, positions - b0);
     WeightDigits weights;
     if (!weights.load<Softmax>(w, top16, value_scales, b0, n, positions, exp_sum)) continue;
-    __m512i sums[2][4];  // high, low
-    for (auto& set : sums)
-      for (auto& a : set) a = _mm512_setzero_si512();
     for (int64_t g = 0; g < n; g += 4) {
       const uint8_t* rows = values + (b0 + g) * 32;
       fetch_rows(values, b0 + g + rows_ahead(32), 4, 32, positions);
@@ -160,14 +156,9 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
       const __m512i codes[4] = {_mm512_and_si512(a, nibble), _mm512_and_si512(b, nibble),
                                 _mm512_and_si512(_mm512_srli_epi16(a, 4), nibble),
                                 _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble)};
-      for (int k = 0; k < 2; ++k) {
-        const __m512i four = weights.four(k, g);
-        for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], four, codes[j]);
-      }
+      weights.add(g, codes);
     }
-    for (int j = 0; j < 4; ++j)
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[1][j]), weights.low_scale(),
-                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[0][j]), weights.high_scale(), acc[j]));
+    weights.into(acc);
     weight_sum += weights.largest / 255.f * (static_cast<float>(_mm512_reduce_add_epi32(weights.count[0])) +
                                              static_cast<float>(_mm512_reduce_add_epi32(weights.count[1])) / 255.f);
   }
