@@ -66,10 +66,10 @@ static inline void tile_kernel4(const int8_t* xq, const int32_t* x_sums, const f
   const int64_t groups = in / kGroup;
   const uint8_t* stream = pp + block * kChannels * (in / 2);
   // The tile's block scales (Blocks * groups * 64 bytes, side by side), first read after its first
-  // group's 8 KiB of weights: fetched now, else each group's end waits on them (whole int4 steps
-  // took 0.93-0.95x the time at 20 positions and 0.96-0.98x at 1250 with this fetch, alternated in
-  // one process on 2 cores with sum() at 75-79 GB/s; fetched one tile earlier, they were gone
-  // from L1 by then: 1.00x).
+  // group's 8 KiB of weights: fetched now, else each group's end waits on them. Whole int4 steps
+  // took 0.94-0.96x the time at 20 positions and 0.96-0.98x at 1250 with this fetch (alternated
+  // in one process on 2 cores, sum() at 75-80 GB/s; without any scales, wrong numbers, 0.93x at
+  // 20). Fetched one tile earlier they were gone from L1 when read: 1.00x.
   const float* tile_scales = sp + block * groups * kChannels;
   for (int64_t i = 0; i < Blocks * groups * kChannels; i += 16)
     _mm_prefetch(reinterpret_cast<const char*>(tile_scales + i), _MM_HINT_T0);
