@@ -121,7 +121,8 @@ inline void weighted_head(const float* w, const T* v, int64_t positions, int64_t
 // within 1 / 130000 of the block's largest). `load<true>`: w are scores and each weight is
 // exp(w - top) times its value scale (the scales fetched kScalesAheadBytes ahead), the exps added
 // to `exp_sum`; `load<false>`: w are the weights (times the value scales). Positions past the
-// block's n get 0. Then `add` for each 4 positions' values, then `into` the float sums.
+// block's n get 0. Then `add` for each 4 positions' values, then `into` the float sums (`total`:
+// the weights as rounded, summed, for the 4-bit codes' offset).
 struct WeightDigits {
   alignas(64) uint8_t digits[2][64];  // high, low
   __m512i count[2];                   // each digit's sum over the block, by lane
@@ -169,6 +170,11 @@ struct WeightDigits {
       const __m512i weights = _mm512_set1_epi32(four);
       for (int j = 0; j < 4; ++j) sums[k][j] = _mm512_dpbusd_epi32(sums[k][j], weights, values[j]);
     }
+  }
+  // The block's weights as rounded to their digits, summed.
+  float total() const {
+    return largest / 255.f * (static_cast<float>(_mm512_reduce_add_epi32(count[0])) +
+                              static_cast<float>(_mm512_reduce_add_epi32(count[1])) / 255.f);
   }
   // acc[j] += the block's weighted sums in lane order of values[j].
   void into(__m512 acc[4]) const {

@@ -159,8 +159,7 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
       weights.add(g, codes);
     }
     weights.into(acc);
-    weight_sum += weights.largest / 255.f * (static_cast<float>(_mm512_reduce_add_epi32(weights.count[0])) +
-                                             static_cast<float>(_mm512_reduce_add_epi32(weights.count[1])) / 255.f);
+    weight_sum += weights.total();
   }
   const __m512 offset = _mm512_set1_ps(8.f * weight_sum);
   for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + 16 * j, _mm512_sub_ps(acc[j], offset));
