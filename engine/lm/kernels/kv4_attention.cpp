@@ -144,6 +144,7 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
     const int64_t n = std::min<int64_t>(64, positions - b0);
     WeightDigits weights;
     if (!weights.load<Softmax>(w, top16, value_scales, b0, n, positions, exp_sum)) continue;
+    DigitSums sums;
     for (int64_t g = 0; g < n; g += 4) {
       const uint8_t* rows = values + (b0 + g) * 32;
       fetch_rows(values, b0 + g + rows_ahead(32), 4, 32, positions);
@@ -156,9 +157,9 @@ float weighted_q4(const float* w, float top, const float* value_scales, const ui
       const __m512i codes[4] = {_mm512_and_si512(a, nibble), _mm512_and_si512(b, nibble),
                                 _mm512_and_si512(_mm512_srli_epi16(a, 4), nibble),
                                 _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble)};
-      weights.add(g, codes);
+      sums.add(weights, g, codes);
     }
-    weights.into(acc);
+    sums.into(weights, acc);
     weight_sum += weights.total();
   }
   const __m512 offset = _mm512_set1_ps(8.f * weight_sum);

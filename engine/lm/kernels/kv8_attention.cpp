@@ -120,6 +120,7 @@ float weighted_q8_64(const float* w, float top, const float* value_scales, const
     const int64_t n = std::min<int64_t>(64, positions - b0);
     WeightDigits weights;  // (zero past n: the last group's missing rows)
     if (!weights.load<Softmax>(w, top16, value_scales, b0, n, positions, exp_sum)) continue;
+    DigitSums sums;
     for (int64_t g = 0; g < n; g += 4) {
       const int8_t* rows = values + (b0 + g) * 64;
       fetch_rows(values, b0 + g + ahead, 4, 64, positions);
@@ -130,9 +131,9 @@ float weighted_q8_64(const float* w, float top, const float* value_scales, const
       const __m512i u2 = _mm512_unpacklo_epi8(r[2], r[3]), u3 = _mm512_unpackhi_epi8(r[2], r[3]);
       const __m512i w[4] = {_mm512_unpacklo_epi16(u0, u2), _mm512_unpackhi_epi16(u0, u2),
                             _mm512_unpacklo_epi16(u1, u3), _mm512_unpackhi_epi16(u1, u3)};
-      weights.add(g, w);
+      sums.add(weights, g, w);
     }
-    weights.into(acc);
+    sums.into(weights, acc);
   }
   // acc[k]'s 128-bit block L holds numbers 16 L + 4 k .. + 3: out's 16 numbers from 16 L are
   // block L of acc[0], acc[1], acc[2], acc[3].
