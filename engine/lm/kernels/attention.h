@@ -166,7 +166,7 @@ struct WeightDigits {
 
 // A block's products of its weights' digits and its values, by lane. The caller's own, apart from
 // WeightDigits (whose digits the loop loads from memory): held there, the compiler stored all 8
-// to memory after every 4 positions, and the 4-bit cache's weighted sum took 1.23x the time
+// to memory after every 4 positions, and the 4-bit cache's weighted sum took 1.24x the time
 // (measured in L2, one core).
 struct DigitSums {
   __m512i sums[2][4];  // the high and the low digits' products so far, by lane
